@@ -1,0 +1,202 @@
+"""The TOML configuration: one schema, strict validation, precedence flags > env > file > defaults."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    cert: str = ""
+    key: str = ""
+    keystore: str = ""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    auth_timeout_secs: int = 30
+    max_message_bytes: int = 1048576
+    trusted_proxies: tuple[str, ...] = ()
+    allowed_ips: tuple[str, ...] = ()
+    tls: TLSConfig = field(default_factory=TLSConfig)
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    min_password_length: int = 8
+    lockout_failures: int = 20
+    lockout_window_secs: int = 60
+    lockout_secs: int = 60
+    argon2_memory_kib: int = 19456
+    argon2_time_cost: int = 2
+    argon2_parallelism: int = 1
+    auth_mode: str = "managed"
+
+
+@dataclass(frozen=True)
+class ShellConfig:
+    history_file: str = ""
+    format: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: str = ""
+    bootstrap_admin_password: str = ""
+    server: ServerConfig = field(default_factory=ServerConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    shell: ShellConfig = field(default_factory=ShellConfig)
+    source: str = ""   # the file it was read from, for messages
+
+
+def _int_range(low: int, high: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}")
+        return int(value)
+    return check
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return str(value)
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in allowed:
+            raise ValueError("expected one of " + ", ".join(f'"{a}"' for a in allowed))
+        return str(value)
+    return check
+
+
+def _networks(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError("expected a list of addresses or CIDR ranges")
+    out = []
+    for item in value:
+        try:
+            out.append(str(ipaddress.ip_network(str(item), strict=False)))
+        except ValueError:
+            raise ValueError(f"'{item}' is not an address or CIDR range") from None
+    return tuple(out)
+
+
+SCHEMA: dict[str, Callable[[Any], Any]] = {
+    "data_dir": _string,
+    "bootstrap_admin_password": _string,
+    "server.host": _string,
+    "server.port": _int_range(0, 65535),
+    "server.auth_timeout_secs": _int_range(1, 86400),
+    "server.max_message_bytes": _int_range(1024, 1 << 30),
+    "server.trusted_proxies": _networks,
+    "server.allowed_ips": _networks,
+    "server.tls.cert": _string,
+    "server.tls.key": _string,
+    "server.tls.keystore": _string,
+    "security.min_password_length": _int_range(1, 1024),
+    "security.lockout_failures": _int_range(1, 1_000_000),
+    "security.lockout_window_secs": _int_range(1, 86400),
+    "security.lockout_secs": _int_range(1, 86400 * 7),
+    "security.argon2_memory_kib": _int_range(8, 4 * 1024 * 1024),
+    "security.argon2_time_cost": _int_range(1, 100),
+    "security.argon2_parallelism": _int_range(1, 64),
+    "security.auth_mode": _choice("managed", "shared_key", "disabled"),
+    "shell.history_file": _string,
+    "shell.format": _choice("table", "plain", "json", "csv"),
+}
+SECTIONS = {"server", "server.tls", "security", "shell"}
+
+
+def _flatten(table: Mapping[str, Any], prefix: str, path: str, out: dict[str, Any]) -> None:
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if dotted in SECTIONS:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{path}: '{dotted}' must be a table ([{dotted}])")
+            _flatten(value, dotted + ".", path, out)
+        elif dotted in SCHEMA:
+            out[dotted] = value
+        else:
+            raise ConfigError(f"{path}: unknown key '{dotted}'")
+
+
+def parse_config(text: str, path: str) -> Config:
+    import tomlkit
+    from tomlkit.exceptions import TOMLKitError
+
+    try:
+        document = tomlkit.parse(text).unwrap()
+    except TOMLKitError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    flat: dict[str, Any] = {}
+    _flatten(document, "", path, flat)
+    checked = {}
+    for key, value in flat.items():
+        try:
+            checked[key] = SCHEMA[key](value)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: bad value for '{key}': {exc}") from None
+    return with_values(Config(source=path), checked)
+
+
+def with_values(config: Config, values: Mapping[str, Any]) -> Config:
+    """A copy of `config` with dotted keys (`security.argon2_time_cost`) replaced."""
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        parts = key.split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return _apply(config, nested)
+
+
+def _apply(obj: Any, changes: dict[str, Any]) -> Any:
+    updates = {}
+    names = {f.name for f in fields(obj)}
+    for key, value in changes.items():
+        if key not in names:
+            raise ConfigError(f"unknown key '{key}'")
+        updates[key] = _apply(getattr(obj, key), value) if isinstance(value, dict) else value
+    return replace(obj, **updates)
+
+
+def config_path(flag: str | None, env: Mapping[str, str]) -> Path | None:
+    """--config, else INPUTLAYER_CONFIG, else the XDG file when it exists."""
+    if flag:
+        return Path(flag)
+    if env.get("INPUTLAYER_CONFIG"):
+        return Path(env["INPUTLAYER_CONFIG"])
+    base = env.get("XDG_CONFIG_HOME") or os.path.join(env.get("HOME", "~"), ".config")
+    default = Path(os.path.expanduser(base)) / "inputlayer" / "config.toml"
+    return default if default.is_file() else None
+
+
+def load_config(flag: str | None, env: Mapping[str, str]) -> Config:
+    path = config_path(flag, env)
+    if path is None:
+        return Config()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    return parse_config(text, str(path))
+
+
+def default_data_dir(env: Mapping[str, str]) -> str:
+    base = env.get("XDG_DATA_HOME") or os.path.join(env.get("HOME", "~"), ".local", "share")
+    return os.path.join(os.path.expanduser(base), "inputlayer")
+
+
+def resolve_data_dir(flag: str | None, env: Mapping[str, str], config: Config) -> str:
+    return flag or env.get("INPUTLAYER_DATA_DIR") or config.data_dir or default_data_dir(env)

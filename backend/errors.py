@@ -1,0 +1,41 @@
+"""Errors that carry a message meant for the user, exactly as commands.md words it."""
+
+
+class CommandError(Exception):
+    """A command failed; the message is shown as is and nothing was changed."""
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else "error"
+
+
+class PermissionDenied(CommandError):
+    """Refused by authorization; every refusal is audited."""
+
+
+class SessionEnded(CommandError):
+    """The principal behind a session is gone (dropped, revoked, expired, killed)."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"Session ended: {reason}")
+        self.reason = reason
+
+
+class AuthError(Exception):
+    """Authentication failed; the message is safe to show to the client."""
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class StoreError(Exception):
+    """The store cannot be opened or written (exit status 2 at start-up)."""
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the key and the file."""
+
+
+class TargetUnreachable(Exception):
+    """The server cannot be reached, or the connection was lost (exit status 2)."""

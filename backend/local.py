@@ -1,0 +1,59 @@
+"""The embedded target: the engine in this process, on a local data directory."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .config import Config
+from .engine import Engine, Session
+from .errors import CommandError
+from .result import Result
+from .security import Clock, system_clock
+from .store import Store
+
+
+class Backend(Protocol):
+    """What the shell talks to. The remote backend has the same surface."""
+    target: str            # shown in the prompt: `local` or `host:port`
+
+    def login(self, username: str, password: str) -> None: ...
+    def authenticate(self, api_key: str) -> None: ...
+    def execute(self, line: str) -> Result: ...
+    def close(self) -> None: ...
+
+
+class LocalBackend:
+    target = "local"
+
+    def __init__(self, data_dir: str, config: Config, *, clock: Clock = system_clock):
+        self.store = Store(data_dir)
+        self.engine = Engine(self.store, config, clock=clock)
+        self.session: Session | None = None
+        self.bootstrapped = False
+        self.generated_password: str | None = None
+
+    def bootstrap(self, admin_password: str | None) -> None:
+        self.bootstrapped, self.generated_password = self.engine.bootstrap(admin_password)
+
+    def login(self, username: str, password: str) -> None:
+        self.session = self.engine.login(username, password, source="local")
+
+    def authenticate(self, api_key: str) -> None:
+        self.session = self.engine.authenticate(api_key, source="local")
+
+    def use_bootstrap_admin(self) -> None:
+        self.session = self.engine.trusted_session("admin")
+
+    def execute(self, line: str) -> Result:
+        if self.session is None:
+            raise CommandError("Not logged in")
+        return self.engine.execute(self.session, line)
+
+    def begin_batch(self) -> None:
+        self.engine.begin_batch()
+
+    def end_batch(self, commit: bool) -> None:
+        self.engine.end_batch(commit)
+
+    def close(self) -> None:
+        self.store.close()

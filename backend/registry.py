@@ -1,0 +1,446 @@
+"""The one declaration of the dot-command language.
+
+Parsing, usage lines, `.help`, authorization rules, the shell's completer and highlighter and
+the history redaction are all derived from COMMANDS below; a new command is added here only.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .errors import CommandError
+from .lexer import Token, tokenize
+
+ROLES = ("admin", "editor", "viewer")          # global roles, weakest last
+KG_ROLES = ("owner", "editor", "viewer")       # KG levels, weakest last
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
+DURATION_RE = re.compile(r"(\d{1,9})([smhd])")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_PASSWORD_CHARS = 1024
+
+
+# --- argument kinds -------------------------------------------------------------------------
+
+def check_name(text: str) -> str:
+    if not NAME_RE.fullmatch(text):
+        raise CommandError(f"Invalid name '{_clip(text)}': use letters, digits, '_', '.', '-' (at most 64)")
+    return text
+
+
+def _clip(text: str, limit: int = 70) -> str:
+    """Echo user input in an error without letting a huge or binary argument flood the line."""
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def check_kg_name(text: str) -> str:
+    check_name(text)
+    return text
+
+
+def check_role(text: str) -> str:
+    role = text.lower()
+    if role not in ROLES:
+        raise CommandError(f"Unknown role '{_clip(text)}'. Valid roles: admin, editor, viewer")
+    return role
+
+
+def check_kg_role(text: str) -> str:
+    role = text.lower()
+    if role not in KG_ROLES:
+        raise CommandError(f"Invalid KG role '{_clip(text)}'. Valid: owner, editor, viewer")
+    return role
+
+
+def parse_duration(text: str) -> int | None:
+    """Seconds, or None for `never`."""
+    if text.lower() == "never":
+        return None
+    m = DURATION_RE.fullmatch(text.lower())
+    if not m:
+        raise CommandError(f"Invalid duration '{_clip(text)}': use e.g. 30s, 15m, 24h, 90d or never")
+    return int(m.group(1)) * DURATION_UNITS[m.group(2)]
+
+
+def check_positive_int(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) <= 1_000_000:
+        raise CommandError(f"Invalid number '{_clip(text)}': use a whole number from 1 to 1000000")
+    return int(text)
+
+
+def check_kg_list(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(part for part in text.split(",")))
+    for name in names:
+        check_name(name)
+    return names
+
+
+def check_secret(text: str) -> str:
+    if len(text) > MAX_PASSWORD_CHARS:
+        raise CommandError(f"Password too long: at most {MAX_PASSWORD_CHARS} characters")
+    return text
+
+
+def check_address(text: str) -> str:
+    import ipaddress
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise CommandError(f"Invalid address '{_clip(text)}': use an IPv4 or IPv6 address") from None
+
+
+def check_token_id(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_\-]{1,64}", text):
+        raise CommandError(f"Invalid identifier '{_clip(text)}'")
+    return text
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    convert: Callable[[str], object]
+    completes: str | None = None   # what the shell offers: users, kgs, api_keys, roles, kg_roles...
+    secret: bool = False           # masked on screen and in history
+
+
+NEW_NAME = Kind("name", check_name)
+USER = Kind("user", check_name, completes="users")
+KG = Kind("kg", check_kg_name, completes="kgs")
+NEW_KG = Kind("kg", check_kg_name)
+LABEL = Kind("label", check_name, completes="api_keys")
+ROLE = Kind("role", check_role, completes="roles")
+KG_ROLE = Kind("kg_role", check_kg_role, completes="kg_roles")
+SECRET = Kind("secret", check_secret, secret=True)
+DURATION = Kind("duration", parse_duration, completes="durations")
+COUNT = Kind("count", check_positive_int)
+KG_LIST = Kind("kg_list", check_kg_list, completes="kgs")
+ADDRESS = Kind("address", check_address)
+IDENT = Kind("id", check_token_id)
+TOPIC = Kind("topic", str, completes="commands")
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: Kind
+    optional: bool = False
+    rest: bool = False   # takes every remaining word (only `.help`)
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    kind: Kind
+    placeholder: str
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Who may run a command; the engine enforces it before the handler runs.
+
+    kind: anyone | admin | admin_or_self | kg_creator | kg | session
+    For `kg`, `level` is the KG level required on the KG named by `kg_param` (or the current
+    KG when that argument is left out); `self_param` also admits the caller naming themself.
+    """
+    kind: str
+    level: str | None = None
+    kg_param: str | None = None
+    self_param: str | None = None
+    denied: str = "Access denied"
+
+
+@dataclass(frozen=True)
+class Command:
+    words: tuple[str, ...]
+    params: tuple[Param, ...]
+    summary: str
+    who: str
+    rule: Rule
+    handler: str | None
+    writes: bool = False
+    options: tuple[Option, ...] = ()
+    examples: tuple[str, ...] = ()
+    server_only: bool = False
+    shell_only: bool = False
+    aliases: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def name(self) -> str:
+        return "." + " ".join(self.words)
+
+    @property
+    def usage(self) -> str:
+        parts = [self.name]
+        for p in self.params:
+            shown = f"<{p.name}>" + ("..." if p.rest else "")
+            parts.append(f"[{shown}]" if p.optional else shown)
+        parts += [f"[{o.name}={o.placeholder}]" for o in self.options]
+        return " ".join(parts)
+
+    @property
+    def action(self) -> str:
+        """The audit action name, e.g. `acl.grant`."""
+        words = self.words[1:] if self.words[:2] == ("kg", "acl") else self.words
+        return ".".join(words) if len(words) > 1 else words[0]
+
+
+ADMIN = Rule("admin")
+USERS_DENIED = "Permission denied: only admins can manage users"
+KEYS_DENIED = "Permission denied: only admins can manage API keys"
+ACL_DENIED = "Permission denied: only KG owners can manage ACLs"
+
+COMMANDS: tuple[Command, ...] = (
+    # General
+    Command(("help",), (Param("command", TOPIC, optional=True, rest=True),),
+            "List the commands, or show how to use one", "anyone", Rule("anyone"), "help",
+            examples=(".help", ".help .kg acl grant")),
+    Command(("whoami",), (), "Show who you are logged in as", "anyone", Rule("anyone"), "whoami"),
+    Command(("status",), (), "Show the target, version, uptime and your role", "anyone",
+            Rule("anyone"), "status"),
+    Command(("quit",), (), "Leave the shell", "shell only", Rule("anyone"), None, shell_only=True,
+            aliases=(("exit",), ("q",))),
+    # Users
+    Command(("user", "list"), (), "List users", "admin", Rule("admin", denied=USERS_DENIED), "user_list"),
+    Command(("user", "create"),
+            (Param("name", NEW_NAME), Param("password", SECRET, optional=True),
+             Param("role", ROLE, optional=True)),
+            "Create a user (role defaults to viewer; the password is asked for when left out)",
+            "admin", Rule("admin", denied=USERS_DENIED), "user_create", writes=True,
+            examples=(".user create alice 'correct horse battery' editor", ".user create bob viewer")),
+    Command(("user", "drop"), (Param("name", USER),),
+            "Drop a user with their API keys, ACL entries and sessions", "admin",
+            Rule("admin", denied=USERS_DENIED), "user_drop", writes=True),
+    Command(("user", "password"), (Param("name", USER), Param("password", SECRET, optional=True)),
+            "Set a user's password (your own, or anyone's as admin)", "admin, self",
+            Rule("admin_or_self", self_param="name", denied=USERS_DENIED), "user_password", writes=True,
+            examples=(".user password alice",)),
+    Command(("user", "role"), (Param("name", USER), Param("role", ROLE)),
+            "Change a user's global role", "admin", Rule("admin", denied=USERS_DENIED), "user_role",
+            writes=True, examples=(".user role alice editor",)),
+    Command(("user", "show"), (Param("name", USER),),
+            "Show a user's role, grants and API keys", "admin, self",
+            Rule("admin_or_self", self_param="name", denied=USERS_DENIED), "user_show"),
+    # Knowledge graphs
+    Command(("kg",), (), "Show the current knowledge graph", "anyone", Rule("anyone"), "kg_current"),
+    Command(("kg", "list"), (), "List the knowledge graphs you can reach", "anyone", Rule("anyone"),
+            "kg_list"),
+    Command(("kg", "create"), (Param("name", NEW_KG),),
+            "Create a knowledge graph and switch to it", "admin, global editor",
+            Rule("kg_creator", denied="Permission denied: viewers cannot create knowledge graphs"),
+            "kg_create", writes=True),
+    Command(("kg", "use"), (Param("name", KG),), "Switch to a knowledge graph", "viewer",
+            Rule("kg", level="viewer", kg_param="name"), "kg_use"),
+    Command(("kg", "drop"), (Param("name", KG),),
+            "Drop a knowledge graph with its ACL entries", "owner",
+            Rule("kg", level="owner", kg_param="name",
+                 denied="Permission denied: only KG owners can drop this knowledge graph"),
+            "kg_drop", writes=True),
+    # ACLs
+    Command(("kg", "acl", "list"), (Param("kg", KG, optional=True),),
+            "List who has access to a knowledge graph", "viewer",
+            Rule("kg", level="viewer", kg_param="kg"), "acl_list"),
+    Command(("kg", "acl", "grant"), (Param("kg", KG), Param("user", USER), Param("role", KG_ROLE)),
+            "Grant a user a level on a knowledge graph", "owner",
+            Rule("kg", level="owner", kg_param="kg", denied=ACL_DENIED), "acl_grant", writes=True,
+            examples=(".kg acl grant sales alice editor",)),
+    Command(("kg", "acl", "revoke"), (Param("kg", KG), Param("user", USER)),
+            "Revoke a user's access to a knowledge graph", "owner",
+            Rule("kg", level="owner", kg_param="kg", denied=ACL_DENIED), "acl_revoke", writes=True),
+    Command(("kg", "acl", "check"), (Param("kg", KG), Param("user", USER)),
+            "Show a user's access to a knowledge graph and why", "owner, self",
+            Rule("kg", level="owner", kg_param="kg", self_param="user", denied=ACL_DENIED), "acl_check"),
+    # API keys
+    Command(("apikey", "create"), (Param("label", NEW_NAME),),
+            "Create an API key (its secret is shown once)", "admin",
+            Rule("admin", denied=KEYS_DENIED), "apikey_create", writes=True,
+            options=(Option("role", ROLE, "<r>"), Option("kg", KG_LIST, "<a,b>"),
+                     Option("expires", DURATION, "<d>"), Option("user", USER, "<owner>")),
+            examples=(".apikey create etl-job role=editor kg=sales expires=90d",)),
+    Command(("apikey", "list"), (), "List API keys (never their secrets)", "admin",
+            Rule("admin", denied=KEYS_DENIED), "apikey_list",
+            options=(Option("user", USER, "<owner>"),)),
+    Command(("apikey", "revoke"), (Param("label", LABEL),), "Revoke an API key", "admin",
+            Rule("admin", denied=KEYS_DENIED), "apikey_revoke", writes=True),
+    Command(("apikey", "rotate"), (Param("label", LABEL),),
+            "Give an API key a new secret; the old one works until the grace ends", "admin",
+            Rule("admin", denied=KEYS_DENIED), "apikey_rotate", writes=True,
+            options=(Option("grace", DURATION, "<d>"),),
+            examples=(".apikey rotate etl-job grace=1h",)),
+    # Audit and lockouts
+    Command(("audit",), (), "Show the audit log, newest first", "admin",
+            Rule("admin", denied="Permission denied: only admins can read the audit log"), "audit",
+            options=(Option("limit", COUNT, "N"), Option("user", USER, "<u>"),
+                     Option("action", Kind("action", str, completes="actions"), "<a>"),
+                     Option("since", DURATION, "<d>")),
+            examples=(".audit limit=20 action=user.create", ".audit since=24h")),
+    Command(("audit", "verify"), (), "Check the audit log's hash chain", "admin",
+            Rule("admin", denied="Permission denied: only admins can read the audit log"), "audit_verify"),
+    Command(("lockout", "list"), (), "List locked-out addresses", "admin",
+            Rule("admin", denied="Permission denied: only admins can manage lockouts"), "lockout_list"),
+    Command(("lockout", "clear"), (Param("address", ADDRESS),), "Lift the lockout of an address",
+            "admin", Rule("admin", denied="Permission denied: only admins can manage lockouts"),
+            "lockout_clear", writes=True),
+    # Sessions (server only)
+    Command(("session", "list"), (), "List live sessions", "anyone", Rule("anyone"), "session_list",
+            server_only=True),
+    Command(("session", "kill"), (Param("session_id", IDENT),), "Close a live session", "admin",
+            Rule("admin", denied="Permission denied: only admins can kill sessions"), "session_kill",
+            writes=True, server_only=True),
+)
+
+_BY_WORDS: dict[tuple[str, ...], Command] = {}
+for _cmd in COMMANDS:
+    for _words in (_cmd.words, *_cmd.aliases):
+        _BY_WORDS[_words] = _cmd
+GROUPS: dict[str, list[Command]] = {}
+for _cmd in COMMANDS:
+    GROUPS.setdefault(_cmd.words[0], []).append(_cmd)
+
+
+def group_usage(group: str) -> str:
+    subs = [" ".join(c.words[1:]) for c in GROUPS[group] if len(c.words) > 1]
+    lead = "." + group
+    return f"{lead} [{'|'.join(subs)}] ..." if any(len(c.words) == 1 for c in GROUPS[group]) \
+        else f"{lead} {'|'.join(subs)} ..."
+
+
+@dataclass
+class Invocation:
+    command: Command
+    args: dict[str, object] = field(default_factory=dict)
+    options: dict[str, object] = field(default_factory=dict)
+    tokens: list[Token] = field(default_factory=list)
+
+
+def match_command(words: list[str]) -> tuple[Command | None, int]:
+    """The longest registered command that `words` start with, and how many words it took."""
+    lowered = [w.lower() for w in words[:3]]
+    for size in (3, 2, 1):
+        cmd = _BY_WORDS.get(tuple(lowered[:size])) if len(lowered) >= size else None
+        if cmd:
+            return cmd, size
+    return None, 0
+
+
+def parse(line: str) -> Invocation:
+    """Parse one dot-command line; raise CommandError with the user-facing message."""
+    tokens = tokenize(line)
+    if not tokens or not tokens[0].text.startswith("."):
+        raise CommandError("Only administration commands are supported by this server.")
+    words = [tokens[0].text[1:]] + [t.text for t in tokens[1:]]
+    cmd, used = match_command(words)
+    if cmd is None:
+        group = words[0].lower()
+        if group in GROUPS:
+            raise CommandError(f"Usage: {group_usage(group)}")
+        raise CommandError(f"Unknown command: .{_clip(words[0], 40)}. Type .help for the list.")
+    # `.kg foo` names neither a sub-command nor takes arguments: show the whole group's usage.
+    if used == 1 and len(GROUPS[cmd.words[0]]) > 1 and not cmd.params and len(words) > 1 \
+            and "=" not in words[1]:
+        raise CommandError(f"Usage: {group_usage(cmd.words[0])}")
+    inv = Invocation(cmd, tokens=tokens)
+    rest = tokens[used:]
+    positional: list[Token] = []
+    option_tokens: list[Token] = []
+    for tok in rest:
+        if not tok.quoted and "=" in tok.text and cmd.options:
+            option_tokens.append(tok)
+        elif option_tokens:
+            raise CommandError(f"Unexpected argument '{_clip(tok.text)}' after options. Usage: {cmd.usage}")
+        else:
+            positional.append(tok)
+    _bind_params(cmd, [t.text for t in positional], inv)
+    _bind_options(cmd, option_tokens, inv)
+    return inv
+
+
+def _bind_params(cmd: Command, values: list[str], inv: Invocation) -> None:
+    params = list(cmd.params)
+    if params and params[-1].rest:
+        inv.args[params[-1].name] = " ".join(values) if values else None
+        return
+    required = [p for p in params if not p.optional]
+    if len(values) < len(required):
+        raise CommandError(f"Usage: {cmd.usage}")
+    if len(values) > len(params):
+        raise CommandError(f"Unexpected argument '{_clip(values[len(params)])}'. Usage: {cmd.usage}")
+    # An optional secret followed by an optional role: a lone role word is the role, never the
+    # password (`.user create bob editor` asks for bob's password).
+    spare = len(values) - len(required)
+    chosen: list[Param] = []
+    for i, p in enumerate(params):
+        if not p.optional:
+            chosen.append(p)
+        elif spare > 0:
+            upcoming = len(chosen)
+            if (p.kind.secret and i + 1 < len(params) and params[i + 1].kind is ROLE
+                    and spare == 1 and values[upcoming].lower() in ROLES):
+                continue
+            chosen.append(p)
+            spare -= 1
+    for p, value in zip(chosen, values):
+        inv.args[p.name] = p.kind.convert(value)
+    for p in params:
+        inv.args.setdefault(p.name, None)
+
+
+def _bind_options(cmd: Command, tokens: list[Token], inv: Invocation) -> None:
+    known = {o.name: o for o in cmd.options}
+    for tok in tokens:
+        key, value = tok.text.split("=", 1)
+        key = key.lower()
+        opt = known.get(key)
+        if opt is None:
+            raise CommandError(f"Unknown option '{_clip(key, 40)}'. Usage: {cmd.usage}")
+        if key in inv.options:
+            raise CommandError(f"Option '{key}' given twice")
+        if value == "":
+            raise CommandError(f"Option '{key}' needs a value. Usage: {cmd.usage}")
+        inv.options[key] = opt.kind.convert(value)
+
+
+def find_command(topic: str) -> Command | None:
+    words = topic.lstrip(".").split()
+    cmd, used = match_command(words) if words else (None, 0)
+    return cmd if cmd and used == len(words) else None
+
+
+def secret_spans(line: str) -> list[tuple[int, int]]:
+    """Offsets of the secret arguments in a (possibly half-typed) line, for masking."""
+    try:
+        tokens = tokenize(line, partial=True)
+    except CommandError:
+        return []
+    if not tokens or not tokens[0].text.startswith("."):
+        return []
+    words = [tokens[0].text[1:]] + [t.text for t in tokens[1:]]
+    cmd, used = match_command(words)
+    if cmd is None or not any(p.kind.secret for p in cmd.params):
+        return []
+    values = tokens[used:]
+    spans = []
+    inv = Invocation(cmd)
+    try:
+        _bind_params(cmd, [t.text for t in values], inv)
+        secret_names = {p.name for p in cmd.params if p.kind.secret and inv.args.get(p.name) is not None}
+        # Map bound values back to tokens by position among the chosen params.
+        bound = [p for p in cmd.params if inv.args.get(p.name) is not None]
+        for p, tok in zip(bound, values):
+            if p.name in secret_names:
+                spans.append((tok.start, tok.end))
+    except CommandError:
+        # Unparseable as a whole (an unquoted password with blanks, say): mask every word from
+        # the first secret position on, since any of them may be part of the secret.
+        first = next(i for i, p in enumerate(cmd.params) if p.kind.secret)
+        spans = [(tok.start, tok.end) for tok in values[first:]]
+    return spans
+
+
+def redact(line: str, mask: str = "********") -> str:
+    """The line with every secret argument replaced by `mask` (what the history file keeps)."""
+    spans = secret_spans(line)
+    for start, end in reversed(spans):
+        line = line[:start] + mask + line[end:]
+    return line

@@ -1,0 +1,212 @@
+"""Security primitives: password hashing, API-key format and digests, lockout, clocks.
+
+Nothing here touches the store or the network, so each piece is tested on its own.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from hashlib import sha256
+from typing import Callable
+
+from .config import SecurityConfig
+
+# --- clocks ------------------------------------------------------------------------------------
+
+Clock = Callable[[], float]   # seconds since the epoch; tests pass a FakeClock
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_795_000_000.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def iso(ts: float | None) -> str:
+    """ISO 8601 UTC to the second, or empty for a missing time."""
+    if ts is None:
+        return ""
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- passwords ---------------------------------------------------------------------------------
+
+class PasswordHasher:
+    """argon2id with the configured parameters. Counts verifications so tests can check that
+    every failure path spends exactly the same work (one verification), without timing."""
+
+    def __init__(self, cfg: SecurityConfig):
+        from argon2 import PasswordHasher as Argon2Hasher, Type
+
+        self._hasher = Argon2Hasher(time_cost=cfg.argon2_time_cost, memory_cost=cfg.argon2_memory_kib,
+                                    parallelism=cfg.argon2_parallelism, hash_len=32, salt_len=16,
+                                    type=Type.ID)
+        self._dummy: str | None = None
+        self._lock = threading.Lock()
+        self.verifications = 0
+        self.parameters = (f"argon2id m={cfg.argon2_memory_kib} KiB, t={cfg.argon2_time_cost}, "
+                           f"p={cfg.argon2_parallelism}")
+
+    def hash(self, password: str) -> str:
+        return self._hasher.hash(password)
+
+    def verify(self, stored_hash: str | None, password: str) -> bool:
+        """One argon2 verification, against a dummy hash when there is no user, so an unknown
+        user costs what a wrong password costs."""
+        from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+        with self._lock:
+            self.verifications += 1
+        target = stored_hash or self._dummy_hash()
+        try:
+            ok = self._hasher.verify(target, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+        return ok and stored_hash is not None
+
+    def needs_rehash(self, stored_hash: str) -> bool:
+        return self._hasher.check_needs_rehash(stored_hash)
+
+    def _dummy_hash(self) -> str:
+        # Made lazily: most runs never meet an unknown user and start-up must stay fast.
+        if self._dummy is None:
+            self._dummy = self._hasher.hash(secrets.token_urlsafe(16))
+        return self._dummy
+
+
+def check_password_policy(name: str, password: str, min_length: int) -> str | None:
+    """The policy violation as a user-facing message, or None."""
+    if len(password) < min_length:
+        return f"Password too short: at least {min_length} characters"
+    if len(password) > 1024:
+        return "Password too long: at most 1024 characters"
+    if password == name:
+        return "Password must differ from the user name"
+    return None
+
+
+# --- API keys ----------------------------------------------------------------------------------
+
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+KEY_BODY_CHARS = 43      # 62**43 > 2**256
+KEY_CHECK_CHARS = 6      # CRC32 fits in 6 base62 digits
+
+
+def _base62(number: int, width: int) -> str:
+    digits = []
+    for _ in range(width):
+        number, rem = divmod(number, 62)
+        digits.append(BASE62[rem])
+    return "".join(reversed(digits))
+
+
+def _checksum(body: str) -> str:
+    return _base62(zlib.crc32(body.encode()), KEY_CHECK_CHARS)
+
+
+def new_api_key() -> str:
+    body = _base62(secrets.randbits(256), KEY_BODY_CHARS)
+    return f"il_{body}_{_checksum(body)}"
+
+
+def well_formed_key(key: str) -> bool:
+    """Shape and checksum: a mistyped key is refused before any lookup."""
+    parts = key.split("_")
+    if len(parts) != 3 or parts[0] != "il":
+        return False
+    body, check = parts[1], parts[2]
+    if len(body) != KEY_BODY_CHARS or len(check) != KEY_CHECK_CHARS:
+        return False
+    if not all(c in BASE62 for c in body + check):
+        return False
+    return hmac.compare_digest(_checksum(body), check)
+
+
+def key_digest(secret: bytes, key: str) -> str:
+    """HMAC-SHA256 of the key under the server-side secret: what the store keeps and looks up."""
+    return hmac.new(secret, key.encode(), sha256).hexdigest()
+
+
+# --- lockout -----------------------------------------------------------------------------------
+
+@dataclass
+class _AddressState:
+    failures: list[float]
+    locked_until: float = 0.0
+
+
+class Lockout:
+    """`failures` failed authentications within `window` seconds from one address lock it for
+    `lock_secs`. In memory and thread-safe; the server consults it before any argon2 work."""
+
+    def __init__(self, cfg: SecurityConfig, clock: Clock):
+        self.limit = cfg.lockout_failures
+        self.window = cfg.lockout_window_secs
+        self.lock_secs = cfg.lockout_secs
+        self.clock = clock
+        self._state: dict[str, _AddressState] = {}
+        self._lock = threading.Lock()
+
+    def remaining(self, address: str) -> int:
+        """Whole seconds until `address` may try again; 0 when it is not locked."""
+        with self._lock:
+            state = self._state.get(address)
+            if state is None:
+                return 0
+            left = state.locked_until - self.clock()
+            return max(0, int(left + 0.999)) if left > 0 else 0
+
+    def record_failure(self, address: str) -> bool:
+        """Count a failure; True when this failure locks the address."""
+        now = self.clock()
+        with self._lock:
+            state = self._state.setdefault(address, _AddressState([]))
+            if state.locked_until and now >= state.locked_until:
+                state.failures, state.locked_until = [], 0.0
+            state.failures = [t for t in state.failures if now - t < self.window]
+            state.failures.append(now)
+            if len(state.failures) >= self.limit:
+                state.locked_until = now + self.lock_secs
+                return True
+            self._prune(now)
+            return False
+
+    def clear(self, address: str) -> bool:
+        with self._lock:
+            return self._state.pop(address, None) is not None
+
+    def entries(self) -> list[tuple[str, int, float | None]]:
+        """(address, recent failures, locked_until or None) for addresses worth showing."""
+        now = self.clock()
+        with self._lock:
+            self._prune(now)
+            out = []
+            for address, state in sorted(self._state.items()):
+                locked = state.locked_until if state.locked_until > now else None
+                count = len(state.failures) if locked else sum(now - t < self.window for t in state.failures)
+                if count:
+                    out.append((address, count, locked))
+            return out
+
+    def _prune(self, now: float) -> None:
+        # Keeps memory bounded under a storm from many addresses.
+        if len(self._state) < 10_000:
+            return
+        for address in [a for a, s in self._state.items()
+                        if s.locked_until <= now and not any(now - t < self.window for t in s.failures)]:
+            del self._state[address]
+
+
+def system_clock() -> float:
+    return time.time()

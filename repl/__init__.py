@@ -1,0 +1,1 @@
+"""The `inputlayer` shell: script mode here, interactive mode (prompt-toolkit) loaded on demand."""

@@ -1,0 +1,165 @@
+"""`inputlayer`: the administration shell. Script mode never imports prompt-toolkit."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Iterable, Sequence
+
+from backend import __version__
+from backend.config import Config, load_config, resolve_data_dir
+from backend.errors import AuthError, ConfigError, StoreError, TargetUnreachable
+
+from .environment import Environment, ExitStatus
+from .script import Line, decode_lines, run_script, stream_lines
+
+NO_CREDENTIALS = "error: no credentials: set INPUTLAYER_API_KEY, or INPUTLAYER_ADMIN_PASSWORD, or pass --user"
+
+
+class _Ordered(argparse.Action):
+    """-c and -f share one list so they run in the order given."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.sources = [*(namespace.sources or []), (self.dest, values)]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(ExitStatus.ERROR, f"inputlayer: error: {message}\nTry 'inputlayer --help'.\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="inputlayer", description="Administration shell for InputLayer knowledge-graph servers.")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--data-dir", metavar="DIR", help="local data directory (the embedded default)")
+    target.add_argument("--url", help="remote server, ws://HOST:PORT/ws or wss://HOST:PORT/ws")
+    p.add_argument("--user", metavar="NAME", help="log in as NAME (password from INPUTLAYER_PASSWORD or asked)")
+    p.add_argument("-c", dest="command", metavar="COMMAND", action=_Ordered, help="run COMMAND (repeatable)")
+    p.add_argument("-f", dest="file", metavar="FILE", action=_Ordered, help="run the commands in FILE")
+    p.add_argument("--format", choices=("table", "plain", "json", "csv"), help="output format")
+    p.add_argument("--on-error", choices=("stop", "continue"), default="stop",
+                   help="in script mode: stop at the first failed command (default) or continue")
+    p.add_argument("-1", "--single-transaction", action="store_true",
+                   help="local target: commit all commands together or none")
+    p.add_argument("--ca-file", metavar="PEM", help="extra trusted CA for wss://")
+    p.add_argument("--config", metavar="TOML", help="config file")
+    p.add_argument("--version", action="version", version=f"inputlayer {__version__}")
+    p.set_defaults(sources=None)
+    return p
+
+
+def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
+    env = env or Environment()
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config, env.env)
+    except ConfigError as exc:
+        env.err(f"error: {exc}\n")
+        return ExitStatus.ERROR
+    interactive = env.stdin_isatty and env.stdout_isatty and not args.sources
+    fmt = args.format or config.shell.format or ("table" if env.stdout_isatty else "plain")
+    url = args.url or (None if args.data_dir else env.env.get("INPUTLAYER_URL"))
+    if args.single_transaction and url:
+        env.err("error: --single-transaction needs a local data directory, not --url\n")
+        return ExitStatus.ERROR
+    try:
+        backend = open_backend(args, env, config, url)
+    except (StoreError, TargetUnreachable) as exc:
+        env.err(f"error: {exc}\n")
+        return ExitStatus.ERROR
+    try:
+        problem = log_in(backend, args, env, interactive)
+        if problem:
+            env.err(problem + "\n")
+            return ExitStatus.ERROR
+        if interactive:
+            from .interactive import run_interactive   # prompt-toolkit only now
+            return run_interactive(backend, env, config, fmt=fmt)
+        lines = script_lines(args, env)
+        return run_script(backend, lines, env, fmt=fmt, on_error=args.on_error,
+                          single_transaction=args.single_transaction)
+    except _Unreadable as exc:
+        env.err(f"error: {exc}\n")
+        return ExitStatus.ERROR
+    except TargetUnreachable as exc:
+        env.err(f"error: {exc}\n")
+        return ExitStatus.ERROR
+    except KeyboardInterrupt:
+        env.err("interrupted\n")
+        return ExitStatus.STOPPED
+    finally:
+        backend.close()
+
+
+def open_backend(args, env: Environment, config: Config, url: str | None):
+    if url:
+        from backend.client import RemoteBackend
+        return RemoteBackend(url, ca_file=args.ca_file or env.env.get("INPUTLAYER_CA_FILE"), config=config)
+    from backend.local import LocalBackend
+    backend = LocalBackend(resolve_data_dir(args.data_dir, env.env, config), config)
+    backend.bootstrap(env.env.get("INPUTLAYER_ADMIN_PASSWORD") or config.bootstrap_admin_password or None)
+    if backend.generated_password:
+        env.err("=" * 72 + "\n"
+                "Bootstrap: created user 'admin' (role admin) and knowledge graph 'default'.\n"
+                f"Generated admin password: {backend.generated_password}\n"
+                "Store it now: it will not be shown again.\n" + "=" * 72 + "\n")
+    return backend
+
+
+def log_in(backend, args, env: Environment, interactive: bool) -> str | None:
+    """Authenticate by the first credentials that apply (cli.md); an error line, or None."""
+    variables = env.env
+    try:
+        if variables.get("INPUTLAYER_API_KEY"):
+            backend.authenticate(variables["INPUTLAYER_API_KEY"])
+        elif args.user or variables.get("INPUTLAYER_USER"):
+            user = args.user or variables["INPUTLAYER_USER"]
+            password = variables.get("INPUTLAYER_PASSWORD")
+            if password is None:
+                if not interactive:
+                    return f"error: no password for user '{user}': set INPUTLAYER_PASSWORD"
+                password = env.getpass(f"Password for {user}: ")
+            backend.login(user, password)
+        elif variables.get("INPUTLAYER_ADMIN_PASSWORD"):
+            backend.login("admin", variables["INPUTLAYER_ADMIN_PASSWORD"])
+        elif getattr(backend, "bootstrapped", False):
+            backend.use_bootstrap_admin()
+        elif interactive:
+            env.out("Username: ")
+            user = env.stdin.readline().decode("utf-8", "replace").strip()
+            backend.login(user, env.getpass("Password: "))
+        else:
+            return NO_CREDENTIALS
+    except AuthError as exc:
+        return f"error: authentication failed: {exc.message}"
+    return None
+
+
+class _Unreadable(Exception):
+    pass
+
+
+def script_lines(args, env: Environment) -> Iterable[Line]:
+    """Every -c and -f in order (files read before anything runs, so an unreadable one changes
+    nothing), else stdin, streamed line by line."""
+    if not args.sources:
+        return stream_lines(env.stdin, "<stdin>")
+    lines: list[Line] = []
+    command_number = 0
+    for kind, value in args.sources:
+        if kind == "command":
+            command_number += 1
+            lines.append(Line("-c", command_number, value))
+            continue
+        try:
+            with open(value, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise _Unreadable(f"cannot read {value}: {exc.strerror or exc}") from None
+        lines += decode_lines(data, value)
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())

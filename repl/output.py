@@ -1,0 +1,79 @@
+"""Rendering results: table, plain, csv, json. Backend text is escaped before a terminal sees it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import unicodedata
+
+from backend.result import Result
+
+
+def printable(text: str) -> str:
+    """Replace control characters (escape sequences, tabs, newlines) with visible escapes, so a
+    server cannot move the cursor or change colours."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable():
+            out.append(ch)
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(f"\\u{ord(ch):04x}")
+    return "".join(out)
+
+
+def display_width(text: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def rows_footer(count: int) -> str:
+    return "1 row" if count == 1 else f"{count} rows"
+
+
+def render_table(result: Result) -> str:
+    if result.is_message:
+        return "".join(printable(row[0]) + "\n" for row in result.rows)
+    header = [printable(c) for c in result.columns]
+    body = [[printable(v) for v in row] for row in result.rows]
+    widths = [max([display_width(h)] + [display_width(r[i]) for r in body]) for i, h in enumerate(header)]
+
+    def line(cells: list[str]) -> str:
+        return " | ".join(c + " " * (w - display_width(c)) for c, w in zip(cells, widths)).rstrip() + "\n"
+
+    out = [line(header), "-+-".join("-" * w for w in widths) + "\n"]
+    out += [line(r) for r in body]
+    out.append(rows_footer(len(body)) + "\n")
+    return "".join(out)
+
+
+def render_plain(result: Result) -> str:
+    if result.is_message:
+        return "".join(printable(row[0]) + "\n" for row in result.rows)
+    return "".join("\t".join(printable(v) for v in row) + "\n" for row in result.rows)
+
+
+def render_csv(result: Result) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\r\n")
+    writer.writerow(result.columns)
+    writer.writerows(result.rows)
+    return buf.getvalue()
+
+
+def render_json(result: Result) -> str:
+    return json.dumps({"ok": True, "columns": result.columns, "rows": result.rows}, ensure_ascii=False) + "\n"
+
+
+def render_json_error(message: str, line: int) -> str:
+    return json.dumps({"ok": False, "error": message, "line": line}, ensure_ascii=False) + "\n"
+
+
+RENDERERS = {"table": render_table, "plain": render_plain, "csv": render_csv, "json": render_json}
+
+
+def render(result: Result, fmt: str) -> str:
+    return RENDERERS[fmt](result)
