@@ -1,0 +1,155 @@
+"""The store: permissions, refusing foreign or corrupt files, the audit chain, two processes."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backend.errors import CommandError, StoreError
+from backend.store import Store
+from conftest import ADMIN_PASSWORD, ROOT, cli_env
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_owner_only_permissions(engine, admin):
+    engine.execute(admin, ".user create pat pat-passphrase")
+    data = engine.store.dir
+    assert mode(data) == 0o700
+    files = list(data.iterdir())
+    assert {f.name for f in files} >= {"inputlayer.db", "inputlayer.db-wal", "hmac.key"}
+    assert all(mode(f) == 0o600 for f in files), {f.name: oct(mode(f)) for f in files}
+
+
+def test_wal_and_full_sync(engine):
+    assert engine.store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert engine.store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2   # FULL
+
+
+def test_foreign_and_corrupt_files_are_refused_untouched(tmp_path):
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "inputlayer.db").write_bytes(b"this is not a database" * 100)
+    before = (garbage / "inputlayer.db").read_bytes()
+    with pytest.raises(StoreError, match="not a valid database"):
+        Store(garbage)
+    assert (garbage / "inputlayer.db").read_bytes() == before
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    conn = sqlite3.connect(foreign / "inputlayer.db")
+    conn.execute("CREATE TABLE accounts (id INTEGER)")
+    conn.commit()
+    conn.close()
+    before = (foreign / "inputlayer.db").read_bytes()
+    with pytest.raises(StoreError, match="not an InputLayer store"):
+        Store(foreign)
+    assert (foreign / "inputlayer.db").read_bytes() == before
+
+
+def test_damaged_secret_file_is_refused(tmp_path):
+    Store(tmp_path / "d").close()
+    (tmp_path / "d" / "hmac.key").write_bytes(b"short")
+    with pytest.raises(StoreError, match="damaged"):
+        Store(tmp_path / "d")
+
+
+@pytest.fixture
+def audited(engine, admin):
+    for name in ("a1", "a2", "a3"):
+        engine.execute(admin, f".user create {name} {name}-passphrase")
+    assert engine.execute(admin, ".audit verify").rows[0][0].startswith("Audit log intact")
+    return engine, admin
+
+
+def tamper(engine, sql):
+    engine.store.conn.execute(sql)
+
+
+def verify_error(engine, admin):
+    with pytest.raises(CommandError) as exc:
+        engine.execute(admin, ".audit verify")
+    return exc.value.message
+
+
+def test_audit_detects_an_edited_record(audited):
+    engine, admin = audited
+    tamper(engine, "UPDATE audit SET detail = 'role=admin' WHERE seq = 4")
+    assert verify_error(engine, admin) == "Audit log broken at record 4: contents do not match its hash"
+
+
+def test_audit_detects_a_deleted_record(audited):
+    engine, admin = audited
+    tamper(engine, "DELETE FROM audit WHERE seq = 3")
+    assert verify_error(engine, admin).startswith("Audit log broken at record 3:")
+
+
+def test_audit_detects_reordered_records(audited):
+    engine, admin = audited
+    tamper(engine, "UPDATE audit SET seq = -seq WHERE seq IN (4, 5)")
+    tamper(engine, "UPDATE audit SET seq = 5 WHERE seq = -4")
+    tamper(engine, "UPDATE audit SET seq = 4 WHERE seq = -5")
+    assert verify_error(engine, admin).startswith("Audit log broken at record 4:")
+
+
+def test_audit_detects_removed_latest_records(audited):
+    engine, admin = audited
+    last = engine.store.conn.execute("SELECT max(seq) FROM audit").fetchone()[0]
+    tamper(engine, f"DELETE FROM audit WHERE seq = {last}")
+    assert "latest records were removed" in verify_error(engine, admin)
+
+
+def test_audit_holds_no_secret(audited):
+    engine, admin = audited
+    dump = "\n".join(str(tuple(r)) for r in engine.store.conn.execute("SELECT * FROM audit"))
+    assert "a1-passphrase" not in dump and ADMIN_PASSWORD not in dump and "$argon2" not in dump
+
+
+WRITER = """
+import sys
+from backend.config import Config, with_values
+from backend.engine import Engine
+from backend.store import Store
+cfg = with_values(Config(), {"security.argon2_memory_kib": 8, "security.argon2_time_cost": 1})
+engine = Engine(Store(sys.argv[1]), cfg)
+session = engine.login("admin", sys.argv[2], source="local")
+tag = sys.argv[3]
+for i in range(60):
+    engine.execute(session, f".kg create {tag}-{i}")
+print("done", flush=True)
+"""
+
+
+def test_two_processes_writing_at_once_lose_nothing(tmp_path, cheap_config):
+    from backend.engine import Engine
+
+    data = tmp_path / "shared"
+    store = Store(data)
+    Engine(store, cheap_config).bootstrap(ADMIN_PASSWORD)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(data), ADMIN_PASSWORD, tag],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for tag in ("p", "q")]
+    for proc in procs:
+        out, errs = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and out.strip() == b"done", errs.decode()[-2000:]
+    names = {r["name"] for r in store.kgs()}
+    assert {f"{t}-{i}" for t in "pq" for i in range(60)} <= names
+    assert store.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert store.verify_audit()[1] is None
+
+
+def test_a_change_in_one_process_is_seen_by_the_others_next_command(engine, admin, config_file):
+    env = cli_env(config_file, INPUTLAYER_ADMIN_PASSWORD=ADMIN_PASSWORD)
+    proc = subprocess.run([sys.executable, "-m", "repl", "--data-dir", str(engine.store.dir),
+                           "-c", ".user create from-outside outside-passphrase"],
+                          env=env, cwd=ROOT, capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "from-outside" in [r[0] for r in engine.execute(admin, ".user list").rows]
