@@ -96,14 +96,12 @@ def open_backend(args, env: Environment, config: Config, url: str | None):
     if url:
         from backend.client import RemoteBackend
         return RemoteBackend(url, ca_file=args.ca_file or env.env.get("INPUTLAYER_CA_FILE"), config=config)
+    from backend.bootstrap import bootstrap_banner, bootstrap_password
     from backend.local import LocalBackend
     backend = LocalBackend(resolve_data_dir(args.data_dir, env.env, config), config)
-    backend.bootstrap(env.env.get("INPUTLAYER_ADMIN_PASSWORD") or config.bootstrap_admin_password or None)
+    backend.bootstrap(bootstrap_password(env.env, config))
     if backend.generated_password:
-        env.err("=" * 72 + "\n"
-                "Bootstrap: created user 'admin' (role admin) and knowledge graph 'default'.\n"
-                f"Generated admin password: {backend.generated_password}\n"
-                "Store it now: it will not be shown again.\n" + "=" * 72 + "\n")
+        env.err(bootstrap_banner(backend.generated_password))
     return backend
 
 

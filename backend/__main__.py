@@ -1,0 +1,144 @@
+"""`inputlayer-server` (also `python -m backend`): serve a data directory over WebSocket."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Mapping, Sequence
+
+from . import __version__
+from .bootstrap import bootstrap_banner, bootstrap_password
+from .config import Config, TLSConfig, load_config, resolve_data_dir, with_values
+from .errors import ConfigError, StoreError
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"inputlayer-server: error: {message}\nTry 'inputlayer-server --help'.\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="inputlayer-server",
+                description="Serve an InputLayer data directory over WebSocket (/ws) with HTTP "
+                            "health and metrics endpoints on the same port.")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1, or server.host)")
+    p.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 8080, or server.port)")
+    p.add_argument("--data-dir", metavar="DIR", help="data directory (else INPUTLAYER_DATA_DIR, data_dir, XDG)")
+    p.add_argument("--config", metavar="TOML", help="config file (else INPUTLAYER_CONFIG)")
+    p.add_argument("--tls-cert", metavar="PEM", help="TLS certificate chain (PEM); needs --tls-key")
+    p.add_argument("--tls-key", metavar="PEM", help="TLS private key (PEM)")
+    p.add_argument("--tls-keystore", metavar="P12",
+                   help="TLS PKCS#12 keystore; its password in INPUTLAYER_TLS_KEYSTORE_PASSWORD")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="log level (default info)")
+    p.add_argument("--version", action="version", version=f"inputlayer-server {__version__}")
+    return p
+
+
+class _OneLine(logging.Formatter):
+    """One line an event: newlines inside a message (or an exception) are folded."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.exc_info = None           # tracebacks span lines and may show values: never printed
+        record.exc_text = None
+        record.stack_info = None
+        return super().format(record).replace("\r", "\\r").replace("\n", "\\n")
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # The websockets library logs frames (passwords, keys) at DEBUG: never below INFO, and its
+    # INFO lines (a connection opened or closed) only when debugging, since ours say more.
+    for name in ("websockets", "inputlayer.websockets"):
+        logging.getLogger(name).setLevel(logging.INFO if root.level <= logging.DEBUG else logging.WARNING)
+    # asyncio's debug lines are not events of this server.
+    logging.getLogger("asyncio").setLevel(max(logging.WARNING, root.level))
+
+
+def server_config(args: argparse.Namespace, config: Config) -> Config:
+    """Flags override the config file (which overrides the defaults)."""
+    values: dict = {}
+    if args.host is not None:
+        values["server.host"] = args.host
+    if args.port is not None:
+        if not 0 <= args.port <= 65535:
+            raise ConfigError(f"--port {args.port}: expected a port from 0 to 65535")
+        values["server.port"] = args.port
+    if args.tls_cert or args.tls_key or args.tls_keystore:
+        values["server.tls"] = TLSConfig(cert=args.tls_cert or "", key=args.tls_key or "",
+                                         keystore=args.tls_keystore or "")
+    return with_values(config, values) if values else config
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    env = dict(os.environ) if env is None else env
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    log = logging.getLogger("inputlayer.server")
+
+    from .engine import Engine
+    from .server import Server, is_loopback, tls_context
+    from .store import Store
+
+    try:
+        config = server_config(args, load_config(args.config, env))
+        ssl_context = tls_context(config.server.tls, env.get("INPUTLAYER_TLS_KEYSTORE_PASSWORD"))
+    except ConfigError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    data_dir = resolve_data_dir(args.data_dir, env, config)
+    try:
+        store = Store(data_dir)
+    except StoreError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    try:
+        engine = Engine(store, config)
+        _, generated = engine.bootstrap(bootstrap_password(env, config))
+        if generated:
+            sys.stderr.write(bootstrap_banner(generated))
+            sys.stderr.flush()
+        if ssl_context is None and not is_loopback(config.server.host):
+            log.warning("listening on %s without TLS: traffic, passwords included, is readable on the "
+                        "network unless a reverse proxy terminates TLS in front of this server",
+                        config.server.host)
+        server = Server(engine, config, ssl_context=ssl_context)
+        return asyncio.run(_serve(server))
+    except StoreError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    finally:
+        store.close()
+
+
+async def _serve(server) -> int:
+    try:
+        await server.bind()
+    except OSError as exc:
+        sys.stderr.write(f"error: cannot listen on {server.cfg.host}:{server.cfg.port}: "
+                         f"{exc.strerror or exc}\n")
+        return 2
+    # The port is known before the first connection is accepted (port 0 picks a free one).
+    sys.stdout.write(f"listening on {server.url}\n")
+    sys.stdout.flush()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start_serving()
+    await stop.wait()
+    await server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
