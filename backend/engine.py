@@ -14,7 +14,7 @@ from typing import Callable, Protocol
 
 from . import __version__
 from .config import Config
-from .errors import AuthError, CommandError, PermissionDenied, SessionEnded
+from .errors import AuthError, CommandError, PermissionDenied, SessionEnded, StoreError
 from .registry import COMMANDS, GROUPS, Command, Invocation, _clip, find_command, parse
 from .result import Result
 from .security import Clock, Lockout, PasswordHasher, check_password_policy, iso, key_digest, \
@@ -197,7 +197,7 @@ class Engine:
             if self.store.kg("default") is not None and self._level(rights, "default"):
                 session.knowledge_graph = "default"
 
-    def _key_problem(self, row: sqlite3.Row, digest: str) -> str | None:
+    def _key_problem(self, row: dict, digest: str) -> str | None:
         now = self.clock()
         if row["revoked_at"] is not None:
             return "revoked key"
@@ -307,7 +307,7 @@ class Engine:
         except PermissionDenied as denied:
             self._record_denial(session, cmd, inv, denied.message)
             raise
-        except sqlite3.OperationalError as exc:
+        except (sqlite3.OperationalError, StoreError) as exc:
             raise CommandError(f"The store could not complete the command: {exc}. Nothing was changed.") from None
         if result.switched_kg is not None:
             session.knowledge_graph = result.switched_kg
@@ -457,7 +457,7 @@ class Engine:
         self._audit(session, inv, f"role={role}")
         return Result.message(f"User '{name}' created with role '{role}'.")
 
-    def _existing_user(self, name: str) -> sqlite3.Row:
+    def _existing_user(self, name: str) -> dict:
         user = self.store.user(name)
         if user is None:
             raise CommandError(f"User '{name}' not found")
@@ -582,11 +582,11 @@ class Engine:
 
     # --- API keys ------------------------------------------------------------------------
 
-    def _key_row(self, row: sqlite3.Row) -> tuple[str, str]:
+    def _key_row(self, row: dict) -> tuple[str, str]:
         kgs = ",".join(self.store.key_kgs(row["id"])) if row["scoped"] else "*"
         return kgs, iso(row["expires_at"])
 
-    def _key_status(self, row: sqlite3.Row) -> str:
+    def _key_status(self, row: dict) -> str:
         now = self.clock()
         if row["revoked_at"] is not None:
             return "revoked"
@@ -633,7 +633,7 @@ class Engine:
                          iso(k["last_used_at"]), self._key_status(k)])
         return Result(["label", "created_at", "owner", "role", "kgs", "expires_at", "last_used_at", "status"], rows)
 
-    def _live_key(self, label: str) -> sqlite3.Row:
+    def _live_key(self, label: str) -> dict:
         row = self.store.key(label)
         if row is None:
             raise CommandError(f"API key '{label}' not found")

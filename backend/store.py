@@ -1,7 +1,9 @@
 """The embedded store: SQLite in WAL mode with synchronous=FULL, owner-only files.
 
-All SQL lives here. Every change runs inside `write()` (BEGIN IMMEDIATE, or a savepoint when a
-batch is open), and its audit record is appended in that same transaction.
+All SQL lives here. Every row is a lookup ref (or refs) plus one `data` value that the codec
+keeps as JSON or seals with AES-256-GCM, so the same code serves plain and encrypted stores.
+Every change runs inside `write()` (BEGIN IMMEDIATE, or a savepoint when a batch is open), and
+its audit record is appended in that same transaction.
 """
 
 from __future__ import annotations
@@ -9,82 +11,51 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import sqlite3
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .codec import Codec
 from .errors import StoreError
 
 APPLICATION_ID = 0x494C4144   # "ILAD": marks the file as ours, so a foreign database is refused
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_FILE = "inputlayer.db"
-SECRET_FILE = "hmac.key"
 GENESIS_HASH = "0" * 64
+AUDIT_FIELDS = ("seq", "time", "actor", "source", "action", "target", "outcome", "detail")
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS users (
-    name TEXT PRIMARY KEY,
-    role TEXT NOT NULL,
-    password_hash TEXT NOT NULL,
-    password_version INTEGER NOT NULL DEFAULT 1,
-    created_at REAL NOT NULL,
-    last_login_at REAL
+CREATE TABLE meta (name TEXT PRIMARY KEY, data) WITHOUT ROWID;
+CREATE TABLE users (ref TEXT PRIMARY KEY, data NOT NULL) WITHOUT ROWID;
+CREATE TABLE kgs (ref TEXT PRIMARY KEY, data NOT NULL) WITHOUT ROWID;
+CREATE TABLE acl (
+    kg_ref TEXT NOT NULL REFERENCES kgs(ref) ON DELETE CASCADE,
+    user_ref TEXT NOT NULL REFERENCES users(ref) ON DELETE CASCADE,
+    data NOT NULL,
+    PRIMARY KEY (kg_ref, user_ref)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS kgs (
-    name TEXT PRIMARY KEY,
-    created_at REAL NOT NULL,
-    created_by TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS acl (
-    kg TEXT NOT NULL REFERENCES kgs(name) ON DELETE CASCADE,
-    username TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
-    role TEXT NOT NULL,
-    granted_by TEXT NOT NULL,
-    granted_at REAL NOT NULL,
-    PRIMARY KEY (kg, username)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS acl_by_user ON acl(username);
-CREATE TABLE IF NOT EXISTS api_keys (
+CREATE INDEX acl_by_user ON acl(user_ref);
+CREATE TABLE api_keys (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    label TEXT NOT NULL UNIQUE,
-    owner TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
-    role TEXT NOT NULL,
-    scoped INTEGER NOT NULL,
-    digest TEXT UNIQUE,
-    prev_digest TEXT UNIQUE,
-    prev_valid_until REAL,
-    created_at REAL NOT NULL,
-    expires_at REAL,
-    last_used_at REAL,
-    revoked_at REAL
+    label_ref TEXT NOT NULL UNIQUE,
+    owner_ref TEXT NOT NULL REFERENCES users(ref) ON DELETE CASCADE,
+    digest_ref TEXT UNIQUE,
+    prev_digest_ref TEXT UNIQUE,
+    data NOT NULL
 );
-CREATE INDEX IF NOT EXISTS api_keys_by_owner ON api_keys(owner);
-CREATE TABLE IF NOT EXISTS api_key_kgs (
+CREATE INDEX api_keys_by_owner ON api_keys(owner_ref);
+CREATE TABLE api_key_kgs (
     key_id INTEGER NOT NULL REFERENCES api_keys(id) ON DELETE CASCADE,
-    kg TEXT NOT NULL REFERENCES kgs(name) ON DELETE CASCADE,
-    PRIMARY KEY (key_id, kg)
+    kg_ref TEXT NOT NULL REFERENCES kgs(ref) ON DELETE CASCADE,
+    PRIMARY KEY (key_id, kg_ref)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS api_key_kgs_by_kg ON api_key_kgs(kg);
-CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY,
-    time REAL NOT NULL,
-    actor TEXT NOT NULL,
-    source TEXT NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    detail TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_by_actor ON audit(actor);
-CREATE INDEX IF NOT EXISTS audit_by_target ON audit(target);
+CREATE INDEX api_key_kgs_by_kg ON api_key_kgs(kg_ref);
+CREATE TABLE audit (seq INTEGER PRIMARY KEY, data NOT NULL);
 """
-
-AUDIT_FIELDS = ("seq", "time", "actor", "source", "action", "target", "outcome", "detail")
+TABLES = ("meta", "users", "kgs", "acl", "api_keys", "api_key_kgs", "audit")
 
 
 def audit_hash(prev_hash: str, record: tuple) -> str:
@@ -96,49 +67,45 @@ def _private_file(path: Path) -> None:
     """Create `path` empty with mode 0600 if it does not exist (SQLite then keeps the mode for
     its -wal and -shm files)."""
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        os.close(fd)
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
         pass
 
 
 class Store:
-    def __init__(self, data_dir: str | os.PathLike, *, busy_timeout_ms: int = 30_000):
+    def __init__(self, data_dir: str | os.PathLike, *, encryption_key: bytes | None = None,
+                 busy_timeout_ms: int = 30_000, path: Path | None = None):
         self.dir = Path(data_dir)
-        self.path = self.dir / DB_FILE
+        self.path = path or self.dir / DB_FILE
+        self.codec = Codec(encryption_key)
         self._lock = threading.RLock()   # one connection, shared by the server's threads
         self._depth = 0                  # nesting of write()/batch() on this connection
         self._open(busy_timeout_ms)
-        self.secret = self._load_secret()
 
     # --- opening -------------------------------------------------------------------------
 
     def _open(self, busy_timeout_ms: int) -> None:
         try:
             self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if not self.dir.is_dir():
-                raise StoreError(f"cannot open the store: {self.dir} is not a directory")
             _private_file(self.path)
         except OSError as exc:
             raise StoreError(f"cannot open the store in {self.dir}: {exc.strerror or exc}") from None
         try:
             self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                         timeout=busy_timeout_ms / 1000)
-            self.conn.row_factory = sqlite3.Row
             app_id = self.conn.execute("PRAGMA application_id").fetchone()[0]
             tables = self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             if app_id != APPLICATION_ID and (app_id != 0 or tables):
                 raise StoreError(f"cannot open the store: {self.path} is not an InputLayer store "
                                  "(another program's database); choose another --data-dir")
+            if app_id == APPLICATION_ID:
+                self._check_format()        # before anything could write: a wrong key changes no byte
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.execute("PRAGMA foreign_keys=ON")
+            self.conn.execute("PRAGMA secure_delete=ON")
             if app_id != APPLICATION_ID:
                 self._create_schema()
-            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-            if version != SCHEMA_VERSION:
-                raise StoreError(f"cannot open the store: {self.path} has schema version {version}, "
-                                 f"this program reads version {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open the store: {self.path} is not a valid database ({exc}); "
                              "restore it from a backup or choose another --data-dir") from None
@@ -146,6 +113,24 @@ class Store:
             extra = Path(str(self.path) + suffix)
             if extra.exists():
                 os.chmod(extra, 0o600)
+
+    def _check_format(self) -> None:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"cannot open the store: {self.path} has format version {version}, "
+                             f"this program reads version {SCHEMA_VERSION}")
+        row = self.conn.execute("SELECT data FROM meta WHERE name = 'format'").fetchone()
+        if row is None:
+            raise StoreError(f"cannot open the store: {self.path} is damaged (no format record)")
+        fmt = json.loads(row[0])
+        if fmt["encrypted"] and not self.codec.encrypted:
+            raise StoreError("the store is encrypted: set INPUTLAYER_ENCRYPTION_KEY to its key")
+        if not fmt["encrypted"] and self.codec.encrypted:
+            raise StoreError("the store is not encrypted: unset INPUTLAYER_ENCRYPTION_KEY, or encrypt "
+                             "the store first with `inputlayer-server rekey`")
+        if fmt["encrypted"] and fmt["key_id"] != self.codec.key_id:
+            raise StoreError("wrong encryption key: INPUTLAYER_ENCRYPTION_KEY is not the key of this store")
+        self.secret = self._meta("secrets")["hmac"].encode()
 
     def _create_schema(self) -> None:
         self.conn.execute("BEGIN IMMEDIATE")
@@ -155,37 +140,21 @@ class Store:
                     self.conn.execute(statement)
                 self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('audit_head', ?)", (f"0:{GENESIS_HASH}",))
+                fmt = {"encrypted": self.codec.encrypted, "key_id": self.codec.key_id}
+                self.conn.execute("INSERT INTO meta VALUES ('format', ?)", (json.dumps(fmt),))
+                # Server-side secrets live in their own table, apart from the digests they key.
+                self._set_meta("secrets", {"hmac": secrets.token_hex(32), "token": secrets.token_hex(32)})
+                self._set_meta("audit_head", {"seq": 0, "hash": GENESIS_HASH})
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
+        self.secret = self._meta("secrets")["hmac"].encode()
 
-    def _load_secret(self) -> bytes:
-        """The HMAC key for API-key digests, kept in its own 0600 file apart from the digests."""
-        path = self.dir / SECRET_FILE
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            tmp = self.dir / f".{SECRET_FILE}.{os.getpid()}.tmp"
-            fd = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
-            try:
-                os.write(fd, os.urandom(32))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            try:
-                os.link(tmp, path)          # atomic: a racing process keeps the first secret
-            except FileExistsError:
-                pass
-            finally:
-                os.unlink(tmp)
-            data = path.read_bytes()
-        except OSError as exc:
-            raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from None
-        if len(data) != 32:
-            raise StoreError(f"cannot open the store: {path} is damaged (expected 32 bytes)")
-        return data
+    @property
+    def token_secret(self) -> bytes:
+        with self._lock:
+            return self._meta("secrets")["token"].encode()
 
     def close(self) -> None:
         with self._lock:
@@ -194,7 +163,7 @@ class Store:
     # --- transactions --------------------------------------------------------------------
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self) -> Iterator[None]:
         """One change, atomically: a transaction, or a savepoint inside an open batch."""
         with self._lock:
             if self._depth:
@@ -202,7 +171,7 @@ class Store:
                 self.conn.execute(f"SAVEPOINT {name}")
                 self._depth += 1
                 try:
-                    yield self.conn
+                    yield
                 except BaseException:
                     self.conn.execute(f"ROLLBACK TO {name}")
                     self.conn.execute(f"RELEASE {name}")
@@ -214,7 +183,7 @@ class Store:
             self._begin()
             self._depth = 1
             try:
-                yield self.conn
+                yield
             except BaseException:
                 self._depth = 0
                 self._rollback()
@@ -223,18 +192,18 @@ class Store:
             self._commit()
 
     @contextmanager
-    def read(self) -> Iterator[sqlite3.Connection]:
+    def read(self) -> Iterator[None]:
         """A consistent snapshot for a read-only command."""
         with self._lock:
             if self._depth:
-                yield self.conn
+                yield
                 return
             try:
                 self.conn.execute("BEGIN")
             except sqlite3.OperationalError as exc:
                 raise StoreError(f"cannot read the store: {exc}") from None
             try:
-                yield self.conn
+                yield
             finally:
                 self.conn.execute("COMMIT")
 
@@ -270,165 +239,233 @@ class Store:
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
 
+    # --- encoding helpers ----------------------------------------------------------------
+
+    def _meta(self, name: str) -> dict:
+        row = self.conn.execute("SELECT data FROM meta WHERE name = ?", (name,)).fetchone()
+        return self.codec.open("meta", name, row[0])
+
+    def _set_meta(self, name: str, value: dict) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, self.codec.seal("meta", name, value)))
+
+    def _get(self, table: str, ref: str) -> dict | None:
+        row = self.conn.execute(f"SELECT data FROM {table} WHERE ref = ?", (ref,)).fetchone()
+        return None if row is None else self.codec.open(table, ref, row[0])
+
+    def _all(self, table: str, sort_key: str) -> list[dict]:
+        rows = [self.codec.open(table, ref, data) for ref, data in self.conn.execute(f"SELECT ref, data FROM {table}")]
+        return sorted(rows, key=lambda r: r[sort_key])
+
+    def _put(self, table: str, ref: str, value: dict, *, insert: bool) -> None:
+        sealed = self.codec.seal(table, ref, value)
+        if insert:
+            self.conn.execute(f"INSERT INTO {table} (ref, data) VALUES (?, ?)", (ref, sealed))
+        else:
+            self.conn.execute(f"UPDATE {table} SET data = ? WHERE ref = ?", (sealed, ref))
+
     # --- users ---------------------------------------------------------------------------
 
-    def user(self, name: str) -> sqlite3.Row | None:
-        return self.conn.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone()
+    def _user_ref(self, name: str) -> str:
+        return self.codec.ref("user", name)
 
-    def users(self) -> list[sqlite3.Row]:
-        return self.conn.execute("SELECT * FROM users ORDER BY name").fetchall()
+    def user(self, name: str) -> dict | None:
+        return self._get("users", self._user_ref(name))
+
+    def users(self) -> list[dict]:
+        return self._all("users", "name")
 
     def user_count(self) -> int:
         return self.conn.execute("SELECT count(*) FROM users").fetchone()[0]
 
     def admin_count(self) -> int:
-        return self.conn.execute("SELECT count(*) FROM users WHERE role = 'admin'").fetchone()[0]
+        return sum(1 for u in self.users() if u["role"] == "admin")
 
     def add_user(self, name: str, role: str, password_hash: str, now: float) -> None:
-        self.conn.execute("INSERT INTO users (name, role, password_hash, created_at) VALUES (?, ?, ?, ?)",
-                          (name, role, password_hash, now))
+        self._put("users", self._user_ref(name), {"name": name, "role": role, "password_hash": password_hash,
+                                                  "password_version": 1, "created_at": now,
+                                                  "last_login_at": None}, insert=True)
 
     def drop_user(self, name: str) -> None:
-        self.conn.execute("DELETE FROM users WHERE name = ?", (name,))
+        self.conn.execute("DELETE FROM users WHERE ref = ?", (self._user_ref(name),))
+
+    def _update_user(self, name: str, **changes) -> None:
+        user = self.user(name)
+        if user is not None:
+            self._put("users", self._user_ref(name), {**user, **changes}, insert=False)
 
     def set_password(self, name: str, password_hash: str, *, new_version: bool) -> None:
         """new_version ends the user's other password sessions (a rehash does not)."""
-        self.conn.execute("UPDATE users SET password_hash = ?, password_version = password_version + ? "
-                          "WHERE name = ?", (password_hash, int(new_version), name))
+        user = self.user(name)
+        self._update_user(name, password_hash=password_hash,
+                          password_version=user["password_version"] + int(new_version))
 
     def set_role(self, name: str, role: str) -> None:
-        self.conn.execute("UPDATE users SET role = ? WHERE name = ?", (role, name))
+        self._update_user(name, role=role)
 
     def touch_login(self, name: str, now: float) -> None:
-        self.conn.execute("UPDATE users SET last_login_at = ? WHERE name = ?", (now, name))
+        self._update_user(name, last_login_at=now)
 
-    # --- knowledge graphs ------------------------------------------------------------------
+    # --- knowledge graphs ----------------------------------------------------------------
 
-    def kg(self, name: str) -> sqlite3.Row | None:
-        return self.conn.execute("SELECT * FROM kgs WHERE name = ?", (name,)).fetchone()
+    def _kg_ref(self, name: str) -> str:
+        return self.codec.ref("kg", name)
 
-    def kgs(self) -> list[sqlite3.Row]:
-        return self.conn.execute("SELECT * FROM kgs ORDER BY name").fetchall()
+    def kg(self, name: str) -> dict | None:
+        return self._get("kgs", self._kg_ref(name))
+
+    def kgs(self) -> list[dict]:
+        return self._all("kgs", "name")
 
     def add_kg(self, name: str, creator: str, now: float) -> None:
-        self.conn.execute("INSERT INTO kgs VALUES (?, ?, ?)", (name, now, creator))
+        self._put("kgs", self._kg_ref(name), {"name": name, "created_at": now, "created_by": creator}, insert=True)
 
     def drop_kg(self, name: str) -> None:
-        self.conn.execute("DELETE FROM kgs WHERE name = ?", (name,))
+        self.conn.execute("DELETE FROM kgs WHERE ref = ?", (self._kg_ref(name),))
 
     # --- ACLs ----------------------------------------------------------------------------
 
-    def acl_entry(self, kg: str, user: str) -> sqlite3.Row | None:
-        return self.conn.execute("SELECT * FROM acl WHERE kg = ? AND username = ?", (kg, user)).fetchone()
+    def _acl_open(self, kg_ref: str, user_ref: str, data) -> dict:
+        return self.codec.open("acl", f"{kg_ref}/{user_ref}", data)
 
-    def acl_for_kg(self, kg: str) -> list[sqlite3.Row]:
-        return self.conn.execute("SELECT * FROM acl WHERE kg = ? ORDER BY username", (kg,)).fetchall()
+    def acl_entry(self, kg: str, user: str) -> dict | None:
+        kg_ref, user_ref = self._kg_ref(kg), self._user_ref(user)
+        row = self.conn.execute("SELECT data FROM acl WHERE kg_ref = ? AND user_ref = ?", (kg_ref, user_ref)).fetchone()
+        return None if row is None else self._acl_open(kg_ref, user_ref, row[0])
 
-    def acl_for_user(self, user: str) -> list[sqlite3.Row]:
-        return self.conn.execute("SELECT * FROM acl WHERE username = ? ORDER BY kg", (user,)).fetchall()
+    def acl_for_kg(self, kg: str) -> list[dict]:
+        kg_ref = self._kg_ref(kg)
+        rows = self.conn.execute("SELECT user_ref, data FROM acl WHERE kg_ref = ?", (kg_ref,))
+        return sorted((self._acl_open(kg_ref, u, d) for u, d in rows), key=lambda e: e["username"])
+
+    def acl_for_user(self, user: str) -> list[dict]:
+        user_ref = self._user_ref(user)
+        rows = self.conn.execute("SELECT kg_ref, data FROM acl WHERE user_ref = ?", (user_ref,))
+        return sorted((self._acl_open(k, user_ref, d) for k, d in rows), key=lambda e: e["kg"])
 
     def grant(self, kg: str, user: str, role: str, granted_by: str, now: float) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO acl VALUES (?, ?, ?, ?, ?)", (kg, user, role, granted_by, now))
+        kg_ref, user_ref = self._kg_ref(kg), self._user_ref(user)
+        value = {"kg": kg, "username": user, "role": role, "granted_by": granted_by, "granted_at": now}
+        self.conn.execute("INSERT OR REPLACE INTO acl VALUES (?, ?, ?)",
+                          (kg_ref, user_ref, self.codec.seal("acl", f"{kg_ref}/{user_ref}", value)))
 
     def revoke(self, kg: str, user: str) -> None:
-        self.conn.execute("DELETE FROM acl WHERE kg = ? AND username = ?", (kg, user))
+        self.conn.execute("DELETE FROM acl WHERE kg_ref = ? AND user_ref = ?", (self._kg_ref(kg), self._user_ref(user)))
 
     # --- API keys ------------------------------------------------------------------------
 
-    def key_by_digest(self, digest: str) -> sqlite3.Row | None:
-        """The key whose current or (still rotating) previous secret has this digest."""
-        row = self.conn.execute("SELECT *, 0 AS is_previous FROM api_keys WHERE digest = ?", (digest,)).fetchone()
-        if row is None:
-            row = self.conn.execute("SELECT *, 1 AS is_previous FROM api_keys WHERE prev_digest = ?",
-                                    (digest,)).fetchone()
-        return row
+    def _key_open(self, row) -> dict:
+        key_id, data = row
+        return {"id": key_id, **self.codec.open("api_keys", str(key_id), data)}
 
-    def key(self, label: str) -> sqlite3.Row | None:
-        return self.conn.execute("SELECT * FROM api_keys WHERE label = ?", (label,)).fetchone()
+    def _key_put(self, key: dict) -> None:
+        value = {k: v for k, v in key.items() if k != "id"}
+        digest, prev = key.get("digest"), key.get("prev_digest")
+        self.conn.execute(
+            "UPDATE api_keys SET digest_ref = ?, prev_digest_ref = ?, data = ? WHERE id = ?",
+            (digest and self.codec.ref("digest", digest), prev and self.codec.ref("digest", prev),
+             self.codec.seal("api_keys", str(key["id"]), value), key["id"]))
 
-    def key_by_id(self, key_id: int) -> sqlite3.Row | None:
-        return self.conn.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+    def key_by_digest(self, digest: str) -> dict | None:
+        """The key whose current or previous (rotating) secret has this digest."""
+        ref = self.codec.ref("digest", digest)
+        row = self.conn.execute("SELECT id, data FROM api_keys WHERE digest_ref = ? OR prev_digest_ref = ?",
+                                (ref, ref)).fetchone()
+        return None if row is None else self._key_open(row)
 
-    def keys(self, owner: str | None = None) -> list[sqlite3.Row]:
+    def key(self, label: str) -> dict | None:
+        row = self.conn.execute("SELECT id, data FROM api_keys WHERE label_ref = ?",
+                                (self.codec.ref("label", label),)).fetchone()
+        return None if row is None else self._key_open(row)
+
+    def key_by_id(self, key_id: int) -> dict | None:
+        row = self.conn.execute("SELECT id, data FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        return None if row is None else self._key_open(row)
+
+    def keys(self, owner: str | None = None) -> list[dict]:
         if owner is None:
-            return self.conn.execute("SELECT * FROM api_keys ORDER BY label").fetchall()
-        return self.conn.execute("SELECT * FROM api_keys WHERE owner = ? ORDER BY label", (owner,)).fetchall()
+            rows = self.conn.execute("SELECT id, data FROM api_keys")
+        else:
+            rows = self.conn.execute("SELECT id, data FROM api_keys WHERE owner_ref = ?", (self._user_ref(owner),))
+        return sorted((self._key_open(r) for r in rows), key=lambda k: k["label"])
 
     def key_kgs(self, key_id: int) -> list[str]:
-        return [r[0] for r in self.conn.execute("SELECT kg FROM api_key_kgs WHERE key_id = ? ORDER BY kg", (key_id,))]
-
-    def key_reaches(self, key_id: int, kg: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM api_key_kgs WHERE key_id = ? AND kg = ?",
-                                 (key_id, kg)).fetchone() is not None
+        rows = self.conn.execute("SELECT k.ref, k.data FROM api_key_kgs s JOIN kgs k ON k.ref = s.kg_ref "
+                                 "WHERE s.key_id = ?", (key_id,))
+        return sorted(self.codec.open("kgs", ref, data)["name"] for ref, data in rows)
 
     def add_key(self, label: str, owner: str, role: str, kgs: tuple[str, ...], digest: str,
                 now: float, expires_at: float | None) -> None:
+        label_ref = self.codec.ref("label", label)
         # A revoked key's label may be reused: its row only remains for `.apikey list`.
-        self.conn.execute("DELETE FROM api_keys WHERE label = ? AND revoked_at IS NOT NULL", (label,))
-        cur = self.conn.execute(
-            "INSERT INTO api_keys (label, owner, role, scoped, digest, created_at, expires_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)", (label, owner, role, int(bool(kgs)), digest, now, expires_at))
-        self.conn.executemany("INSERT INTO api_key_kgs VALUES (?, ?)", [(cur.lastrowid, kg) for kg in kgs])
+        self.conn.execute("DELETE FROM api_keys WHERE label_ref = ?", (label_ref,))
+        key_id = self.conn.execute("INSERT INTO api_keys (label_ref, owner_ref, data) VALUES (?, ?, '')",
+                                   (label_ref, self._user_ref(owner))).lastrowid
+        self._key_put({"id": key_id, "label": label, "owner": owner, "role": role, "scoped": bool(kgs),
+                       "digest": digest, "prev_digest": None, "prev_valid_until": None, "created_at": now,
+                       "expires_at": expires_at, "last_used_at": None, "revoked_at": None})
+        self.conn.executemany("INSERT INTO api_key_kgs VALUES (?, ?)", [(key_id, self._kg_ref(kg)) for kg in kgs])
 
     def revoke_key(self, key_id: int, now: float) -> None:
-        self.conn.execute("UPDATE api_keys SET revoked_at = ?, digest = NULL, prev_digest = NULL, "
-                          "prev_valid_until = NULL WHERE id = ?", (now, key_id))
+        key = self.key_by_id(key_id)
+        self._key_put({**key, "revoked_at": now, "digest": None, "prev_digest": None, "prev_valid_until": None})
 
     def rotate_key(self, key_id: int, new_digest: str, old_valid_until: float | None) -> None:
-        if old_valid_until is None:
-            self.conn.execute("UPDATE api_keys SET digest = ?, prev_digest = NULL, prev_valid_until = NULL "
-                              "WHERE id = ?", (new_digest, key_id))
-        else:
-            self.conn.execute("UPDATE api_keys SET prev_digest = digest, prev_valid_until = ?, digest = ? "
-                              "WHERE id = ?", (old_valid_until, new_digest, key_id))
+        key = self.key_by_id(key_id)
+        previous = key["digest"] if old_valid_until is not None else None
+        self._key_put({**key, "digest": new_digest, "prev_digest": previous, "prev_valid_until": old_valid_until})
 
     def touch_key(self, key_id: int, now: float) -> None:
-        self.conn.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (now, key_id))
+        self._key_put({**self.key_by_id(key_id), "last_used_at": now})
 
     # --- audit ---------------------------------------------------------------------------
 
     def append_audit(self, now: float, actor: str, source: str, action: str, target: str,
                      outcome: str, detail: str) -> None:
         """Append one hash-chained record; must run inside write()."""
-        head = self.conn.execute("SELECT value FROM meta WHERE key = 'audit_head'").fetchone()[0]
-        last_seq, prev_hash = head.split(":")
-        seq = int(last_seq) + 1
+        head = self._meta("audit_head")
+        seq = head["seq"] + 1
         record = (seq, now, actor, source, action, target, outcome, detail)
-        digest = audit_hash(prev_hash, record)
-        self.conn.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                          (*record, prev_hash, digest))
-        self.conn.execute("UPDATE meta SET value = ? WHERE key = 'audit_head'", (f"{seq}:{digest}",))
+        digest = audit_hash(head["hash"], record)
+        value = dict(zip(AUDIT_FIELDS, record), prev_hash=head["hash"], hash=digest)
+        self.conn.execute("INSERT INTO audit VALUES (?, ?)", (seq, self.codec.seal("audit", str(seq), value)))
+        self._set_meta("audit_head", {"seq": seq, "hash": digest})
+
+    def _audit_rows(self, order: str) -> Iterator[dict]:
+        for seq, data in self.conn.execute(f"SELECT seq, data FROM audit ORDER BY seq {order}"):
+            yield {**self.codec.open("audit", str(seq), data), "row_seq": seq}
 
     def audit_records(self, *, limit: int, actor: str | None, action: str | None,
-                      since: float | None) -> list[sqlite3.Row]:
-        clauses, params = [], []
-        if actor is not None:
-            clauses.append("(actor = ? OR target = ?)")
-            params += [actor, actor]
-        if action is not None:
-            clauses.append("(action = ? OR action LIKE ? ESCAPE '\\')")
-            params += [action, action.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ".%"]
-        if since is not None:
-            clauses.append("time >= ?")
-            params.append(since)
-        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-        return self.conn.execute(f"SELECT * FROM audit {where} ORDER BY seq DESC LIMIT ?",
-                                 (*params, limit)).fetchall()
+                      since: float | None) -> list[dict]:
+        """Newest first; `actor` matches the actor or the target, `action` a name or a prefix."""
+        found = []
+        for rec in self._audit_rows("DESC"):
+            if since is not None and rec["time"] < since:
+                break
+            if actor is not None and actor not in (rec["actor"], rec["target"]):
+                continue
+            if action is not None and rec["action"] != action and not rec["action"].startswith(action + "."):
+                continue
+            found.append(rec)
+            if len(found) == limit:
+                break
+        return found
 
     def verify_audit(self) -> tuple[int, str | None]:
-        """(records checked, None) or (seq, what is wrong) for the first record that fails."""
+        """(records checked, None) or (count, what is wrong) at the first record that fails."""
         prev_hash, expected_seq, count = GENESIS_HASH, 1, 0
-        for row in self.conn.execute("SELECT * FROM audit ORDER BY rowid"):
-            record = tuple(row[f] for f in AUDIT_FIELDS)
-            if row["seq"] != expected_seq:
-                return count, f"Audit log broken at record {expected_seq}: record missing or out of order"
-            if row["prev_hash"] != prev_hash:
-                return count, f"Audit log broken at record {row['seq']}: chain does not link to the record before"
-            if audit_hash(prev_hash, record) != row["hash"]:
-                return count, f"Audit log broken at record {row['seq']}: contents do not match its hash"
-            prev_hash, expected_seq, count = row["hash"], expected_seq + 1, count + 1
-        head = self.conn.execute("SELECT value FROM meta WHERE key = 'audit_head'").fetchone()
-        if head is None or head[0] != f"{count}:{prev_hash}":
+        try:
+            for rec in self._audit_rows("ASC"):
+                if rec["row_seq"] != expected_seq or rec["seq"] != expected_seq:
+                    return count, f"Audit log broken at record {expected_seq}: record missing or out of order"
+                if rec["prev_hash"] != prev_hash:
+                    return count, f"Audit log broken at record {expected_seq}: chain does not link to the record before"
+                if audit_hash(prev_hash, tuple(rec[f] for f in AUDIT_FIELDS)) != rec["hash"]:
+                    return count, f"Audit log broken at record {expected_seq}: contents do not match its hash"
+                prev_hash, expected_seq, count = rec["hash"], expected_seq + 1, count + 1
+        except StoreError:
+            return count, f"Audit log broken at record {expected_seq}: the sealed record was altered"
+        head = self._meta("audit_head")
+        if head != {"seq": count, "hash": prev_hash}:
             return count, f"Audit log broken at record {count + 1}: the latest records were removed"
         return count, None
 

@@ -34,7 +34,7 @@ def test_full_session_leaves_no_secret_on_disk(shell, tmp_path):
     assert shell(".whoami\n", "--user", "carol", INPUTLAYER_PASSWORD=PASSWORDS[2]).returncode == 2
     assert shell(".user drop nobody\n.audit limit=100\n", "--on-error", "continue").returncode == 1
     files = all_files(shell.data_dir)
-    assert len(files) >= 2      # the WAL is folded into the database when the last process closes
+    assert files                # the WAL is folded into the database when the last process closes
     secrets = [*PASSWORDS, ADMIN_PASSWORD, *keys]
     for path in files:
         data = path.read_bytes()

@@ -1,0 +1,95 @@
+"""How stored values and lookup keys are represented: plain JSON, or sealed with AES-256-GCM.
+
+Sealed: each value is encrypted with a fresh 96-bit nonce and associated data that binds it to
+its table, its row and the key id, so a value moved to another row (or another store) fails to
+open. Lookups use blind indexes (HMAC of the name under a key derived apart from the sealing
+key), so no name appears in the file. Plain: values are JSON text and refs are the names
+themselves, so an unencrypted store stays readable with the sqlite3 tool.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+
+from .errors import StoreError
+
+NONCE_BYTES = 12
+
+
+def parse_encryption_key(text: str) -> bytes:
+    """32 bytes from 64 hex digits or base64; anything else is refused."""
+    text = text.strip()
+    candidates = []
+    if len(text) == 64:
+        try:
+            candidates.append(bytes.fromhex(text))
+        except ValueError:
+            pass
+    try:
+        candidates.append(base64.b64decode(text, validate=True))
+    except (binascii.Error, ValueError):
+        try:
+            candidates.append(base64.urlsafe_b64decode(text))
+        except (binascii.Error, ValueError):
+            pass
+    for key in candidates:
+        if len(key) == 32:
+            return key
+    raise StoreError("INPUTLAYER_ENCRYPTION_KEY must be 32 bytes written as 64 hex digits or as base64 "
+                     "(make one with: python3 -c 'import secrets; print(secrets.token_hex(32))')")
+
+
+class Codec:
+    def __init__(self, key: bytes | None):
+        self.encrypted = key is not None
+        self.key_id = ""
+        if key is not None:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+            self.key_id = hashlib.sha256(b"inputlayer key id\0" + key).hexdigest()[:16]
+            self._aead = AESGCM(_derive(key, b"seal"))
+            self._index_key = _derive(key, b"index")
+
+    def ref(self, kind: str, value: str) -> str:
+        """The lookup key of a name (user, kg, label, digest)."""
+        if not self.encrypted:
+            return value
+        return hmac.new(self._index_key, f"{kind}\0{value}".encode(), hashlib.sha256).hexdigest()
+
+    def seal(self, table: str, ref: str, value: dict) -> bytes | str:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        if not self.encrypted:
+            return text
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce + self._aead.encrypt(nonce, text.encode(), self._context(table, ref))
+
+    def open(self, table: str, ref: str, blob: bytes | str) -> dict:
+        if not self.encrypted:
+            if not isinstance(blob, str):
+                raise StoreError(f"stored value in {table} is sealed, but no encryption key was given")
+            return json.loads(blob)
+        from cryptography.exceptions import InvalidTag
+
+        if not isinstance(blob, bytes) or len(blob) <= NONCE_BYTES:
+            raise StoreError(f"stored value in {table} is not sealed: the store was altered")
+        try:
+            plain = self._aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], self._context(table, ref))
+        except InvalidTag:
+            raise StoreError(f"a sealed value in {table} failed authentication: it was altered, moved "
+                             "or sealed with another key") from None
+        return json.loads(plain)
+
+    def _context(self, table: str, ref: str) -> bytes:
+        return f"inputlayer\0{table}\0{ref}\0{self.key_id}".encode()
+
+
+def _derive(key: bytes, purpose: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"inputlayer " + purpose).derive(key)
