@@ -1,0 +1,56 @@
+"""The shell's history file: private (0600 in a 0700 directory) and free of secrets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+from prompt_toolkit.history import FileHistory
+
+from backend.config import Config
+from backend.lexer import tokenize
+from backend.registry import GROUPS, match_command, redact
+
+MASK = "********"   # what a secret becomes in the history file
+
+
+def history_path(config: Config, env: Mapping[str, str]) -> Path:
+    """`[shell] history_file`, else $XDG_STATE_HOME/inputlayer/history (cli.md)."""
+    if config.shell.history_file:
+        return Path(os.path.expanduser(config.shell.history_file))
+    state = env.get("XDG_STATE_HOME") or os.path.join(env.get("HOME") or os.path.expanduser("~"),
+                                                      ".local", "state")
+    return Path(state) / "inputlayer" / "history"
+
+
+def file_entry(line: str) -> str | None:
+    """What the history file may keep of `line`: secrets masked; nothing at all for a mistyped
+    command of a group that takes secrets (`.user pasword bob pw` has no grammar to find the
+    secret by, so the whole line is withheld)."""
+    tokens = tokenize(line, partial=True)
+    if tokens and tokens[0].text.startswith("."):
+        words = [tokens[0].text[1:]] + [t.text for t in tokens[1:]]
+        group = GROUPS.get(words[0].lower(), [])
+        if match_command(words)[0] is None and any(p.kind.secret for c in group for p in c.params):
+            return None
+    return redact(line, MASK)
+
+
+class PrivateHistory(FileHistory):
+    """A FileHistory whose file is created 0600 and only ever receives redacted lines; the
+    in-memory list (Up-arrow in this session) keeps what was typed."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o600)
+        try:
+            os.fchmod(fd, 0o600)   # an older file may have been created with looser bits
+        finally:
+            os.close(fd)
+        super().__init__(str(path))
+
+    def store_string(self, string: str) -> None:
+        entry = file_entry(string)
+        if entry is not None:
+            super().store_string(entry)
