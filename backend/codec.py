@@ -93,3 +93,14 @@ def _derive(key: bytes, purpose: bytes) -> bytes:
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"inputlayer " + purpose).derive(key)
+
+
+def key_from_env(env, name: str = "INPUTLAYER_ENCRYPTION_KEY") -> bytes | None:
+    """The encryption key named by `name`, or None when the variable is unset or empty."""
+    text = env.get(name)
+    if not text:
+        return None
+    try:
+        return parse_encryption_key(text)
+    except StoreError as exc:
+        raise StoreError(str(exc).replace("INPUTLAYER_ENCRYPTION_KEY", name)) from None

@@ -25,8 +25,9 @@ class Backend(Protocol):
 class LocalBackend:
     target = "local"
 
-    def __init__(self, data_dir: str, config: Config, *, clock: Clock = system_clock):
-        self.store = Store(data_dir)
+    def __init__(self, data_dir: str, config: Config, *, encryption_key: bytes | None = None,
+                 clock: Clock = system_clock):
+        self.store = Store(data_dir, encryption_key=encryption_key)
         self.engine = Engine(self.store, config, clock=clock)
         self.session: Session | None = None
         self.bootstrapped = False

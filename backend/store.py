@@ -93,6 +93,20 @@ class Store:
         try:
             self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                         timeout=busy_timeout_ms / 1000)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the store: {self.path}: {exc}") from None
+        try:
+            self._configure()
+        except BaseException:
+            self.conn.close()       # leaves no -wal/-shm behind a refused open
+            raise
+        for suffix in ("-wal", "-shm"):
+            extra = Path(str(self.path) + suffix)
+            if extra.exists():
+                os.chmod(extra, 0o600)
+
+    def _configure(self) -> None:
+        try:
             app_id = self.conn.execute("PRAGMA application_id").fetchone()[0]
             tables = self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             if app_id != APPLICATION_ID and (app_id != 0 or tables):
@@ -109,10 +123,6 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open the store: {self.path} is not a valid database ({exc}); "
                              "restore it from a backup or choose another --data-dir") from None
-        for suffix in ("-wal", "-shm"):
-            extra = Path(str(self.path) + suffix)
-            if extra.exists():
-                os.chmod(extra, 0o600)
 
     def _check_format(self) -> None:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
@@ -468,6 +478,46 @@ class Store:
         if head != {"seq": count, "hash": prev_hash}:
             return count, f"Audit log broken at record {count + 1}: the latest records were removed"
         return count, None
+
+    # --- whole-store copy (rekey) --------------------------------------------------------
+
+    def export_rows(self) -> dict:
+        """Every stored value, opened: what `rekey` copies into a store with another key."""
+        kg_names = {ref: self.codec.open("kgs", ref, data)["name"]
+                    for ref, data in self.conn.execute("SELECT ref, data FROM kgs")}
+        return {
+            "secrets": self._meta("secrets"),
+            "audit_head": self._meta("audit_head"),
+            "users": self.users(),
+            "kgs": self.kgs(),
+            "acl": [self._acl_open(k, u, d) for k, u, d in self.conn.execute("SELECT kg_ref, user_ref, data FROM acl")],
+            "api_keys": [self._key_open(r) for r in self.conn.execute("SELECT id, data FROM api_keys")],
+            "api_key_kgs": [(key_id, kg_names[ref]) for key_id, ref in
+                            self.conn.execute("SELECT key_id, kg_ref FROM api_key_kgs")],
+            "audit": list(self._audit_rows("ASC")),
+        }
+
+    def import_rows(self, rows: dict) -> int:
+        """Fill this (new, empty) store with `export_rows()` of another; inside write()."""
+        self._set_meta("secrets", rows["secrets"])
+        self._set_meta("audit_head", rows["audit_head"])
+        for user in rows["users"]:
+            self._put("users", self._user_ref(user["name"]), user, insert=True)
+        for kg in rows["kgs"]:
+            self._put("kgs", self._kg_ref(kg["name"]), kg, insert=True)
+        for entry in rows["acl"]:
+            self.grant(entry["kg"], entry["username"], entry["role"], entry["granted_by"], entry["granted_at"])
+        for key in rows["api_keys"]:
+            self.conn.execute("INSERT INTO api_keys (id, label_ref, owner_ref, data) VALUES (?, ?, ?, '')",
+                              (key["id"], self.codec.ref("label", key["label"]), self._user_ref(key["owner"])))
+            self._key_put(key)
+        self.conn.executemany("INSERT INTO api_key_kgs VALUES (?, ?)",
+                              [(key_id, self._kg_ref(kg)) for key_id, kg in rows["api_key_kgs"]])
+        for rec in rows["audit"]:
+            seq = rec.pop("row_seq")
+            self.conn.execute("INSERT INTO audit VALUES (?, ?)", (seq, self.codec.seal("audit", str(seq), rec)))
+        self.secret = rows["secrets"]["hmac"].encode()
+        return sum(len(rows[t]) for t in ("users", "kgs", "acl", "api_keys", "api_key_kgs", "audit"))
 
     # --- whole-store facts ---------------------------------------------------------------
 

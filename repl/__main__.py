@@ -69,7 +69,10 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
         env.err(f"error: {exc}\n")
         return ExitStatus.ERROR
     try:
-        problem = log_in(backend, args, env, interactive)
+        try:
+            problem = log_in(backend, args, env, interactive)
+        except StoreError as exc:
+            problem = f"error: {exc}"
         if problem:
             env.err(problem + "\n")
             return ExitStatus.ERROR
@@ -97,8 +100,10 @@ def open_backend(args, env: Environment, config: Config, url: str | None):
         from backend.client import RemoteBackend
         return RemoteBackend(url, ca_file=args.ca_file or env.env.get("INPUTLAYER_CA_FILE"), config=config)
     from backend.bootstrap import bootstrap_banner, bootstrap_password
+    from backend.codec import key_from_env
     from backend.local import LocalBackend
-    backend = LocalBackend(resolve_data_dir(args.data_dir, env.env, config), config)
+    backend = LocalBackend(resolve_data_dir(args.data_dir, env.env, config), config,
+                           encryption_key=key_from_env(env.env))
     backend.bootstrap(bootstrap_password(env.env, config))
     if backend.generated_password:
         env.err(bootstrap_banner(backend.generated_password))
