@@ -17,7 +17,7 @@ from .config import Config
 from .errors import AuthError, CommandError, PermissionDenied, SessionEnded, StoreError
 from .registry import COMMANDS, GROUPS, Command, Invocation, _clip, find_command, parse
 from .result import Result
-from .security import Clock, Lockout, PasswordHasher, check_password_policy, iso, key_digest, \
+from .security import Clock, Lockout, PasswordHasher, RateLimiter, check_password_policy, iso, key_digest, \
     new_api_key, system_clock, well_formed_key
 from .store import Store
 
@@ -28,6 +28,9 @@ ACTION_LEVEL = {"read": "viewer", "write": "editor", "manage": "owner"}
 INVALID_CREDENTIALS = "Invalid credentials"
 KEY_TOUCH_INTERVAL = 60      # last_used_at is written at most once a minute per key
 DEFAULT_GRACE = 24 * 3600
+DEFAULT_TOKEN_TTL = 15 * 60
+MAX_TOKEN_TTL = 24 * 3600
+LOCAL_ADDRESS = "127.0.0.1"  # what a key's `ips=` limit sees for the local shell
 
 
 @dataclass
@@ -39,14 +42,17 @@ class Session:
     address: str = ""
     key_id: int | None = None
     key_label: str | None = None
-    key_digest: str | None = None
+    key_digest: str | None = None      # None for a token session: rotation does not end it
     password_version: int | None = None
+    token_claims: dict | None = None
     knowledge_graph: str | None = None
     connected_at: float = 0.0
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     @property
     def auth(self) -> str:
+        if self.token_claims is not None:
+            return f"token:{self.token_claims['jti']}"
         return f"api_key:{self.key_label}" if self.method == "api_key" else self.method
 
     @property
@@ -68,6 +74,8 @@ class Rights:
     role: str                          # effective: the lower of the user's role and a key's cap
     key_cap: str | None
     scope: frozenset[str] | None       # the KGs a scoped key reaches; None = all
+    key_id: int | None = None
+    rate: tuple[int, int] | None = None   # a key's limit: requests per window (seconds)
 
     def in_scope(self, kg: str) -> bool:
         return self.scope is None or kg in self.scope
@@ -85,6 +93,15 @@ def lower_level(a: str, b: str) -> str:
     return a if LEVEL_RANK[a] <= LEVEL_RANK[b] else b
 
 
+class RateLimited(CommandError):
+    """Over a key's `rate=` limit; carries what HTTP needs for its 429 headers."""
+
+    def __init__(self, limit: int, reset_in: int):
+        super().__init__(f"Rate limit exceeded: at most {limit} requests per window; try again in {reset_in}s")
+        self.limit = limit
+        self.reset_in = reset_in
+
+
 class Engine:
     def __init__(self, store: Store, config: Config, *, clock: Clock = system_clock,
                  hasher: PasswordHasher | None = None, lockout: Lockout | None = None,
@@ -96,6 +113,7 @@ class Engine:
         self.lockout = lockout or Lockout(config.security, clock)
         self.directory = directory
         self.target = target
+        self.rate_limiter = RateLimiter(clock)
         self.started_at = clock()
         self._batch_denials: list[tuple] = []
 
@@ -148,6 +166,9 @@ class Engine:
         return session
 
     def authenticate(self, api_key: str, *, source: str, address: str = "") -> Session:
+        """Log in with an API key, or with a session token (a JWT), wherever a key is accepted."""
+        if api_key.startswith("eyJ") and api_key.count(".") == 2:
+            return self._authenticate_token(api_key, source=source, address=address)
         self._refuse_if_locked(address, "auth.api_key", "")
         row = None
         if well_formed_key(api_key):
@@ -155,6 +176,8 @@ class Engine:
             with self.store.read():
                 row = self.store.key_by_digest(digest)
                 reason = self._key_problem(row, digest) if row else "unknown key"
+            if not reason and not _address_allowed(row, address):
+                reason = "address not allowed for this key"
         else:
             reason = "malformed key"
         if reason:
@@ -171,6 +194,48 @@ class Engine:
                           key_digest=digest, connected_at=now)
         self._bind_default_kg(session)
         return session
+
+    def _authenticate_token(self, token: str, *, source: str, address: str) -> Session:
+        self._refuse_if_locked(address, "auth.token", "")
+        claims, reason = self._decode_token(token)
+        session = None
+        if not reason:
+            session = Session(claims["sub"], "token", source, address, key_id=claims.get("kid"),
+                              password_version=claims.get("pv"), token_claims=claims,
+                              connected_at=self.clock())
+            with self.store.read():
+                try:
+                    self._rights(session)
+                except SessionEnded as ended:
+                    reason = "REVOKED_TOKEN" if ended.reason == "token revoked" else f"INVALID_TOKEN: {ended.reason}"
+                if not reason and session.key_id is not None:
+                    key = self.store.key_by_id(session.key_id)
+                    session.key_label = key["label"]
+                    if not _address_allowed(key, address):
+                        reason = "INVALID_TOKEN: address not allowed for the issuing key"
+        if reason:
+            self.hasher.verify(None, token)
+            self._auth_failed(address, source, "auth.token", (claims or {}).get("sub", ""), reason)
+        with self.store.write():
+            self.store.append_audit(self.clock(), session.username, _src(source, address), "auth.token",
+                                    session.username, "ok", f"jti={claims['jti']}")
+        self._bind_default_kg(session)
+        return session
+
+    def _decode_token(self, token: str) -> tuple[dict | None, str | None]:
+        import jwt
+
+        try:
+            claims = jwt.decode(token, self.store.token_secret, algorithms=["HS256"],
+                                options={"verify_exp": False, "verify_iat": False,
+                                         "require": ["sub", "role", "iat", "exp", "jti"]})
+        except jwt.InvalidSignatureError:
+            return None, "INVALID_SIGNATURE"
+        except jwt.PyJWTError:
+            return None, "INVALID_TOKEN"
+        if claims["exp"] <= self.clock():        # checked on our clock, so tests can fake it
+            return claims, "EXPIRED_TOKEN"
+        return claims, None
 
     def trusted_session(self, username: str, *, source: str = "local") -> Session:
         """A password session for a user this very process just bootstrapped."""
@@ -203,7 +268,8 @@ class Engine:
             return "revoked key"
         if row["expires_at"] is not None and row["expires_at"] <= now:
             return "expired key"
-        if row["digest"] != digest and not (row["prev_digest"] == digest and (row["prev_valid_until"] or 0) > now):
+        if digest is not None and row["digest"] != digest and \
+                not (row["prev_digest"] == digest and (row["prev_valid_until"] or 0) > now):
             return "rotated-out key"
         return None
 
@@ -231,20 +297,37 @@ class Engine:
         user = self.store.user(session.username)
         if user is None:
             raise SessionEnded("user dropped")
-        if session.method == "password":
+        claims = session.token_claims
+        if claims is not None:
+            record = self.store.token(claims["jti"])
+            if record is None or record["revoked_at"] is not None:
+                raise SessionEnded("token revoked")
+            if claims["exp"] <= self.clock():
+                raise SessionEnded("token expired")
+        if session.key_id is None:
             if session.password_version is not None and user["password_version"] != session.password_version:
                 raise SessionEnded("password changed")
-            return Rights(session.username, user["role"], user["role"], None, None)
-        row = self.store.key_by_id(session.key_id)
-        if row is None or row["revoked_at"] is not None:
-            raise SessionEnded("API key revoked")
-        problem = self._key_problem(row, session.key_digest)
-        if problem == "expired key":
-            raise SessionEnded("API key expired")
-        if problem:
-            raise SessionEnded("API key rotated")
-        scope = frozenset(self.store.key_kgs(row["id"])) if row["scoped"] else None
-        return Rights(session.username, user["role"], lower_role(user["role"], row["role"]), row["role"], scope)
+            rights = Rights(session.username, user["role"], user["role"], None, None)
+        else:
+            row = self.store.key_by_id(session.key_id)
+            if row is None or row["revoked_at"] is not None:
+                raise SessionEnded("API key revoked")
+            problem = self._key_problem(row, session.key_digest)
+            if problem == "expired key":
+                raise SessionEnded("API key expired")
+            if problem:
+                raise SessionEnded("API key rotated")
+            scope = frozenset(self.store.key_kgs(row["id"])) if row["scoped"] else None
+            rights = Rights(session.username, user["role"], lower_role(user["role"], row["role"]), row["role"],
+                            scope, row["id"], tuple(row["rate"]) if row.get("rate") else None)
+        if claims is not None:
+            # A token narrows its issuer's current rights to those it was issued with.
+            rights.key_cap = lower_role(rights.key_cap or rights.user_role, claims["role"])
+            rights.role = lower_role(rights.role, claims["role"])
+            if claims.get("kgs") is not None:
+                token_scope = frozenset(claims["kgs"])
+                rights.scope = token_scope if rights.scope is None else rights.scope & token_scope
+        return rights
 
     def _level(self, rights: Rights, kg: str) -> str | None:
         """The caller's level on `kg` now (None: no access). Assumes `kg` exists."""
@@ -296,12 +379,14 @@ class Engine:
                     prepared = self._hash_ahead(session, inv)
                 with self.store.write():
                     rights = self._rights(session)
+                    self._consume_rate(rights)
                     self._authorize(session, rights, inv)
                     inv.args["_hash"] = prepared
                     result = handler(session, rights, inv)
             else:
                 with self.store.read():
                     rights = self._rights(session)
+                    self._consume_rate(rights)
                     self._authorize(session, rights, inv)
                     result = handler(session, rights, inv)
         except PermissionDenied as denied:
@@ -341,6 +426,21 @@ class Engine:
             with self.store.write():
                 for record in denials:
                     self.store.append_audit(*record)
+
+    def _consume_rate(self, rights: Rights) -> tuple[int, int, int] | None:
+        """Count one request against a key's `rate=`: (limit, remaining, reset in), or raise."""
+        if rights.rate is None:
+            return None
+        limit, window = rights.rate
+        allowed, remaining, reset_in = self.rate_limiter.hit(rights.key_id, limit, window)
+        if not allowed:
+            raise RateLimited(limit, reset_in)
+        return limit, remaining, reset_in
+
+    def consume_rate(self, session: Session) -> tuple[int, int, int] | None:
+        """For HTTP requests made with a key: its rate-limit state after counting this one."""
+        with self.store.read():
+            return self._consume_rate(self._rights(session))
 
     def _hash_ahead(self, session: Session, inv: Invocation) -> str | None:
         """Check rights and policy, then hash the password before taking the store's lock, so
@@ -405,6 +505,15 @@ class Engine:
             if rule.self_param and inv.args.get(rule.self_param) == session.username:
                 return
             raise PermissionDenied(rule.denied)
+        if rule.kind == "token_issuer":
+            record = self.store.token(inv.args["jti"])
+            if rights.role == "admin":
+                if record is None:
+                    raise CommandError(f"Token '{inv.args['jti']}' not found")
+                return
+            if record is None or record["username"] != session.username:
+                raise PermissionDenied(rule.denied)
+            return
         raise AssertionError(f"unknown rule {rule.kind}")
 
     def _audit(self, session: Session, inv: Invocation, detail: str = "", target: str | None = None) -> None:
@@ -616,9 +725,13 @@ class Engine:
         now = self.clock()
         expires_at = None if lifetime is None else now + lifetime
         secret = new_api_key()
-        self.store.add_key(label, owner, role, kgs, key_digest(self.store.secret, secret), now, expires_at)
+        ips, rate = inv.options.get("ips", ()), inv.options.get("rate")
+        self.store.add_key(label, owner, role, kgs, key_digest(self.store.secret, secret), now, expires_at,
+                           ips=ips, rate=rate)
         shown_kgs = ",".join(sorted(kgs)) if kgs else "*"
-        self._audit(session, inv, f"owner={owner}; role={role}; kgs={shown_kgs}; expires={iso(expires_at) or 'never'}")
+        limits = (f"; ips={','.join(ips)}" if ips else "") + (f"; rate={rate[0]}/{rate[1]}s" if rate else "")
+        self._audit(session, inv, f"owner={owner}; role={role}; kgs={shown_kgs}; "
+                                  f"expires={iso(expires_at) or 'never'}{limits}")
         return Result(["api_key", "label", "owner", "role", "kgs", "expires_at"],
                       [[secret, label, owner, role, shown_kgs, iso(expires_at)]])
 
@@ -660,6 +773,39 @@ class Engine:
         self.store.rotate_key(row["id"], key_digest(self.store.secret, secret), valid_until)
         self._audit(session, inv, f"grace={grace}s")
         return Result(["api_key", "label", "previous_valid_until"], [[secret, label, iso(valid_until or now)]])
+
+    # --- session tokens ------------------------------------------------------------------
+
+    def _cmd_token_issue(self, session: Session, rights: Rights, inv: Invocation) -> Result:
+        import jwt
+
+        ttl = inv.options.get("ttl", DEFAULT_TOKEN_TTL)
+        if not ttl or ttl > MAX_TOKEN_TTL:
+            raise CommandError("Invalid ttl: a token lives from 1s to 24h")
+        now = self.clock()
+        expires_at = int(now + ttl)
+        if session.token_claims is not None:        # a token never outlives the one it came from
+            expires_at = min(expires_at, session.token_claims["exp"])
+        jti = secrets.token_urlsafe(16)
+        claims = {"sub": session.username, "role": rights.role, "iat": int(now), "exp": expires_at, "jti": jti,
+                  "kgs": sorted(rights.scope) if rights.scope is not None else None}
+        if session.key_id is not None:
+            claims["kid"] = session.key_id
+        else:
+            claims["pv"] = session.password_version
+        token = jwt.encode(claims, self.store.token_secret, algorithm="HS256")
+        self.store.forget_expired_tokens(now)
+        self.store.add_token(jti, session.username, now, expires_at)
+        self._audit(session, inv, f"jti={jti}; expires={iso(expires_at)}", target=session.username)
+        return Result(["token", "jti", "expires_at"], [[token, jti, iso(expires_at)]])
+
+    def _cmd_token_revoke(self, session: Session, rights: Rights, inv: Invocation) -> Result:
+        jti = inv.args["jti"]
+        if self.store.token(jti)["revoked_at"] is not None:
+            raise CommandError(f"Token '{jti}' is already revoked")
+        self.store.revoke_token(jti, self.clock())
+        self._audit(session, inv)
+        return Result.message(f"Token '{jti}' revoked.")
 
     # --- audit and lockouts --------------------------------------------------------------
 
@@ -705,6 +851,21 @@ class Engine:
             raise CommandError(f"Session '{sid}' not found")
         self._audit(session, inv)
         return Result.message(f"Session '{sid}' closed.")
+
+
+def _address_allowed(key: dict, address: str) -> bool:
+    """A key with `ips=` works only from those networks; the local shell counts as loopback."""
+    if not key.get("ips"):
+        return True
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(address or LOCAL_ADDRESS)
+    except ValueError:
+        return False
+    if getattr(ip, "ipv4_mapped", None):
+        ip = ip.ipv4_mapped
+    return any(ip in ipaddress.ip_network(net) for net in key["ips"])
 
 
 def _src(source: str, address: str) -> str:

@@ -83,6 +83,28 @@ def check_secret(text: str) -> str:
     return text
 
 
+def check_networks(text: str) -> tuple[str, ...]:
+    import ipaddress
+    out = []
+    for part in text.split(","):
+        try:
+            out.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise CommandError(f"Invalid address range '{_clip(part)}': use CIDR like 10.0.0.0/8 or 2001:db8::/32") from None
+    return tuple(dict.fromkeys(out))
+
+
+RATE_RE = re.compile(r"(\d{1,9})/([smhd])")
+
+
+def check_rate(text: str) -> tuple[int, int]:
+    """(requests, window seconds) from `100/m`."""
+    m = RATE_RE.fullmatch(text.lower())
+    if not m or int(m.group(1)) == 0:
+        raise CommandError(f"Invalid rate '{_clip(text)}': use <n>/<s|m|h|d>, e.g. 100/m")
+    return int(m.group(1)), DURATION_UNITS[m.group(2)]
+
+
 def check_address(text: str) -> str:
     import ipaddress
     try:
@@ -118,6 +140,8 @@ COUNT = Kind("count", check_positive_int)
 KG_LIST = Kind("kg_list", check_kg_list, completes="kgs")
 ADDRESS = Kind("address", check_address)
 IDENT = Kind("id", check_token_id)
+NETWORKS = Kind("networks", check_networks)
+RATE = Kind("rate", check_rate)
 TOPIC = Kind("topic", str, completes="commands")
 
 
@@ -140,7 +164,7 @@ class Option:
 class Rule:
     """Who may run a command; the engine enforces it before the handler runs.
 
-    kind: anyone | admin | admin_or_self | kg_creator | kg | session
+    kind: anyone | admin | admin_or_self | kg_creator | kg | token_issuer
     For `kg`, `level` is the KG level required on the KG named by `kg_param` (or the current
     KG when that argument is left out); `self_param` also admits the caller naming themself.
     """
@@ -256,8 +280,10 @@ COMMANDS: tuple[Command, ...] = (
             "Create an API key (its secret is shown once)", "admin",
             Rule("admin", denied=KEYS_DENIED), "apikey_create", writes=True,
             options=(Option("role", ROLE, "<r>"), Option("kg", KG_LIST, "<a,b>"),
-                     Option("expires", DURATION, "<d>"), Option("user", USER, "<owner>")),
-            examples=(".apikey create etl-job role=editor kg=sales expires=90d",)),
+                     Option("expires", DURATION, "<d>"), Option("user", USER, "<owner>"),
+                     Option("ips", NETWORKS, "<cidr,...>"), Option("rate", RATE, "<n>/<s|m|h|d>")),
+            examples=(".apikey create etl-job role=editor kg=sales expires=90d",
+                      ".apikey create ci-bot ips=10.20.0.0/16 rate=100/m")),
     Command(("apikey", "list"), (), "List API keys (never their secrets)", "admin",
             Rule("admin", denied=KEYS_DENIED), "apikey_list",
             options=(Option("user", USER, "<owner>"),)),
@@ -268,6 +294,14 @@ COMMANDS: tuple[Command, ...] = (
             Rule("admin", denied=KEYS_DENIED), "apikey_rotate", writes=True,
             options=(Option("grace", DURATION, "<d>"),),
             examples=(".apikey rotate etl-job grace=1h",)),
+    # Session tokens
+    Command(("token", "issue"), (), "Issue a short-lived signed token that acts as you, with your limits",
+            "anyone", Rule("anyone"), "token_issue", writes=True,
+            options=(Option("ttl", DURATION, "<d>"),), examples=(".token issue ttl=15m",)),
+    Command(("token", "revoke"), (Param("jti", IDENT),), "Revoke a token before it expires",
+            "admin, issuer",
+            Rule("token_issuer", denied="Permission denied: only admins can revoke other users' tokens"),
+            "token_revoke", writes=True),
     # Audit and lockouts
     Command(("audit",), (), "Show the audit log, newest first", "admin",
             Rule("admin", denied="Permission denied: only admins can read the audit log"), "audit",

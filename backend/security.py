@@ -208,5 +208,27 @@ class Lockout:
             del self._state[address]
 
 
+class RateLimiter:
+    """Fixed-window request counts per key: `limit` requests per `window` seconds."""
+
+    def __init__(self, clock: Clock):
+        self.clock = clock
+        self._windows: dict[object, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def hit(self, key: object, limit: int, window: int) -> tuple[bool, int, int]:
+        """Count one request: (allowed, remaining, seconds until the window resets)."""
+        now = self.clock()
+        with self._lock:
+            start, count = self._windows.get(key, (now, 0))
+            if now - start >= window:
+                start, count = now, 0
+            reset = max(1, int(start + window - now + 0.999))
+            if count >= limit:
+                return False, 0, reset
+            self._windows[key] = (start, count + 1)
+            return True, limit - count - 1, reset
+
+
 def system_clock() -> float:
     return time.time()

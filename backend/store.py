@@ -53,9 +53,10 @@ CREATE TABLE api_key_kgs (
     PRIMARY KEY (key_id, kg_ref)
 ) WITHOUT ROWID;
 CREATE INDEX api_key_kgs_by_kg ON api_key_kgs(kg_ref);
+CREATE TABLE tokens (ref TEXT PRIMARY KEY, data NOT NULL) WITHOUT ROWID;
 CREATE TABLE audit (seq INTEGER PRIMARY KEY, data NOT NULL);
 """
-TABLES = ("meta", "users", "kgs", "acl", "api_keys", "api_key_kgs", "audit")
+TABLES = ("meta", "users", "kgs", "acl", "api_keys", "api_key_kgs", "tokens", "audit")
 
 
 def audit_hash(prev_hash: str, record: tuple) -> str:
@@ -404,7 +405,8 @@ class Store:
         return sorted(self.codec.open("kgs", ref, data)["name"] for ref, data in rows)
 
     def add_key(self, label: str, owner: str, role: str, kgs: tuple[str, ...], digest: str,
-                now: float, expires_at: float | None) -> None:
+                now: float, expires_at: float | None, *, ips: tuple[str, ...] = (),
+                rate: tuple[int, int] | None = None) -> None:
         label_ref = self.codec.ref("label", label)
         # A revoked key's label may be reused: its row only remains for `.apikey list`.
         self.conn.execute("DELETE FROM api_keys WHERE label_ref = ?", (label_ref,))
@@ -412,7 +414,8 @@ class Store:
                                    (label_ref, self._user_ref(owner))).lastrowid
         self._key_put({"id": key_id, "label": label, "owner": owner, "role": role, "scoped": bool(kgs),
                        "digest": digest, "prev_digest": None, "prev_valid_until": None, "created_at": now,
-                       "expires_at": expires_at, "last_used_at": None, "revoked_at": None})
+                       "expires_at": expires_at, "last_used_at": None, "revoked_at": None,
+                       "ips": list(ips), "rate": list(rate) if rate else None})
         self.conn.executemany("INSERT INTO api_key_kgs VALUES (?, ?)", [(key_id, self._kg_ref(kg)) for kg in kgs])
 
     def revoke_key(self, key_id: int, now: float) -> None:
@@ -426,6 +429,24 @@ class Store:
 
     def touch_key(self, key_id: int, now: float) -> None:
         self._key_put({**self.key_by_id(key_id), "last_used_at": now})
+
+    # --- session tokens ------------------------------------------------------------------
+
+    def token(self, jti: str) -> dict | None:
+        return self._get("tokens", self.codec.ref("token", jti))
+
+    def add_token(self, jti: str, username: str, issued_at: float, expires_at: float) -> None:
+        self._put("tokens", self.codec.ref("token", jti), {"jti": jti, "username": username, "issued_at": issued_at,
+                                                          "expires_at": expires_at, "revoked_at": None}, insert=True)
+
+    def revoke_token(self, jti: str, now: float) -> None:
+        self._put("tokens", self.codec.ref("token", jti), {**self.token(jti), "revoked_at": now}, insert=False)
+
+    def forget_expired_tokens(self, now: float) -> None:
+        """Expired tokens fail on their own; their records only need to live that long."""
+        for ref, data in self.conn.execute("SELECT ref, data FROM tokens").fetchall():
+            if self.codec.open("tokens", ref, data)["expires_at"] < now:
+                self.conn.execute("DELETE FROM tokens WHERE ref = ?", (ref,))
 
     # --- audit ---------------------------------------------------------------------------
 
@@ -494,6 +515,8 @@ class Store:
             "api_keys": [self._key_open(r) for r in self.conn.execute("SELECT id, data FROM api_keys")],
             "api_key_kgs": [(key_id, kg_names[ref]) for key_id, ref in
                             self.conn.execute("SELECT key_id, kg_ref FROM api_key_kgs")],
+            "tokens": [self.codec.open("tokens", ref, data)
+                       for ref, data in self.conn.execute("SELECT ref, data FROM tokens")],
             "audit": list(self._audit_rows("ASC")),
         }
 
@@ -513,11 +536,13 @@ class Store:
             self._key_put(key)
         self.conn.executemany("INSERT INTO api_key_kgs VALUES (?, ?)",
                               [(key_id, self._kg_ref(kg)) for key_id, kg in rows["api_key_kgs"]])
+        for tok in rows["tokens"]:
+            self._put("tokens", self.codec.ref("token", tok["jti"]), tok, insert=True)
         for rec in rows["audit"]:
             seq = rec.pop("row_seq")
             self.conn.execute("INSERT INTO audit VALUES (?, ?)", (seq, self.codec.seal("audit", str(seq), rec)))
         self.secret = rows["secrets"]["hmac"].encode()
-        return sum(len(rows[t]) for t in ("users", "kgs", "acl", "api_keys", "api_key_kgs", "audit"))
+        return sum(len(rows[t]) for t in ("users", "kgs", "acl", "api_keys", "api_key_kgs", "tokens", "audit"))
 
     # --- whole-store facts ---------------------------------------------------------------
 
