@@ -366,3 +366,17 @@ def test_wrong_login_exits_2(term, tmp_path, config_file):
     t.type("wrong-password<Enter>")
     t.expect("authentication failed")
     assert t.finish() == 2
+
+
+def test_auto_suggestion_never_shows_a_secret():
+    from prompt_toolkit.buffer import Buffer
+    from prompt_toolkit.history import InMemoryHistory
+    from repl.interactive import SafeAutoSuggest
+
+    history = InMemoryHistory()
+    for line in (".user password bob N3w-pass-123", ".user list"):
+        history.append_string(line)
+    buffer = Buffer(history=history)
+    suggest = SafeAutoSuggest()
+    assert suggest.get_suggestion(buffer, Document(".user l")).text == "ist"
+    assert suggest.get_suggestion(buffer, Document(".user p")) is None
