@@ -8,7 +8,6 @@ import os
 import stat
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from prompt_toolkit.document import Document
@@ -16,7 +15,7 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.layout.processors import TransformationInput
 from prompt_toolkit.output import DummyOutput
 
-from backend.config import ShellConfig, with_values
+from backend.config import Config, with_values
 from backend.errors import CommandError, SessionEnded, TargetUnreachable
 from backend.local import LocalBackend
 from backend.result import Result
@@ -25,7 +24,7 @@ from repl.highlight import CommandLexer, SecretMask
 from repl.interactive import Shell
 
 from conftest import ADMIN_PASSWORD, ROOT, cli_env
-from ptyshell import Terminal, plain, pty_env
+from ptyshell import Terminal, pty_env
 
 
 # --- through a pipe ------------------------------------------------------------------------
@@ -41,8 +40,7 @@ def local(tmp_path, cheap_config):
 
 def run_shell(backend, tmp_path, keys: str, passwords=(), fmt="table"):
     """Type `keys` into a Shell; (exit status, stdout, stderr, the Shell)."""
-    config = with_values(backend.engine.config if hasattr(backend, "engine") else _config(),
-                         {"shell.history_file": str(tmp_path / "history")})
+    config = with_values(Config(), {"shell.history_file": str(tmp_path / "history")})
     env = fake_environment()
     answers = list(passwords)
     env.getpass = lambda prompt: answers.pop(0)
@@ -52,11 +50,6 @@ def run_shell(backend, tmp_path, keys: str, passwords=(), fmt="table"):
         status = shell.run()
     assert not answers, "not every password was asked for"
     return status, env.stdout.getvalue(), env.stderr.getvalue(), shell
-
-
-def _config():
-    from backend.config import Config
-    return Config()
 
 
 def test_commands_run_and_the_prompt_follows_the_kg(local, tmp_path):
@@ -119,11 +112,10 @@ def test_other_formats_are_honoured(local, tmp_path):
     assert json.loads(out) == {"ok": True, "columns": ["name", "access"], "rows": [["default", "owner"]]}
 
 
-def test_long_output_is_paged_when_asked(local, tmp_path, monkeypatch):
+def test_long_output_is_paged_when_asked(local, tmp_path):
     paged = tmp_path / "paged"
-    env_pager = {"PAGER": f"cat > {paged}", "PATH": os.environ.get("PATH", "")}
-    config = with_values(local.engine.config, {"shell.history_file": str(tmp_path / "history")})
-    env = fake_environment(env=env_pager)
+    config = with_values(Config(), {"shell.history_file": str(tmp_path / "history")})
+    env = fake_environment(env={"PAGER": f"cat > {paged}", "PATH": os.environ.get("PATH", "")})
     with create_pipe_input() as pipe:
         pipe.send_text(".whoami\r.help\r.q\r")
         shell = Shell(local, env, config, input=pipe, output=DummyOutput())
@@ -314,15 +306,21 @@ def test_secrets_reach_no_file(term, tmp_path):
     t.expect("Password updated for 'bob'.")
     t.type("<Up><Up><Enter>")   # recalled from memory: the original line, masked on screen
     t.expect("error: User 'bob' already exists")
+    t.type(".user password bob<Enter>")
+    t.expect("Password:")
+    t.type("Hidden-pass-77<Enter>")
+    t.expect("Repeat password:")
+    t.type("Hidden-pass-77<Enter>")
+    t.expect("Password updated for 'bob'.")
     t.type(".quit<Enter>")
     assert t.finish() == 0
-    assert "S3cret" not in t.screen and "N3w-pass" not in t.screen   # not even on screen
+    assert not any(s in t.screen for s in ("S3cret", "N3w-pass", "Hidden-pass"))   # not even on screen
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     history = tmp_path / "state" / "inputlayer" / "history"
     assert history in files and any(p.suffix == ".db" for p in files)
     for path in files:
         data = path.read_bytes()
-        for secret in ("S3cret pass!", "S3cret", "N3w-pass-123"):
+        for secret in ("S3cret pass!", "S3cret", "N3w-pass-123", "Hidden-pass-77"):
             assert secret.encode() not in data, path
             assert secret.encode("utf-16-le") not in data, path
     assert stat.S_IMODE(history.stat().st_mode) == 0o600
