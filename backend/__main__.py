@@ -121,6 +121,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 
 
 async def _serve(server) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
         await server.bind()
     except OSError as exc:
@@ -130,10 +134,6 @@ async def _serve(server) -> int:
     # The port is known before the first connection is accepted (port 0 picks a free one).
     sys.stdout.write(f"listening on {server.url}\n")
     sys.stdout.flush()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await server.start_serving()
     await stop.wait()
     await server.stop()

@@ -18,6 +18,17 @@ from .errors import AuthError, CommandError, SessionEnded, TargetUnreachable
 from .result import Result
 
 SESSION_ENDED = "Session ended: "
+
+
+def _legacy_flag() -> dict:
+    """websockets 17 asks callers of the sync connect() to say they want one plain connection."""
+    import inspect
+
+    from websockets.sync.client import connect
+    return {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
+
+
+LEGACY = _legacy_flag()
 OPEN_TIMEOUT = 10.0
 MAX_REPLY_BYTES = 64 * 1024 * 1024     # the server streams large results; this bounds one frame
 
@@ -73,7 +84,7 @@ class RemoteBackend:
         ctx = self._ssl_context()
         try:
             self._ws = connect(url, ssl=ctx, open_timeout=OPEN_TIMEOUT, max_size=MAX_REPLY_BYTES,
-                               user_agent_header="inputlayer-shell", **self._socket_options)
+                               user_agent_header="inputlayer-shell", **LEGACY, **self._socket_options)
         except ssl.SSLCertVerificationError as exc:
             raise TargetUnreachable(f"cannot reach {self.url}: certificate not trusted "
                                     f"({exc.verify_message}); pass --ca-file") from None

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import ssl
 import tempfile
 import threading
@@ -423,6 +424,7 @@ class Server:
         self._exec_pool = ThreadPoolExecutor(self.options.exec_workers, thread_name_prefix="il-exec")
         self._sweep_pool = ThreadPoolExecutor(1, thread_name_prefix="il-sweep")
         self._ws_server = None
+        self._socket: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._poke: asyncio.Event | None = None
         self._watcher: asyncio.Task | None = None
@@ -444,23 +446,27 @@ class Server:
         await self.start_serving()
 
     async def bind(self) -> None:
+        """Bind and listen. Connections that arrive now wait in the backlog until
+        `start_serving` (so a caller can print the port first and lose none)."""
         self._loop = asyncio.get_running_loop()
         self._poke = asyncio.Event()
+        infos = await self._loop.getaddrinfo(self.cfg.host or None, self.cfg.port, type=socket.SOCK_STREAM,
+                                             flags=socket.AI_PASSIVE)
+        family, _, _, _, address = infos[0]
+        self._socket = socket.create_server(address[:2], family=family, backlog=1024)
+        self.host, self.port = self.cfg.host, self._socket.getsockname()[1]
+        self.engine.target = f"{self.host}:{self.port}"
+
+    async def start_serving(self) -> None:
         ws_logger = logging.getLogger("inputlayer.websockets")
         if ws_logger.getEffectiveLevel() < logging.INFO:
             ws_logger.setLevel(logging.INFO)      # its DEBUG lines print frames: passwords, keys
         self._ws_server = await serve(
-            self._handle, self.cfg.host, self.cfg.port, ssl=self.ssl_context,
+            self._handle, sock=self._socket, ssl=self.ssl_context,
             process_request=self._process_request, max_size=self.cfg.max_message_bytes, max_queue=8,
             ping_interval=self.options.ping_interval, ping_timeout=self.options.ping_timeout,
             open_timeout=self.options.open_timeout, close_timeout=5, logger=ws_logger,
-            server_header=f"inputlayer/{__version__}", start_serving=False)
-        sockname = self._ws_server.sockets[0].getsockname()
-        self.host, self.port = self.cfg.host, sockname[1]
-        self.engine.target = f"{self.host}:{self.port}"
-
-    async def start_serving(self) -> None:
-        await self._ws_server.start_serving()
+            server_header=f"inputlayer/{__version__}")
         self._watcher = asyncio.create_task(self._watch_store())
         log.info("listening on %s", self.url)
 
@@ -476,6 +482,7 @@ class Server:
         await asyncio.gather(*(self._shutdown_client(c) for c in list(self.clients)), return_exceptions=True)
         if self._watcher is not None:
             self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
         if self._ws_server is not None:
             for connection in list(self._ws_server.all_connections):
                 if connection.protocol.state is State.CONNECTING and connection.transport is not None:
@@ -485,6 +492,8 @@ class Server:
                 await asyncio.wait_for(self._ws_server.wait_closed(), 15)
             except asyncio.TimeoutError:
                 log.warning("some connections did not close in time")
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         for pool in (self._auth_pool, self._exec_pool, self._sweep_pool):
             pool.shutdown(wait=True, cancel_futures=True)
         log.info("stopped")
@@ -698,14 +707,16 @@ class Server:
         except ConnectionClosed:
             pass
         finally:
-            if not client.ending and client.busy.locked() and not worker.done():
-                # Let the command in flight finish (its changes are made; its reply may still
-                # reach a client that only half-closed).
+            if not client.ending and client.busy.locked():
+                # The peer left with a command in flight: let it finish (its changes are made,
+                # and the sessions it ends must be told), then stop.
                 try:
-                    await asyncio.wait_for(asyncio.shield(worker), SHUTDOWN_GRACE)
-                except (asyncio.TimeoutError, Exception):
+                    await asyncio.wait_for(client.busy.acquire(), SHUTDOWN_GRACE)
+                    client.busy.release()
+                except asyncio.TimeoutError:
                     pass
             worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
 
     async def _worker(self, client: Client, queue: asyncio.Queue) -> None:
         while True:
@@ -720,9 +731,9 @@ class Server:
             await client.send(_error("Rate limit exceeded"))
             return
         if isinstance(raw, bytes):
+            client.ending = True
             await client.send(_error("Binary frames are not supported: send JSON text frames"))
             await client.close(1003, "Binary frames are not supported")
-            client.ending = True
             return
         msg = _parse(raw)
         if msg is None:
