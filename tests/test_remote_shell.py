@@ -1,0 +1,128 @@
+"""The shell against a server (`--url`): the same commands, output and exit statuses as locally."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from backend.client import RemoteBackend
+from backend.config import with_values
+from backend.errors import AuthError, CommandError, SessionEnded, TargetUnreachable
+from conftest import ADMIN_PASSWORD, cli_env, run_cli
+from serverkit import ServerProcess, ServerThread, logged_in, make_engine, server_env
+from test_examples import SCRIPTS, directives, run_session
+
+REMOTE_SCRIPTS = [s for s in SCRIPTS if "-1" not in directives(s)["args"]]   # -1 is local only
+
+
+@pytest.fixture
+def server_process(tmp_path, config_file):
+    started = []
+
+    def start() -> ServerProcess:
+        server = ServerProcess(["--data-dir", str(tmp_path / f"srv{len(started)}")],
+                               server_env(config_file, INPUTLAYER_ADMIN_PASSWORD=ADMIN_PASSWORD))
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        code, _, err = server.stop()
+        assert code == 0, err
+
+
+@pytest.mark.parametrize("script", REMOTE_SCRIPTS, ids=lambda p: p.stem)
+def test_example_sessions_give_the_same_output_remotely(script: Path, tmp_path, config_file, server_process):
+    server = server_process()
+    actual = run_session(script, tmp_path / "unused", config_file, target=["--url", server.url])
+    expected = script.with_suffix(".out").read_text()
+    if actual != expected:
+        # The one true difference: the audit log's source is the client's address, not `local`;
+        # a wider column realigns the table around it.
+        assert "ws:127.0.0.1" in actual
+        assert unaligned(actual.replace("ws:127.0.0.1", "local")) == unaligned(expected)
+
+
+def unaligned(text: str) -> list[str]:
+    return ["---" if re.fullmatch(r"[-+]+", line) else re.sub(r" +", " ", line) for line in text.splitlines()]
+
+
+def test_exit_statuses_match_local(tmp_path, config_file, server_process):
+    server = server_process()
+    program = ".user create alice alice-pass-1 editor\n.user drop nobody\n.user list\n"
+    for args, status in ((["--on-error", "continue"], 1), ([], 3)):
+        results = []
+        for target in (["--data-dir", str(tmp_path / f"local{status}")], ["--url", server.url]):
+            proc = run_cli([*target, "--format", "json", *args], stdin=program,
+                           env=cli_env(config_file, INPUTLAYER_ADMIN_PASSWORD=ADMIN_PASSWORD))
+            results.append((proc.returncode, proc.stderr.decode().replace(server.url, "URL")))
+            program = program.replace("alice", "alice2")
+        assert results[0][0] == results[1][0] == status
+    env = cli_env(config_file, INPUTLAYER_ADMIN_PASSWORD="wrong-password", INPUTLAYER_URL=server.url)
+    proc = run_cli(["-c", ".whoami"], env=env)             # INPUTLAYER_URL picks the server
+    assert proc.returncode == 2 and b"authentication failed: Invalid credentials" in proc.stderr
+    proc = run_cli(["--url", "ws://127.0.0.1:9/ws", "-c", ".whoami"], env=cli_env(config_file))
+    assert proc.returncode == 2 and proc.stderr.startswith(b"error: cannot reach ws://127.0.0.1:9/ws")
+    assert b"Traceback" not in proc.stderr
+    proc = run_cli(["-c", ".session list"], env=cli_env(config_file, INPUTLAYER_URL=server.url,
+                                                        INPUTLAYER_ADMIN_PASSWORD=ADMIN_PASSWORD))
+    assert proc.returncode == 0 and proc.stdout.decode().count("\tadmin\tpassword\t127.0.0.1\tdefault\t") == 1
+
+
+@pytest.fixture
+def live(tmp_path, cheap_config):
+    config = with_values(cheap_config, {"server.port": 0})
+    server = ServerThread(make_engine(tmp_path / "data", config), config)
+    yield server
+    server.stop()
+    server.engine.store.close()
+
+
+def test_remote_backend_surface(live):
+    backend = RemoteBackend(live.url)
+    assert backend.target == f"127.0.0.1:{live.port}"
+    with pytest.raises(AuthError, match="Invalid credentials"):
+        backend.login("admin", "wrong-password")
+    backend.login("admin", ADMIN_PASSWORD)                  # again on the same connection
+    assert backend.execute(".whoami").rows == [["admin", "admin", "password", "default"]]
+    result = backend.execute(".kg create sales")
+    assert result.switched_kg == "sales" and backend.knowledge_graph == "sales"
+    with pytest.raises(CommandError, match="User 'bob' not found"):
+        backend.execute(".user drop bob")
+    backend.close()
+
+
+def test_a_dropped_connection_is_reported_then_reconnected(live):
+    backend = RemoteBackend(live.url)
+    backend.login("admin", ADMIN_PASSWORD)
+    backend.execute(".kg create sales")
+    with logged_in(live.url) as admin:
+        sid = backend.session_id
+        admin.execute(f".session kill {sid}")
+    with pytest.raises(SessionEnded, match="killed by an administrator"):
+        backend.execute(".whoami")
+    with pytest.raises(TargetUnreachable, match="lost"):
+        backend.execute(".whoami")
+    backend.reconnect()
+    assert backend.session_id != sid
+    assert backend.execute(".whoami").rows == [["admin", "admin", "password", "sales"]]   # same KG again
+    # The server goes away under an idle shell: the next command says so; reconnect fails cleanly.
+    live.stop()
+    with pytest.raises(TargetUnreachable):
+        backend.execute(".whoami")
+    with pytest.raises(TargetUnreachable, match="cannot reach"):
+        backend.reconnect()
+    backend.close()
+
+
+def test_api_key_login_remotely(live):
+    with logged_in(live.url) as admin:
+        key = admin.execute(".apikey create ops role=viewer")["rows"][0][0]
+    backend = RemoteBackend(live.url)
+    backend.authenticate(key)
+    assert backend.execute(".whoami").rows[0][2] == "api_key:ops"
+    with pytest.raises(CommandError, match="Permission denied"):
+        backend.execute(".user list")
+    backend.close()
