@@ -41,6 +41,12 @@ async def connected(il: InputLayer) -> InputLayer:
     return il
 
 
+async def refused(il: InputLayer) -> None:
+    with pytest.raises(AuthenticationError, match="Invalid credentials"):
+        await il.connect()
+    await il._conn._ws.close()          # the SDK leaves the socket open after a refusal
+
+
 def test_sdk_administration_end_to_end(server):
     async def scenario():
         il = await connected(InputLayer(server.url, username="admin", password=ADMIN_PASSWORD))
@@ -80,15 +86,13 @@ def test_sdk_administration_end_to_end(server):
 
             await il.revoke_api_key("etl")
             assert (await il._conn.execute(".apikey list")).rows[0][-1] == "revoked"
-            with pytest.raises(AuthenticationError, match="Invalid credentials"):
-                await InputLayer(server.url, api_key=key).connect()
+            await refused(InputLayer(server.url, api_key=key))
 
             await il.drop_knowledge_graph("sales")
             assert await il.list_knowledge_graphs() == ["default"]
             await il.drop_user("bob")
             assert sorted(u.username for u in await il.list_users()) == ["admin", "alice"]
-            with pytest.raises(AuthenticationError, match="Invalid credentials"):
-                await InputLayer(server.url, username="bob", password="bob-pass-12").connect()
+            await refused(InputLayer(server.url, username="bob", password="bob-pass-12"))
         finally:
             await il.close()
 
@@ -97,8 +101,7 @@ def test_sdk_administration_end_to_end(server):
 
 def test_sdk_wrong_password_and_initial_kg(server):
     async def scenario():
-        with pytest.raises(AuthenticationError, match="Invalid credentials"):
-            await InputLayer(server.url, username="admin", password="wrong-pass").connect()
+        await refused(InputLayer(server.url, username="admin", password="wrong-pass"))
         il = await connected(InputLayer(server.url, username="admin", password=ADMIN_PASSWORD,
                                         initial_kg="default", last_seq=0))
         assert il._conn.current_kg == "default"
