@@ -85,6 +85,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     setup_logging(args.log_level)
     log = logging.getLogger("inputlayer.server")
 
+    from .codec import key_from_env
     from .engine import Engine
     from .server import Server, is_loopback, tls_context
     from .store import Store
@@ -97,7 +98,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return 2
     data_dir = resolve_data_dir(args.data_dir, env, config)
     try:
-        store = Store(data_dir)
+        store = Store(data_dir, encryption_key=key_from_env(env))
     except StoreError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
