@@ -19,6 +19,8 @@ import os
 from .errors import StoreError
 
 NONCE_BYTES = 12
+# One encoder for every value: json.dumps() would build a new one per call, on the hot path.
+encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def parse_encryption_key(text: str) -> bytes:
@@ -62,7 +64,7 @@ class Codec:
         return hmac.new(self._index_key, f"{kind}\0{value}".encode(), hashlib.sha256).hexdigest()
 
     def seal(self, table: str, ref: str, value: dict) -> bytes | str:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        text = encode_json(value)
         if not self.encrypted:
             return text
         nonce = os.urandom(NONCE_BYTES)

@@ -22,6 +22,7 @@ from .security import Clock, Lockout, PasswordHasher, RateLimiter, check_passwor
 from .store import Store
 
 ROLE_RANK = {"viewer": 1, "editor": 2, "admin": 3}
+SECRET_COMMANDS = {c.words for c in COMMANDS if any(p.kind.secret for p in c.params)}
 LEVEL_RANK = {"viewer": 1, "editor": 2, "owner": 3}
 CAP_LEVEL = {"viewer": "viewer", "editor": "editor", "admin": "owner"}   # a key's role cap on KGs
 ACTION_LEVEL = {"read": "viewer", "write": "editor", "manage": "owner"}
@@ -414,8 +415,23 @@ class Engine:
                 raise CommandError(f"line {n}: {exc.message}") from None
         return results
 
-    def begin_batch(self) -> None:
-        self.store.begin_batch()
+    def prepare_passwords(self, lines: list[str]) -> None:
+        """Hash the passwords of upcoming lines in parallel, ahead of their turn (script mode)."""
+        for line in lines:
+            words = line.split(None, 2)
+            if len(words) < 2 or (words[0][1:].lower(), words[1].lower()) not in SECRET_COMMANDS:
+                continue
+            try:
+                inv = parse(line.strip())
+            except CommandError:
+                continue
+            password = inv.args.get("password")
+            if password is not None and not check_password_policy(
+                    inv.args["name"], password, self.config.security.min_password_length):
+                self.hasher.hash_ahead(password)
+
+    def begin_batch(self, *, atomic: bool = False) -> None:
+        self.store.begin_batch(atomic=atomic)
         self._batch_denials = []
 
     def end_batch(self, commit: bool) -> None:

@@ -50,8 +50,14 @@ class LocalBackend:
             raise CommandError("Not logged in")
         return self.engine.execute(self.session, line)
 
-    def begin_batch(self) -> None:
-        self.engine.begin_batch()
+    def prepare(self, lines: list[str]) -> None:
+        self.engine.prepare_passwords(lines)
+
+    def discard_prepared(self) -> None:
+        self.engine.hasher.discard_ahead()
+
+    def begin_batch(self, *, atomic: bool = False) -> None:
+        self.engine.begin_batch(atomic=atomic)
 
     def end_batch(self, commit: bool) -> None:
         self.engine.end_batch(commit)

@@ -6,6 +6,7 @@ Nothing here touches the store or the network, so each piece is tested on its ow
 from __future__ import annotations
 
 import hmac
+import os
 import secrets
 import threading
 import time
@@ -54,12 +55,36 @@ class PasswordHasher:
                                     type=Type.ID)
         self._dummy: str | None = None
         self._lock = threading.Lock()
+        self._pool = None
+        self._ahead: dict[str, list] = {}     # password -> futures of hashes made ahead of time
         self.verifications = 0
         self.parameters = (f"argon2id m={cfg.argon2_memory_kib} KiB, t={cfg.argon2_time_cost}, "
                            f"p={cfg.argon2_parallelism}")
 
     def hash(self, password: str) -> str:
-        return self._hasher.hash(password)
+        with self._lock:
+            queued = self._ahead.get(password)
+            future = queued.pop(0) if queued else None
+            if queued == []:
+                del self._ahead[password]
+        return future.result() if future else self._hasher.hash(password)
+
+    def hash_ahead(self, password: str) -> None:
+        """Start hashing `password` on another core; hash() will collect it. argon2 releases the
+        GIL, so a script of user creations hashes on every core and still commits in order."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="argon2")
+            self._ahead.setdefault(password, []).append(self._pool.submit(self._hasher.hash, password))
+
+    def discard_ahead(self) -> None:
+        with self._lock:
+            for futures in self._ahead.values():
+                for future in futures:
+                    future.cancel()
+            self._ahead.clear()
 
     def verify(self, stored_hash: str | None, password: str) -> bool:
         """One argon2 verification, against a dummy hash when there is no user, so an unknown

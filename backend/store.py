@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .codec import Codec
+from .codec import Codec, encode_json
 from .errors import StoreError
 
 APPLICATION_ID = 0x494C4144   # "ILAD": marks the file as ours, so a foreign database is refused
@@ -60,7 +60,7 @@ TABLES = ("meta", "users", "kgs", "acl", "api_keys", "api_key_kgs", "tokens", "a
 
 
 def audit_hash(prev_hash: str, record: tuple) -> str:
-    payload = json.dumps([prev_hash, *record], separators=(",", ":"), ensure_ascii=False)
+    payload = encode_json([prev_hash, *record])
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -81,6 +81,12 @@ class Store:
         self.codec = Codec(encryption_key)
         self._lock = threading.RLock()   # one connection, shared by the server's threads
         self._depth = 0                  # nesting of write()/batch() on this connection
+        # Rows read or written while this connection holds the write transaction: no other
+        # process can change them meanwhile, so a batch of commands reads each row once.
+        self._cache: dict[tuple[str, str], dict | None] = {}
+        self._audit_head: dict | None = None
+        self._head_unsaved = False       # an all-or-nothing batch saves the audit head once
+        self._atomic = False
         self._open(busy_timeout_ms)
 
     # --- opening -------------------------------------------------------------------------
@@ -177,6 +183,9 @@ class Store:
     def write(self) -> Iterator[None]:
         """One change, atomically: a transaction, or a savepoint inside an open batch."""
         with self._lock:
+            if self._atomic:
+                yield                    # a failure rolls the whole batch back: no savepoint needed
+                return
             if self._depth:
                 name = f"sp{self._depth}"
                 self.conn.execute(f"SAVEPOINT {name}")
@@ -186,6 +195,7 @@ class Store:
                 except BaseException:
                     self.conn.execute(f"ROLLBACK TO {name}")
                     self.conn.execute(f"RELEASE {name}")
+                    self._forget()
                     raise
                 finally:
                     self._depth -= 1
@@ -218,28 +228,41 @@ class Store:
             finally:
                 self.conn.execute("COMMIT")
 
-    def begin_batch(self) -> None:
-        """Start a transaction that every following write() joins (for --single-transaction)."""
+    def begin_batch(self, *, atomic: bool = False) -> None:
+        """Start a transaction that every following write() joins. Each write is a savepoint
+        (a failure undoes only itself), unless `atomic`: then any failure must end the batch
+        with end_batch(False) (--single-transaction)."""
         with self._lock:
             self._begin()
             self._depth = 1
+            self._atomic = atomic
 
     def end_batch(self, commit: bool) -> None:
         with self._lock:
+            if commit and self._head_unsaved:
+                self._set_meta("audit_head", self._audit_head)
             self._depth = 0
+            self._atomic = False
             self._commit() if commit else self._rollback()
 
     @property
     def in_batch(self) -> bool:
         return self._depth > 0
 
+    def _forget(self) -> None:
+        self._cache.clear()
+        self._audit_head = None
+        self._head_unsaved = False
+
     def _begin(self) -> None:
+        self._forget()
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             raise StoreError(f"cannot write to the store: {exc}") from None
 
     def _commit(self) -> None:
+        self._forget()
         try:
             self.conn.execute("COMMIT")
         except sqlite3.OperationalError as exc:
@@ -247,6 +270,7 @@ class Store:
             raise StoreError(f"cannot write to the store: {exc}") from None
 
     def _rollback(self) -> None:
+        self._forget()
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
 
@@ -260,8 +284,13 @@ class Store:
         self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, self.codec.seal("meta", name, value)))
 
     def _get(self, table: str, ref: str) -> dict | None:
+        if self._depth and (table, ref) in self._cache:
+            return self._cache[(table, ref)]
         row = self.conn.execute(f"SELECT data FROM {table} WHERE ref = ?", (ref,)).fetchone()
-        return None if row is None else self.codec.open(table, ref, row[0])
+        value = None if row is None else self.codec.open(table, ref, row[0])
+        if self._depth:
+            self._cache[(table, ref)] = value
+        return value
 
     def _all(self, table: str, sort_key: str) -> list[dict]:
         rows = [self.codec.open(table, ref, data) for ref, data in self.conn.execute(f"SELECT ref, data FROM {table}")]
@@ -273,6 +302,7 @@ class Store:
             self.conn.execute(f"INSERT INTO {table} (ref, data) VALUES (?, ?)", (ref, sealed))
         else:
             self.conn.execute(f"UPDATE {table} SET data = ? WHERE ref = ?", (sealed, ref))
+        self._cache.pop((table, ref), None)
 
     # --- users ---------------------------------------------------------------------------
 
@@ -298,6 +328,7 @@ class Store:
 
     def drop_user(self, name: str) -> None:
         self.conn.execute("DELETE FROM users WHERE ref = ?", (self._user_ref(name),))
+        self._cache.clear()     # cascades reach other tables
 
     def _update_user(self, name: str, **changes) -> None:
         user = self.user(name)
@@ -332,6 +363,7 @@ class Store:
 
     def drop_kg(self, name: str) -> None:
         self.conn.execute("DELETE FROM kgs WHERE ref = ?", (self._kg_ref(name),))
+        self._cache.clear()
 
     # --- ACLs ----------------------------------------------------------------------------
 
@@ -453,13 +485,17 @@ class Store:
     def append_audit(self, now: float, actor: str, source: str, action: str, target: str,
                      outcome: str, detail: str) -> None:
         """Append one hash-chained record; must run inside write()."""
-        head = self._meta("audit_head")
+        head = self._audit_head or self._meta("audit_head")
         seq = head["seq"] + 1
         record = (seq, now, actor, source, action, target, outcome, detail)
         digest = audit_hash(head["hash"], record)
         value = dict(zip(AUDIT_FIELDS, record), prev_hash=head["hash"], hash=digest)
         self.conn.execute("INSERT INTO audit VALUES (?, ?)", (seq, self.codec.seal("audit", str(seq), value)))
-        self._set_meta("audit_head", {"seq": seq, "hash": digest})
+        self._audit_head = {"seq": seq, "hash": digest}
+        if self._atomic:
+            self._head_unsaved = True
+        else:
+            self._set_meta("audit_head", self._audit_head)
 
     def _audit_rows(self, order: str) -> Iterator[dict]:
         for seq, data in self.conn.execute(f"SELECT seq, data FROM audit ORDER BY seq {order}"):

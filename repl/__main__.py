@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from backend import __version__
 from backend.config import Config, load_config, resolve_data_dir
 from backend.errors import AuthError, ConfigError, StoreError, TargetUnreachable
 
 from .environment import Environment, ExitStatus
-from .script import Line, decode_lines, run_script, stream_lines
+from .script import Line, LineQueue, decode_lines, run_script
 
 NO_CREDENTIALS = "error: no credentials: set INPUTLAYER_API_KEY, or INPUTLAYER_ADMIN_PASSWORD, or pass --user"
 
@@ -143,11 +143,11 @@ class _Unreadable(Exception):
     pass
 
 
-def script_lines(args, env: Environment) -> Iterable[Line]:
+def script_lines(args, env: Environment) -> LineQueue:
     """Every -c and -f in order (files read before anything runs, so an unreadable one changes
-    nothing), else stdin, streamed line by line."""
+    nothing), else stdin, streamed as it arrives."""
     if not args.sources:
-        return stream_lines(env.stdin, "<stdin>")
+        return LineQueue(stream=env.stdin)
     lines: list[Line] = []
     command_number = 0
     for kind, value in args.sources:
@@ -161,8 +161,7 @@ def script_lines(args, env: Environment) -> Iterable[Line]:
         except OSError as exc:
             raise _Unreadable(f"cannot read {value}: {exc.strerror or exc}") from None
         lines += decode_lines(data, value)
-    return lines
-
+    return LineQueue(lines)
 
 if __name__ == "__main__":
     sys.exit(main())

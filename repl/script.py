@@ -1,7 +1,16 @@
-"""Script mode: run lines from -c, -f and stdin in order, report errors as source:line."""
+"""Script mode: run lines from -c, -f and stdin in order, report errors as source:line.
+
+On a local target, commands that are already waiting are committed in groups: one transaction
+(one fsync) for the group, a savepoint per command so a failure undoes only itself, and each
+command's output printed only after the commit that made it durable.
+"""
 
 from __future__ import annotations
 
+import os
+import select
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -12,6 +21,9 @@ from .environment import Environment, ExitStatus
 from .output import render, render_json_error
 
 COMMENT_PREFIXES = ("#", "//")
+GROUP_MAX_COMMANDS = 500
+GROUP_MAX_SECONDS = 0.1     # bounds how long a group holds the store's write lock
+PREPARE_AHEAD = 1000        # lines whose passwords may be hashed before their turn
 
 
 @dataclass(frozen=True)
@@ -41,48 +53,206 @@ def decode_lines(data: bytes, source: str) -> Iterator[Line]:
         yield Line(source, number, raw)
 
 
-def stream_lines(stream, source: str) -> Iterator[Line]:
-    for number, raw in enumerate(stream, 1):
-        yield Line(source, number, raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+class LineQueue:
+    """Lines to run, with a look at whether more are already waiting (so a group never waits
+    for input that a coprocess will only send after reading our answer)."""
+
+    def __init__(self, lines: Iterable[Line] | None = None, stream=None, source: str = "<stdin>"):
+        self._pending: deque[Line] = deque(lines or ())
+        self.taken = 0                   # lines handed out by next() so far
+        self._stream = stream
+        self._source = source
+        self._partial = b""
+        self._number = 0
+        self._eof = stream is None
+        self._fd = None
+        if stream is not None:
+            try:
+                self._fd = stream.fileno()
+            except (AttributeError, OSError, ValueError):
+                self._fd = None          # an in-memory stream: read it whole
+                self._take(stream.read(), final=True)
+
+    def _take(self, data: bytes, final: bool) -> None:
+        data = self._partial + data
+        parts = data.split(b"\n")
+        self._partial = b"" if final else parts.pop()
+        if final and parts and parts[-1] == b"":
+            parts.pop()
+        for raw in parts:
+            self._number += 1
+            self._pending.append(Line(self._source, self._number,
+                                      raw.decode("utf-8", errors="replace").rstrip("\r")))
+        if final:
+            self._eof = True
+
+    def _read(self, block: bool) -> None:
+        if self._eof or self._fd is None:
+            return
+        if not block and not select.select([self._fd], [], [], 0)[0]:
+            return
+        chunk = os.read(self._fd, 1 << 16)
+        self._take(chunk, final=not chunk)
+
+    def next(self) -> Line | None:
+        while not self._pending and not self._eof:
+            self._read(block=True)
+        if not self._pending:
+            return None
+        self.taken += 1
+        return self._pending.popleft()
+
+    def waiting(self) -> bool:
+        """True when another line can be had without blocking."""
+        if not self._pending:
+            self._read(block=False)
+        return bool(self._pending)
+
+    def lookahead(self, count: int) -> list[Line]:
+        self._read(block=False)
+        return list(self._pending)[:count]
 
 
-def run_script(backend, lines: Iterable[Line], env: Environment, *, fmt: str, on_error: str,
+def run_script(backend, lines: LineQueue, env: Environment, *, fmt: str, on_error: str,
                single_transaction: bool) -> ExitStatus:
-    failed = False
-    if single_transaction:
-        backend.begin_batch()
+    runner = _Runner(backend, env, fmt, stop_on_error=on_error == "stop")
     try:
-        for line in lines:
-            if is_skipped(line.text):
-                continue
+        if single_transaction:
+            return runner.all_or_nothing(lines)
+        if hasattr(backend, "begin_batch"):
+            return runner.grouped(lines)
+        return runner.one_by_one(lines)
+    finally:
+        discard = getattr(backend, "discard_prepared", None)
+        if discard:
+            discard()
+
+
+class _Runner:
+    def __init__(self, backend, env: Environment, fmt: str, stop_on_error: bool):
+        self.backend = backend
+        self.env = env
+        self.fmt = fmt
+        self.stop_on_error = stop_on_error
+        self.failed = False
+        self._prepare = getattr(backend, "prepare", None)
+        self._prepared_through = 0
+
+    def _next(self, lines: LineQueue) -> Line | None:
+        """The next line to run, skipping comments; passwords of lines ahead start hashing."""
+        while True:
+            line = lines.next()
+            if line is None:
+                return None
+            if self._prepare:
+                window = [line] + lines.lookahead(PREPARE_AHEAD)
+                start = lines.taken - 1
+                fresh = window[max(0, self._prepared_through - start):]
+                self._prepared_through = max(self._prepared_through, start + len(window))
+                if fresh:
+                    self._prepare([l.text for l in fresh])
+            if not is_skipped(line.text):
+                return line
+
+    def _run(self, line: Line) -> tuple[list[tuple[str, str]], bool]:
+        """Execute one line: (what to print, as (stream, text) pairs; whether the run must stop)."""
+        try:
+            result = self.backend.execute(line.text)
+        except CommandError as exc:
+            self.failed = True
+            stop = self.stop_on_error or isinstance(exc, SessionEnded)
+            return error_report(line, exc.message, self.fmt), stop
+        return [("out", render(result, self.fmt))], False
+
+    def _print(self, reports: list[tuple[str, str]]) -> None:
+        """Write what a group printed, in order, with one write per run of the same stream."""
+        run_stream, run_text = None, []
+        for stream, text in reports + [("", "")]:
+            if stream != run_stream and run_text:
+                (self.env.out if run_stream == "out" else self.env.err)("".join(run_text))
+                run_text = []
+            run_stream = stream
+            run_text.append(text)
+
+    def _status(self, stopped: bool) -> ExitStatus:
+        if stopped:
+            return ExitStatus.STOPPED
+        return ExitStatus.SOME_FAILED if self.failed else ExitStatus.OK
+
+    def one_by_one(self, lines: LineQueue) -> ExitStatus:
+        while (line := self._next(lines)) is not None:
             if is_quit(line.text):
                 break
+            report, stop = self._run(line)
+            self._print(report)
+            if stop:
+                return self._status(True)
+        return self._status(False)
+
+    def grouped(self, lines: LineQueue) -> ExitStatus:
+        while True:
+            line = self._next(lines)
+            if line is None or is_quit(line.text):
+                return self._status(False)
+            reports: list[tuple[str, str]] = []
+            commands = 0
+            stop = quit_after = False
+            started = time.monotonic()
+            self.backend.begin_batch()
             try:
-                result = backend.execute(line.text)
-            except CommandError as exc:
-                report_error(env, line, exc.message, fmt)
-                if single_transaction or on_error == "stop" or isinstance(exc, SessionEnded):
-                    if single_transaction:
-                        backend.end_batch(False)
-                        single_transaction = False
-                        env.err("error: the whole transaction was rolled back; nothing was changed\n")
+                while True:
+                    report, stop = self._run(line)
+                    reports += report
+                    commands += 1
+                    if stop or commands >= GROUP_MAX_COMMANDS or \
+                            time.monotonic() - started > GROUP_MAX_SECONDS or not lines.waiting():
+                        break
+                    line = self._next(lines)
+                    if line is None:
+                        break
+                    if is_quit(line.text):
+                        quit_after = True
+                        break
+            except BaseException:
+                self.backend.end_batch(False)
+                raise
+            try:
+                self.backend.end_batch(True)
+            except StoreError as exc:
+                self.env.err(f"error: {exc}; the last {commands} command(s) were not applied\n")
+                return ExitStatus.STOPPED
+            self._print(reports)
+            if stop or quit_after:
+                return self._status(stop)
+
+    def all_or_nothing(self, lines: LineQueue) -> ExitStatus:
+        self.backend.begin_batch(atomic=True)
+        committed = False
+        try:
+            reports: list[tuple[str, str]] = []
+            while (line := self._next(lines)) is not None and not is_quit(line.text):
+                report, _ = self._run(line)
+                if self.failed:
+                    self._print(report + [("err", "error: the whole transaction was rolled back; "
+                                                  "nothing was changed\n")])
                     return ExitStatus.STOPPED
-                failed = True
-                continue
-            env.out(render(result, fmt))
-        if single_transaction:
-            single_transaction = False
-            backend.end_batch(True)
-    except StoreError as exc:
-        env.err(f"error: {exc}\n")
-        return ExitStatus.STOPPED
-    finally:
-        if single_transaction:
-            backend.end_batch(False)
-    return ExitStatus.SOME_FAILED if failed else ExitStatus.OK
+                reports += report
+            self.backend.end_batch(True)
+            committed = True
+            self._print(reports)
+            return ExitStatus.OK
+        except StoreError as exc:
+            self.env.err(f"error: {exc}; nothing was changed\n")
+            return ExitStatus.STOPPED
+        finally:
+            if not committed:
+                try:
+                    self.backend.end_batch(False)
+                except StoreError:
+                    pass
 
 
-def report_error(env: Environment, line: Line, message: str, fmt: str) -> None:
-    if fmt == "json":
-        env.out(render_json_error(message, line.number))
-    env.err(f"{line.source}:{line.number}: error: {message}\n")
+def error_report(line: Line, message: str, fmt: str) -> list[tuple[str, str]]:
+    """An error goes to stderr as source:line; in json mode also to stdout as an object."""
+    report = [("out", render_json_error(message, line.number))] if fmt == "json" else []
+    return report + [("err", f"{line.source}:{line.number}: error: {message}\n")]

@@ -167,3 +167,34 @@ def test_quit_stops_a_script_cleanly(shell):
     proc = shell(".kg create q1\n.quit\n.kg create q2\n")
     assert proc.returncode == 0
     assert "q2" not in shell(".kg list\n").stdout
+
+
+def test_a_coprocess_gets_each_answer_before_sending_the_next_line(tmp_path, config_file):
+    """Group commit never waits for input that is not there yet."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, cli_env
+
+    proc = subprocess.Popen([sys.executable, "-m", "repl", "--data-dir", str(tmp_path / "co")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=cli_env(config_file, INPUTLAYER_ADMIN_PASSWORD=ADMIN_PASSWORD), cwd=ROOT)
+    try:
+        for name in ("co1", "co2", "co3"):
+            proc.stdin.write(f".kg create {name}\n".encode())
+            proc.stdin.flush()
+            assert proc.stdout.readline() == f"Knowledge graph '{name}' created.\n".encode()
+            assert proc.stdout.readline() == f"Switched to knowledge graph: {name}\n".encode()
+    finally:
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+
+
+def test_passwords_are_hashed_ahead_and_still_valid(engine, admin):
+    lines = [f".user create ahead{i} ahead-passphrase-{i} viewer" for i in range(6)]
+    engine.prepare_passwords(lines + [".user create short x", ".kg create not-a-password"])
+    assert len(engine.hasher._ahead) == 6          # the too-short password is never hashed
+    for line in lines:
+        engine.execute(admin, line)
+    assert engine.hasher._ahead == {}
+    assert engine.login("ahead3", "ahead-passphrase-3", source="local").username == "ahead3"
