@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
-import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -48,7 +47,7 @@ class Session:
     token_claims: dict | None = None
     knowledge_graph: str | None = None
     connected_at: float = 0.0
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    id: str = field(default_factory=lambda: new_session_id())
 
     @property
     def auth(self) -> str:
@@ -59,6 +58,16 @@ class Session:
     @property
     def audit_source(self) -> str:
         return f"{self.source}:{self.address}" if self.address else self.source
+
+
+def new_session_id() -> str:
+    """A random (version 4) UUID in its usual text form, without importing uuid (and platform)
+    on the shell's start-up path."""
+    raw = bytearray(secrets.token_bytes(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class SessionDirectory(Protocol):

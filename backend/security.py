@@ -5,6 +5,7 @@ Nothing here touches the store or the network, so each piece is tested on its ow
 
 from __future__ import annotations
 
+import functools
 import hmac
 import os
 import secrets
@@ -48,11 +49,7 @@ class PasswordHasher:
     every failure path spends exactly the same work (one verification), without timing."""
 
     def __init__(self, cfg: SecurityConfig):
-        from argon2 import PasswordHasher as Argon2Hasher, Type
-
-        self._hasher = Argon2Hasher(time_cost=cfg.argon2_time_cost, memory_cost=cfg.argon2_memory_kib,
-                                    parallelism=cfg.argon2_parallelism, hash_len=32, salt_len=16,
-                                    type=Type.ID)
+        self._cfg = cfg
         self._dummy: str | None = None
         self._lock = threading.Lock()
         self._pool = None
@@ -60,6 +57,15 @@ class PasswordHasher:
         self.verifications = 0
         self.parameters = (f"argon2id m={cfg.argon2_memory_kib} KiB, t={cfg.argon2_time_cost}, "
                            f"p={cfg.argon2_parallelism}")
+
+    @functools.cached_property
+    def _hasher(self):
+        # argon2 is imported on first use: an API-key login in script mode never needs it.
+        from argon2 import PasswordHasher as Argon2Hasher, Type
+
+        cfg = self._cfg
+        return Argon2Hasher(time_cost=cfg.argon2_time_cost, memory_cost=cfg.argon2_memory_kib,
+                            parallelism=cfg.argon2_parallelism, hash_len=32, salt_len=16, type=Type.ID)
 
     def hash(self, password: str) -> str:
         with self._lock:

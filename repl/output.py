@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import unicodedata
 
 from backend.result import Result
 
@@ -27,6 +26,10 @@ def printable(text: str) -> str:
 
 
 def display_width(text: str) -> int:
+    if text.isascii():
+        return len(text)
+    import unicodedata     # costs milliseconds at start-up; most tables are ASCII
+
     return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
