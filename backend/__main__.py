@@ -81,6 +81,9 @@ def server_config(args: argparse.Namespace, config: Config) -> Config:
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     env = dict(os.environ) if env is None else env
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["rekey"]:
+        return rekey_main(argv[1:], env)
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     log = logging.getLogger("inputlayer.server")
@@ -96,6 +99,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except ConfigError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
+    if config.security.auth_mode == "disabled" and not is_loopback(config.server.host):
+        sys.stderr.write(f"error: auth_mode \"disabled\" lets anyone in as an admin: it serves only a loopback "
+                         f"address, not {config.server.host}\n")
+        return 2
     data_dir = resolve_data_dir(args.data_dir, env, config)
     try:
         store = Store(data_dir, encryption_key=key_from_env(env))
@@ -103,7 +110,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         sys.stderr.write(f"error: {exc}\n")
         return 2
     try:
-        engine = Engine(store, config)
+        try:
+            engine = Engine(store, config, shared_key=env.get("INPUTLAYER_SHARED_KEY"))
+        except ConfigError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            return 2
         _, generated = engine.bootstrap(bootstrap_password(env, config))
         if generated:
             sys.stderr.write(bootstrap_banner(generated))
@@ -119,6 +130,36 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return 2
     finally:
         store.close()
+
+
+def rekey_main(argv: Sequence[str], env: Mapping[str, str]) -> int:
+    """`inputlayer-server rekey`: re-encrypt a stopped store (INPUTLAYER_ENCRYPTION_KEY is the
+    current key, INPUTLAYER_NEW_ENCRYPTION_KEY the new one; either unset means plaintext)."""
+    p = _Parser(prog="inputlayer-server rekey",
+                description="Re-encrypt a stopped store under INPUTLAYER_NEW_ENCRYPTION_KEY (unset: "
+                            "decrypt it), reading it with INPUTLAYER_ENCRYPTION_KEY (unset: it is plaintext).")
+    p.add_argument("--data-dir", metavar="DIR")
+    p.add_argument("--config", metavar="TOML")
+    args = p.parse_args(argv)
+    from .codec import key_from_env
+    from .rekey import rekey
+
+    try:
+        config = load_config(args.config, env)
+        old = key_from_env(env)
+        new = key_from_env(env, "INPUTLAYER_NEW_ENCRYPTION_KEY")
+        if old is None and new is None:
+            sys.stderr.write("error: nothing to do: set INPUTLAYER_NEW_ENCRYPTION_KEY to encrypt the store, "
+                             "or INPUTLAYER_ENCRYPTION_KEY (alone) to decrypt it\n")
+            return 2
+        data_dir = resolve_data_dir(args.data_dir, env, config)
+        copied = rekey(data_dir, old, new)
+    except (ConfigError, StoreError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    state = "encrypted under the new key" if new else "decrypted (plaintext)"
+    sys.stdout.write(f"Store in {data_dir} {state}: {copied} rows re-written.\n")
+    return 0
 
 
 async def _serve(server) -> int:

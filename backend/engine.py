@@ -6,6 +6,7 @@ live-session directory are handed in, so every rule is testable with a fake cloc
 
 from __future__ import annotations
 
+import hmac
 import secrets
 import sqlite3
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from typing import Callable, Protocol
 
 from . import __version__
 from .config import Config
-from .errors import AuthError, CommandError, PermissionDenied, SessionEnded, StoreError
+from .errors import AuthError, CommandError, ConfigError, PermissionDenied, SessionEnded, StoreError
 from .registry import COMMANDS, GROUPS, Command, Invocation, _clip, find_command, parse
 from .result import Result
 from .security import Clock, Lockout, PasswordHasher, RateLimiter, check_password_policy, iso, key_digest, \
@@ -21,6 +22,7 @@ from .security import Clock, Lockout, PasswordHasher, RateLimiter, check_passwor
 from .store import Store
 
 ROLE_RANK = {"viewer": 1, "editor": 2, "admin": 3}
+VIRTUAL_PRINCIPALS = ("shared_key", "anonymous")   # auth modes without users in the store
 SECRET_COMMANDS = {c.words for c in COMMANDS if any(p.kind.secret for p in c.params)}
 LEVEL_RANK = {"viewer": 1, "editor": 2, "owner": 3}
 CAP_LEVEL = {"viewer": "viewer", "editor": "editor", "admin": "owner"}   # a key's role cap on KGs
@@ -115,7 +117,8 @@ class RateLimited(CommandError):
 class Engine:
     def __init__(self, store: Store, config: Config, *, clock: Clock = system_clock,
                  hasher: PasswordHasher | None = None, lockout: Lockout | None = None,
-                 directory: SessionDirectory | None = None, target: str = "local"):
+                 directory: SessionDirectory | None = None, target: str = "local",
+                 shared_key: str | None = None):
         self.store = store
         self.config = config
         self.clock = clock
@@ -123,6 +126,10 @@ class Engine:
         self.lockout = lockout or Lockout(config.security, clock)
         self.directory = directory
         self.target = target
+        self.auth_mode = config.security.auth_mode
+        if self.auth_mode == "shared_key" and not shared_key:
+            raise ConfigError("auth_mode \"shared_key\" needs the key in INPUTLAYER_SHARED_KEY")
+        self._shared_key = shared_key
         self.rate_limiter = RateLimiter(clock)
         self.started_at = clock()
         self._batch_denials: list[tuple] = []
@@ -152,6 +159,8 @@ class Engine:
         return True, generated
 
     def login(self, username: str, password: str, *, source: str, address: str = "") -> Session:
+        if self.auth_mode != "managed":
+            return self._mode_login(None, username, source, address)
         self._refuse_if_locked(address, "auth.login", username)
         with self.store.read():
             user = self.store.user(username)
@@ -177,6 +186,8 @@ class Engine:
 
     def authenticate(self, api_key: str, *, source: str, address: str = "") -> Session:
         """Log in with an API key, or with a session token (a JWT), wherever a key is accepted."""
+        if self.auth_mode != "managed":
+            return self._mode_login(api_key, "", source, address)
         if api_key.startswith("eyJ") and api_key.count(".") == 2:
             return self._authenticate_token(api_key, source=source, address=address)
         self._refuse_if_locked(address, "auth.api_key", "")
@@ -204,6 +215,23 @@ class Engine:
                           key_digest=digest, connected_at=now)
         self._bind_default_kg(session)
         return session
+
+    def _mode_login(self, key: str | None, username: str, source: str, address: str) -> Session:
+        """auth_mode shared_key: the one shared key is an admin named `shared-key`; disabled:
+        everyone is an admin named `anonymous` (the server allows that on loopback only)."""
+        if self.auth_mode == "disabled":
+            principal = Session("anonymous", "anonymous", source, address, connected_at=self.clock())
+        else:
+            self._refuse_if_locked(address, "auth.shared_key", username)
+            if key is None or not hmac.compare_digest(key.encode(), self._shared_key.encode()):
+                self.hasher.verify(None, key or "")
+                self._auth_failed(address, source, "auth.shared_key", username, "wrong shared key")
+            principal = Session("shared-key", "shared_key", source, address, connected_at=self.clock())
+        with self.store.write():
+            self.store.append_audit(self.clock(), principal.username, _src(source, address),
+                                    f"auth.{principal.method}", principal.username, "ok", f"auth_mode={self.auth_mode}")
+        self._bind_default_kg(principal)
+        return principal
 
     def _authenticate_token(self, token: str, *, source: str, address: str) -> Session:
         self._refuse_if_locked(address, "auth.token", "")
@@ -304,6 +332,8 @@ class Engine:
 
     def _rights(self, session: Session) -> Rights:
         """Re-derive the caller's rights from the store; end the session if its principal is gone."""
+        if session.method in VIRTUAL_PRINCIPALS:
+            return Rights(session.username, "admin", "admin", None, None)
         user = self.store.user(session.username)
         if user is None:
             raise SessionEnded("user dropped")

@@ -26,9 +26,13 @@ class LocalBackend:
     target = "local"
 
     def __init__(self, data_dir: str, config: Config, *, encryption_key: bytes | None = None,
-                 clock: Clock = system_clock):
+                 shared_key: str | None = None, clock: Clock = system_clock):
         self.store = Store(data_dir, encryption_key=encryption_key)
-        self.engine = Engine(self.store, config, clock=clock)
+        try:
+            self.engine = Engine(self.store, config, clock=clock, shared_key=shared_key)
+        except BaseException:
+            self.store.close()
+            raise
         self.session: Session | None = None
         self.bootstrapped = False
         self.generated_password: str | None = None

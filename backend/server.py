@@ -40,7 +40,7 @@ from websockets.protocol import State
 
 from . import __version__
 from .config import Config, ServerConfig, TLSConfig
-from .engine import Engine, Session
+from .engine import Engine, RateLimited, Session
 from .errors import AuthError, CommandError, ConfigError, PermissionDenied, SessionEnded, StoreError
 from .registry import match_command
 from .result import Result
@@ -297,6 +297,13 @@ def reply_frames(result: Result, elapsed_ms: int, *, threshold: int = STREAM_THR
                                  ensure_ascii=False))
     frames.append(json.dumps({"type": "result_end", "row_count": len(rows), "chunk_count": len(frames) - 1}))
     return frames
+
+
+def _rate_headers(response: Response, limit: int, remaining: int, reset_in: int) -> None:
+    """The de-facto standard headers of a rate-limited API (a key's `rate=`)."""
+    response.headers["X-RateLimit-Limit"] = str(limit)
+    response.headers["X-RateLimit-Remaining"] = str(remaining)
+    response.headers["X-RateLimit-Reset"] = str(reset_in)
 
 
 def _error(message: str) -> str:
@@ -577,12 +584,21 @@ class Server:
                                               source="http", address=address)
         if session is None:
             return _unauthorized(connection)
+        try:
+            limits = await self._run(self._exec_pool, self.engine.consume_rate, session)
+        except RateLimited as exc:
+            response = connection.respond(HTTPStatus.TOO_MANY_REQUESTS, exc.message + "\n")
+            response.headers["Retry-After"] = str(exc.reset_in)
+            _rate_headers(response, exc.limit, 0, exc.reset_in)
+            return response
         locked = sum(1 for _, _, until in self.engine.lockout.entries() if until)
         text = self.metrics.render(connections=len(self.clients), sessions=len(self.directory), locked=locked,
                                    uptime=time.monotonic() - self.started)
         response = connection.respond(HTTPStatus.OK, text)
         del response.headers["Content-Type"]
         response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+        if limits:
+            _rate_headers(response, *limits)
         return response
 
     # --- authentication ------------------------------------------------------------------

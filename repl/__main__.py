@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
         return ExitStatus.ERROR
     try:
         backend = open_backend(args, env, config, url)
-    except (StoreError, TargetUnreachable) as exc:
+    except (StoreError, TargetUnreachable, ConfigError) as exc:
         env.err(f"error: {exc}\n")
         return ExitStatus.ERROR
     try:
@@ -103,7 +103,7 @@ def open_backend(args, env: Environment, config: Config, url: str | None):
     from backend.codec import key_from_env
     from backend.local import LocalBackend
     backend = LocalBackend(resolve_data_dir(args.data_dir, env.env, config), config,
-                           encryption_key=key_from_env(env.env))
+                           encryption_key=key_from_env(env.env), shared_key=env.env.get("INPUTLAYER_SHARED_KEY"))
     backend.bootstrap(bootstrap_password(env.env, config))
     if backend.generated_password:
         env.err(bootstrap_banner(backend.generated_password))
