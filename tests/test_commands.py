@@ -206,18 +206,22 @@ def test_program_of_several_lines_is_authorized_line_by_line(engine, admin, team
     assert "a3" in names and "a4" not in names
 
 
-def test_login_failures_look_alike(engine, admin):
+def test_login_failures_look_alike(engine, admin, clock):
     engine.execute(admin, ".user create zed zed-passphrase")
+    revoked = engine.execute(admin, ".apikey create gone").rows[0][0]
+    engine.execute(admin, ".apikey revoke gone")
+    expired = engine.execute(admin, ".apikey create brief expires=1m").rows[0][0]
+    clock.advance(61)
     before = engine.hasher.verifications
     for user, password in [("nobody", "whatever-pw"), ("zed", "wrong-password")]:
         with pytest.raises(AuthError) as exc:
             engine.login(user, password, source="local")
         assert exc.value.message == "Invalid credentials"
-    for key in ["il_garbage", "il_" + "A" * 43 + "_AAAAAA"]:
+    for key in ["il_garbage", "il_" + "A" * 43 + "_AAAAAA", revoked, expired]:
         with pytest.raises(AuthError, match="^Invalid credentials$"):
             engine.authenticate(key, source="local")
     # Exactly one argon2 verification for each failure, whatever the reason.
-    assert engine.hasher.verifications - before == 4
+    assert engine.hasher.verifications - before == 6
 
 
 def test_locked_address_costs_no_verification(engine, cheap_config):

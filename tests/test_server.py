@@ -94,6 +94,20 @@ def test_allowed_ips_refuse_before_the_upgrade(serve):
         assert c.execute(".whoami")["type"] == "result"
 
 
+def test_allowed_ips_over_ipv6_and_ipv4_mapped(serve):
+    allowed = serve(**{"server.host": "::1", "server.allowed_ips": ("::1/128",)})
+    with logged_in(f"ws://[::1]:{allowed.port}/ws") as v6:
+        assert v6.execute(".whoami")["type"] == "result"
+    elsewhere = serve(**{"server.host": "::1", "server.allowed_ips": ("2001:db8::/32", "127.0.0.1/32")})
+    with pytest.raises(InvalidStatus) as refused:
+        Client(f"ws://[::1]:{elsewhere.port}/ws")
+    assert refused.value.response.status_code == 403
+    # A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; they match IPv4 ranges.
+    from backend.server import _in, _ip
+    assert _in(_ip("::ffff:127.0.0.3"), _networks(["127.0.0.3/32"]))
+    assert not _in(_ip("::ffff:127.0.0.3"), _networks(["::1/128"]))
+
+
 # --- addresses and lockout ---------------------------------------------------------------------
 
 def test_client_address_believes_only_trusted_proxies():
