@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 from websockets.sync.client import connect
 
@@ -20,8 +18,7 @@ from backend.engine import Engine
 from backend.server import Server, ServerOptions
 from backend.store import Store
 
-ROOT = Path(__file__).resolve().parent.parent
-ADMIN_PASSWORD = "s3cret-pass"
+from conftest import ADMIN_PASSWORD, ROOT, cli_env as server_env   # noqa: F401  (re-exported for server tests)
 
 
 class ServerThread:
@@ -156,11 +153,3 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.communicate()
-
-
-def server_env(config_file: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INPUTLAYER_")}
-    env["INPUTLAYER_CONFIG"] = str(config_file)
-    env["PYTHONPATH"] = str(ROOT)
-    env.update(extra)
-    return env
