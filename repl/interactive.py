@@ -123,7 +123,7 @@ class Shell:
             return
         except TargetUnreachable as exc:
             self.disconnected = True
-            self.error(f"connection lost: {exc}. The next command reconnects.")
+            self.error(f"{exc} (the next command reconnects)")
             return
         except KeyboardInterrupt:
             self.error("interrupted")

@@ -158,7 +158,7 @@ def test_lost_connection_is_reported_and_the_next_command_reconnects(tmp_path):
     backend.drop_next = True
     status, out, err, shell = run_shell(backend, tmp_path, ".status\r.status\r.q\r")
     assert status == 0
-    assert "connection lost: connection closed" in err
+    assert "error: connection closed (the next command reconnects)" in err
     assert backend.reconnects == 1 and "Reconnected." in out and "ran .status" in out
     assert shell._prompt() == "alice@db1.example:8080:sales> "
 
@@ -245,6 +245,7 @@ def test_a_session_on_a_terminal(term, tmp_path):
     t.expect("Repeat password:")
     t.type("bob-pass-2<Enter>")
     t.expect("error: Passwords do not match")
+    t.expect("admin@local:sales>")
     t.type(".user create bob editor<Enter>")
     t.expect("Password:")
     t.type("bob-pass-1<Enter>")
@@ -264,16 +265,20 @@ def test_a_session_on_a_terminal(term, tmp_path):
     t.type("<Enter>")
     t.expect("Granted 'owner' access on 'sales' to 'bob'.")
     # An error is one red line and the session goes on.
+    t.expect("admin@local:sales>")
     t.type(".bogus<Enter>")
     t.expect("error: Unknown command: .bogus. Type .help for the list.")
     assert "\x1b[31merror: Unknown command" in t.raw
     # Ctrl-C drops the line and the next prompt comes.
+    t.expect("admin@local:sales>")
     t.type(".user drop bob<C-c>")
     t.expect("admin@local:sales>")
     t.type(".whoami<Enter>")
     t.expect("username | role  | auth     | knowledge_graph")
+    t.expect("admin@local:sales>")
     t.type(".kg acl list<Enter>")
     t.expect("bob      | owner")
+    t.expect("admin@local:sales>")
     t.type("<C-d>")
     assert t.finish() == 0
     assert "User 'bob' dropped." not in t.screen
@@ -292,6 +297,7 @@ def test_ctrl_r_finds_an_earlier_command(term):
     t.expect("admin@local:default>")
     t.type("<Enter>")
     t.expect("error: Knowledge graph 'sales' already exists")
+    t.expect("admin@local:default>")
     t.type(".q<Enter>")
     assert t.finish() == 0
 
@@ -302,16 +308,20 @@ def test_secrets_reach_no_file(term, tmp_path):
     t.expect("admin@local:default>")
     t.type(".user create bob 'S3cret pass!' viewer<Enter>")
     t.expect("User 'bob' created with role 'viewer'.")
+    t.expect("admin@local:default>")
     t.type(".user password bob N3w-pass-123<Enter>")
     t.expect("Password updated for 'bob'.")
+    t.expect("admin@local:default>")
     t.type("<Up><Up><Enter>")   # recalled from memory: the original line, masked on screen
     t.expect("error: User 'bob' already exists")
+    t.expect("admin@local:default>")
     t.type(".user password bob<Enter>")
     t.expect("Password:")
     t.type("Hidden-pass-77<Enter>")
     t.expect("Repeat password:")
     t.type("Hidden-pass-77<Enter>")
     t.expect("Password updated for 'bob'.")
+    t.expect("admin@local:default>")
     t.type(".quit<Enter>")
     assert t.finish() == 0
     assert not any(s in t.screen for s in ("S3cret", "N3w-pass", "Hidden-pass"))   # not even on screen
@@ -334,6 +344,7 @@ def test_no_color_and_quit(term):
     t.expect("admin@local:default>")
     t.type(".bogus<Enter>")
     t.expect("error: Unknown command")
+    t.expect("admin@local:default>")
     t.type(".exit<Enter>")
     assert t.finish() == 0
     assert "\x1b[31m" not in t.raw and "\x1b[0;34" not in t.raw and "\x1b[0;32" not in t.raw
