@@ -1,0 +1,30 @@
+"""The benchmark still runs: `python -m bench --quick W1` writes a results file with the expected
+keys. No time is asserted (the benchmark is not a test)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_quick_w1_writes_results(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INPUTLAYER_")}
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--no-peers", "--results", str(tmp_path),
+                           "--tmpdir", str(tmp_path), "W1"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "PYTHONDONTWRITEBYTECODE" in proc.stdout
+    doc = json.loads((tmp_path / "latest.json").read_text())
+    assert set(doc) == {"meta", "workloads", "targets"}
+    assert doc["meta"]["quick"] is True and doc["meta"]["workloads"] == ["W1"]
+    figures = doc["workloads"]["W1"]["figures"]
+    for key in ("python_floor_s", "version_s", "script_s", "interactive_s", "psql_s", "redis_cli_s"):
+        assert key in figures
+    assert figures["script_s"]["value"] > 0
+    assert figures["psql_s"]["value"] is None and figures["psql_s"]["note"].startswith("skipped")
+    assert {t["key"] for t in doc["targets"]} == {"W1.script", "W1.interactive"}
+    assert all(t["ok"] in (True, False) for t in doc["targets"])
+    assert not list(tmp_path.glob("ilbench-*")), "temporary data directories were left behind"
