@@ -63,6 +63,8 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     if args.single_transaction and url:
         env.err("error: --single-transaction needs a local data directory, not --url\n")
         return ExitStatus.ERROR
+    if interactive:
+        _preload_interactive()
     try:
         backend = open_backend(args, env, config, url)
     except (StoreError, TargetUnreachable, ConfigError) as exc:
@@ -93,6 +95,15 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
         return ExitStatus.STOPPED
     finally:
         backend.close()
+
+
+def _preload_interactive() -> None:
+    """Import prompt-toolkit (~0.1 s) in a thread while the store opens and argon2 checks the
+    password (which releases the GIL): the first prompt comes that much sooner."""
+    import importlib
+    import threading
+    threading.Thread(target=importlib.import_module, args=("repl.interactive",),
+                     daemon=True).start()
 
 
 def open_backend(args, env: Environment, config: Config, url: str | None):
