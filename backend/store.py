@@ -79,8 +79,12 @@ class Store:
         self.dir = Path(data_dir)
         self.path = path or self.dir / DB_FILE
         self.codec = Codec(encryption_key)
-        self._lock = threading.RLock()   # one connection, shared by the server's threads
+        self._lock = threading.RLock()   # the writing connection, shared by the server's threads
         self._depth = 0                  # nesting of write()/batch() on this connection
+        self._owner: int | None = None   # the thread inside write()/batch()
+        self._tls = threading.local()    # a thread's own reading connection, while in read()
+        self._readers: list[sqlite3.Connection] = []
+        self._busy_timeout = busy_timeout_ms / 1000
         # Rows read or written while this connection holds the write transaction: no other
         # process can change them meanwhile, so a batch of commands reads each row once.
         self._cache: dict[tuple[str, str], dict | None] = {}
@@ -98,8 +102,8 @@ class Store:
         except OSError as exc:
             raise StoreError(f"cannot open the store in {self.dir}: {exc.strerror or exc}") from None
         try:
-            self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                        timeout=busy_timeout_ms / 1000)
+            self._main = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                         timeout=busy_timeout_ms / 1000)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the store: {self.path}: {exc}") from None
         try:
@@ -147,7 +151,8 @@ class Store:
                              "the store first with `inputlayer-server rekey`")
         if fmt["encrypted"] and fmt["key_id"] != self.codec.key_id:
             raise StoreError("wrong encryption key: INPUTLAYER_ENCRYPTION_KEY is not the key of this store")
-        self.secret = self._meta("secrets")["hmac"].encode()
+        self._secrets = self._meta("secrets")
+        self.secret = self._secrets["hmac"].encode()
 
     def _create_schema(self) -> None:
         self.conn.execute("BEGIN IMMEDIATE")
@@ -166,16 +171,23 @@ class Store:
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
-        self.secret = self._meta("secrets")["hmac"].encode()
+        self._secrets = self._meta("secrets")
+        self.secret = self._secrets["hmac"].encode()
 
     @property
     def token_secret(self) -> bytes:
-        with self._lock:
-            return self._meta("secrets")["token"].encode()
+        return self._secrets["token"].encode()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The connection this thread works on: its reader inside read(), else the writer."""
+        return getattr(self._tls, "conn", None) or self._main
 
     def close(self) -> None:
         with self._lock:
-            self.conn.close()
+            for reader in self._readers:
+                reader.close()
+            self._main.close()
 
     # --- transactions --------------------------------------------------------------------
 
@@ -183,6 +195,8 @@ class Store:
     def write(self) -> Iterator[None]:
         """One change, atomically: a transaction, or a savepoint inside an open batch."""
         with self._lock:
+            if getattr(self._tls, "conn", None) is not None:
+                raise RuntimeError("write() inside read(): a reader connection cannot write")
             if self._atomic:
                 yield                    # a failure rolls the whole batch back: no savepoint needed
                 return
@@ -202,31 +216,47 @@ class Store:
                 self.conn.execute(f"RELEASE {name}")
                 return
             self._begin()
-            self._depth = 1
+            self._depth, self._owner = 1, threading.get_ident()
             try:
                 yield
             except BaseException:
-                self._depth = 0
+                self._depth, self._owner = 0, None
                 self._rollback()
                 raise
-            self._depth = 0
+            self._depth, self._owner = 0, None
             self._commit()
 
     @contextmanager
     def read(self) -> Iterator[None]:
-        """A consistent snapshot for a read-only command."""
+        """A consistent snapshot for a read-only command. Readers use connections of their own
+        (WAL lets them run beside the writer), so reads never queue behind the write lock."""
+        if self._owner == threading.get_ident() or getattr(self._tls, "conn", None) is not None:
+            yield                        # nested in this thread's own write or read
+            return
+        reader = getattr(self._tls, "reader", None)
+        if reader is None:
+            reader = self._tls.reader = self._open_reader()
+        try:
+            reader.execute("BEGIN")
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"cannot read the store: {exc}") from None
+        self._tls.conn = reader
+        try:
+            yield
+        finally:
+            self._tls.conn = None
+            reader.execute("COMMIT")
+
+    def _open_reader(self) -> sqlite3.Connection:
+        try:
+            reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                     timeout=self._busy_timeout)
+            reader.execute("PRAGMA query_only=ON")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the store: {exc}") from None
         with self._lock:
-            if self._depth:
-                yield
-                return
-            try:
-                self.conn.execute("BEGIN")
-            except sqlite3.OperationalError as exc:
-                raise StoreError(f"cannot read the store: {exc}") from None
-            try:
-                yield
-            finally:
-                self.conn.execute("COMMIT")
+            self._readers.append(reader)
+        return reader
 
     def begin_batch(self, *, atomic: bool = False) -> None:
         """Start a transaction that every following write() joins. Each write is a savepoint
@@ -234,14 +264,14 @@ class Store:
         with end_batch(False) (--single-transaction)."""
         with self._lock:
             self._begin()
-            self._depth = 1
+            self._depth, self._owner = 1, threading.get_ident()
             self._atomic = atomic
 
     def end_batch(self, commit: bool) -> None:
         with self._lock:
             if commit and self._head_unsaved:
                 self._set_meta("audit_head", self._audit_head)
-            self._depth = 0
+            self._depth, self._owner = 0, None
             self._atomic = False
             self._commit() if commit else self._rollback()
 
@@ -284,11 +314,12 @@ class Store:
         self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, self.codec.seal("meta", name, value)))
 
     def _get(self, table: str, ref: str) -> dict | None:
-        if self._depth and (table, ref) in self._cache:
+        cached = self._owner == threading.get_ident()      # only the writer sees its own changes
+        if cached and (table, ref) in self._cache:
             return self._cache[(table, ref)]
         row = self.conn.execute(f"SELECT data FROM {table} WHERE ref = ?", (ref,)).fetchone()
         value = None if row is None else self.codec.open(table, ref, row[0])
-        if self._depth:
+        if cached:
             self._cache[(table, ref)] = value
         return value
 
@@ -577,6 +608,7 @@ class Store:
         for rec in rows["audit"]:
             seq = rec.pop("row_seq")
             self.conn.execute("INSERT INTO audit VALUES (?, ?)", (seq, self.codec.seal("audit", str(seq), rec)))
+        self._secrets = rows["secrets"]
         self.secret = rows["secrets"]["hmac"].encode()
         return sum(len(rows[t]) for t in ("users", "kgs", "acl", "api_keys", "api_key_kgs", "tokens", "audit"))
 

@@ -7,6 +7,7 @@ command's output printed only after the commit that made it durable.
 
 from __future__ import annotations
 
+import itertools
 import os
 import select
 import time
@@ -110,7 +111,7 @@ class LineQueue:
 
     def lookahead(self, count: int) -> list[Line]:
         self._read(block=False)
-        return list(self._pending)[:count]
+        return list(itertools.islice(self._pending, count))
 
 
 def run_script(backend, lines: LineQueue, env: Environment, *, fmt: str, on_error: str,
