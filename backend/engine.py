@@ -403,8 +403,12 @@ class Engine:
 
     # --- execution -----------------------------------------------------------------------
 
-    def execute(self, session: Session, line: str) -> Result:
-        """Run one command line for `session`. Raises CommandError with the user's message."""
+    def execute(self, session: Session, line: str, *, defer_denial_audit: bool = False) -> Result:
+        """Run one command line for `session`. Raises CommandError with the user's message.
+
+        A refusal is audited before it is raised, unless `defer_denial_audit`: then the record
+        rides on the exception (`audit_record`) for the caller to pass to record_denial() off
+        its event loop."""
         inv = parse(line.strip())
         cmd = inv.command
         if cmd.shell_only:
@@ -430,7 +434,12 @@ class Engine:
                     self._authorize(session, rights, inv)
                     result = handler(session, rights, inv)
         except PermissionDenied as denied:
-            self._record_denial(session, cmd, inv, denied.message)
+            record = (self.clock(), session.username, session.audit_source, cmd.action, _target(inv),
+                      "denied", denied.message)
+            if defer_denial_audit:
+                denied.audit_record = record
+            else:
+                self.record_denial(record)
             raise
         except (sqlite3.OperationalError, StoreError) as exc:
             raise CommandError(f"The store could not complete the command: {exc}. Nothing was changed.") from None
@@ -438,20 +447,24 @@ class Engine:
             session.knowledge_graph = result.switched_kg
         return result
 
-    def execute_program(self, session: Session, program: str) -> list[Result]:
+    def execute_program(self, session: Session, program: str, *,
+                        defer_denial_audit: bool = False) -> list[Result]:
         """Several lines, each parsed and authorized on its own; stops at the first failure,
         whose message is prefixed with its line number. Earlier lines stay done."""
         results = []
         lines = [(n, text) for n, text in enumerate(program.split("\n"), 1) if text.strip()]
         for n, text in lines:
             try:
-                results.append(self.execute(session, text))
+                results.append(self.execute(session, text, defer_denial_audit=defer_denial_audit))
             except SessionEnded:
                 raise
             except CommandError as exc:
                 if len(lines) == 1:
                     raise
-                raise CommandError(f"line {n}: {exc.message}") from None
+                numbered = (PermissionDenied if isinstance(exc, PermissionDenied) else CommandError)(
+                    f"line {n}: {exc.message}")
+                numbered.audit_record = getattr(exc, "audit_record", None)
+                raise numbered from None
         return results
 
     def prepare_passwords(self, lines: list[str]) -> None:
@@ -511,9 +524,8 @@ class Engine:
             raise CommandError(problem)
         return self.hasher.hash(password)
 
-    def _record_denial(self, session: Session, cmd: Command, inv: Invocation, message: str) -> None:
-        record = (self.clock(), session.username, session.audit_source, cmd.action, _target(inv),
-                  "denied", message)
+    def record_denial(self, record: tuple) -> None:
+        """Write the audit record of a refusal (see execute's defer_denial_audit)."""
         with self.store.write():
             self.store.append_audit(*record)
         if self.store.in_batch:

@@ -188,6 +188,7 @@ class Command:
     examples: tuple[str, ...] = ()
     server_only: bool = False
     shell_only: bool = False
+    quick: bool = False      # a few indexed reads, whatever the store's size: a server may run it inline
     aliases: tuple[tuple[str, ...], ...] = ()
 
     @property
@@ -220,9 +221,9 @@ COMMANDS: tuple[Command, ...] = (
     Command(("help",), (Param("command", TOPIC, optional=True, rest=True),),
             "List the commands, or show how to use one", "anyone", Rule("anyone"), "help",
             examples=(".help", ".help .kg acl grant")),
-    Command(("whoami",), (), "Show who you are logged in as", "anyone", Rule("anyone"), "whoami"),
+    Command(("whoami",), (), "Show who you are logged in as", "anyone", Rule("anyone"), "whoami", quick=True),
     Command(("status",), (), "Show the target, version, uptime and your role", "anyone",
-            Rule("anyone"), "status"),
+            Rule("anyone"), "status", quick=True),
     Command(("quit",), (), "Leave the shell", "shell only", Rule("anyone"), None, shell_only=True,
             aliases=(("exit",), ("q",))),
     # Users
@@ -247,7 +248,7 @@ COMMANDS: tuple[Command, ...] = (
             "Show a user's role, grants and API keys", "admin, self",
             Rule("admin_or_self", self_param="name", denied=USERS_DENIED), "user_show"),
     # Knowledge graphs
-    Command(("kg",), (), "Show the current knowledge graph", "anyone", Rule("anyone"), "kg_current"),
+    Command(("kg",), (), "Show the current knowledge graph", "anyone", Rule("anyone"), "kg_current", quick=True),
     Command(("kg", "list"), (), "List the knowledge graphs you can reach", "anyone", Rule("anyone"),
             "kg_list"),
     Command(("kg", "create"), (Param("name", NEW_KG),),
@@ -255,7 +256,7 @@ COMMANDS: tuple[Command, ...] = (
             Rule("kg_creator", denied="Permission denied: viewers cannot create knowledge graphs"),
             "kg_create", writes=True),
     Command(("kg", "use"), (Param("name", KG),), "Switch to a knowledge graph", "viewer",
-            Rule("kg", level="viewer", kg_param="name"), "kg_use"),
+            Rule("kg", level="viewer", kg_param="name"), "kg_use", quick=True),
     Command(("kg", "drop"), (Param("name", KG),),
             "Drop a knowledge graph with its ACL entries", "owner",
             Rule("kg", level="owner", kg_param="name",
@@ -274,7 +275,8 @@ COMMANDS: tuple[Command, ...] = (
             Rule("kg", level="owner", kg_param="kg", denied=ACL_DENIED), "acl_revoke", writes=True),
     Command(("kg", "acl", "check"), (Param("kg", KG), Param("user", USER)),
             "Show a user's access to a knowledge graph and why", "owner, self",
-            Rule("kg", level="owner", kg_param="kg", self_param="user", denied=ACL_DENIED), "acl_check"),
+            Rule("kg", level="owner", kg_param="kg", self_param="user", denied=ACL_DENIED), "acl_check",
+            quick=True),
     # API keys
     Command(("apikey", "create"), (Param("label", NEW_NAME),),
             "Create an API key (its secret is shown once)", "admin",

@@ -241,6 +241,13 @@ def _command_of(line: str):
     return match_command([words[0][1:], *words[1:]])[0]
 
 
+def program_is_quick(program: str) -> bool:
+    """Whether every line is a command of bounded cost (registry `quick`): such a program runs on
+    the event loop, saving the hand-off to a thread that would cost more than the command."""
+    commands = [_command_of(line) for line in program.split("\n") if line.strip()]
+    return bool(commands) and all(cmd is not None and cmd.quick for cmd in commands)
+
+
 def program_writes(program: str) -> bool:
     """Whether some line of the program is a command that changes the store."""
     for line in program.split("\n"):
@@ -774,12 +781,19 @@ class Server:
         name = command_name(program)
         started = time.perf_counter()
         try:
-            results, ended = await self._run(self._exec_pool, self._run_program, client.session, program)
+            if program_is_quick(program):
+                results, ended = self._run_program(client.session, program, defer_denial_audit=True)
+            else:
+                results, ended = await self._run(self._exec_pool, self._run_program, client.session, program)
         except SessionEnded as exc:
             self.metrics.command(name, "ended", time.perf_counter() - started)
             await self.end_session(client, exc.reason)
             return
         except PermissionDenied as exc:
+            if getattr(exc, "audit_record", None):
+                # Refused on the event loop: its audit record (an fsync) is written off it, and
+                # before the reply, so the client never sees a refusal that is not yet recorded.
+                await self._run(self._exec_pool, self.engine.record_denial, exc.audit_record)
             self._finish(client, name, "denied", started)
             await client.send(_error(exc.message))
             return
@@ -811,10 +825,13 @@ class Server:
         self.metrics.command(name, outcome, seconds)
         log.debug("command %s by %s: %s in %.1f ms", name, client.session.username, outcome, seconds * 1000)
 
-    def _run_program(self, session: Session, program: str) -> tuple[list[Result], str | None]:
-        """In a pool thread: run the program, then check that the session survived it (a user
-        who revoked their own key is told after the reply)."""
-        results = self.engine.execute_program(session, program)
+    def _run_program(self, session: Session, program: str, *,
+                     defer_denial_audit: bool = False) -> tuple[list[Result], str | None]:
+        """Run the program, then check that the session survived it (a user who revoked their
+        own key is told after the reply)."""
+        results = self.engine.execute_program(session, program, defer_denial_audit=defer_denial_audit)
+        if not program_writes(program):
+            return results, None         # reading cannot end one's own session
         try:
             self.engine.check_session(session)
         except SessionEnded as exc:

@@ -144,6 +144,23 @@ def test_execute_result_error_and_switched_kg(live):
         assert c.request({"type": "ping"}) == {"type": "pong"}
 
 
+def test_a_quick_refusal_is_audited_before_its_reply(live):
+    """Quick commands run on the event loop; their refusal's audit record is written off it,
+    but always before the client hears of the refusal."""
+    with logged_in(live.url) as admin:
+        create_user(admin, "wes")
+        admin.execute(".kg create private")
+    with logged_in(live.url, "wes", "pw-123456") as wes:
+        for _ in range(3):
+            assert wes.execute(".kg acl check private admin") == {"type": "error", "message": "Access denied"}
+            with live.engine.store.read():
+                latest = live.engine.store.audit_records(limit=1, actor="wes", action=None, since=None)[0]
+            assert (latest["action"], latest["outcome"]) == ("acl.check", "denied")
+    with logged_in(live.url) as admin:
+        denied = [r for r in admin.execute(".audit user=wes action=acl.check")["rows"] if r[6] == "denied"]
+        assert len(denied) == 3
+
+
 def test_multi_line_program_is_authorized_line_by_line(live):
     with logged_in(live.url) as admin:
         create_user(admin, "vic", "editor")
