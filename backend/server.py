@@ -225,13 +225,23 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.6f}"
 
 
-def command_name(program: str) -> str:
-    """The metric label of a program: its command (`.user create`), `program` for several lines."""
-    lines = [line for line in program.split("\n") if line.strip()]
-    if len(lines) != 1:
-        return "program" if lines else "empty"
-    cmd = _command_of(lines[0])
-    return cmd.name if cmd else "unknown"
+@dataclass(frozen=True)
+class ProgramShape:
+    """What the server needs to know of a program before running it, from one parse."""
+    name: str        # the metric label: its command (`.user create`), or `program` for several lines
+    quick: bool      # every line of bounded cost (registry `quick`): run it on the event loop,
+                     # saving a hand-off to a thread that would cost more than the command
+    writes: bool     # some line changes the store
+
+
+def program_shape(program: str) -> ProgramShape:
+    commands = [_command_of(line) for line in program.split("\n") if line.strip()]
+    if len(commands) == 1:
+        name = commands[0].name if commands[0] else "unknown"
+    else:
+        name = "program" if commands else "empty"
+    return ProgramShape(name, bool(commands) and all(c is not None and c.quick for c in commands),
+                        any(c is not None and c.writes for c in commands))
 
 
 def _command_of(line: str):
@@ -239,22 +249,6 @@ def _command_of(line: str):
     if not words or not words[0].startswith("."):
         return None
     return match_command([words[0][1:], *words[1:]])[0]
-
-
-def program_is_quick(program: str) -> bool:
-    """Whether every line is a command of bounded cost (registry `quick`): such a program runs on
-    the event loop, saving the hand-off to a thread that would cost more than the command."""
-    commands = [_command_of(line) for line in program.split("\n") if line.strip()]
-    return bool(commands) and all(cmd is not None and cmd.quick for cmd in commands)
-
-
-def program_writes(program: str) -> bool:
-    """Whether some line of the program is a command that changes the store."""
-    for line in program.split("\n"):
-        cmd = _command_of(line)
-        if cmd is not None and cmd.writes:
-            return True
-    return False
 
 
 # --- results on the wire -----------------------------------------------------------------------
@@ -778,13 +772,15 @@ class Server:
             await client.send(_error(f"Unknown message type{shown}: use execute or ping"))
 
     async def _execute(self, client: Client, program: str) -> None:
-        name = command_name(program)
+        shape = program_shape(program)
+        name = shape.name
         started = time.perf_counter()
         try:
-            if program_is_quick(program):
-                results, ended = self._run_program(client.session, program, defer_denial_audit=True)
+            if shape.quick:
+                results, ended = self._run_program(client.session, program, shape.writes, defer_denial_audit=True)
             else:
-                results, ended = await self._run(self._exec_pool, self._run_program, client.session, program)
+                results, ended = await self._run(self._exec_pool, self._run_program, client.session, program,
+                                                 shape.writes)
         except SessionEnded as exc:
             self.metrics.command(name, "ended", time.perf_counter() - started)
             await self.end_session(client, exc.reason)
@@ -812,7 +808,7 @@ class Server:
             return
         elapsed = time.perf_counter() - started
         self._finish(client, name, "ok", started)
-        if program_writes(program):
+        if shape.writes:
             self._poke.set()              # other sessions may have just lost their principal
         for frame in reply_frames(combine(results), int(elapsed * 1000), threshold=self.options.stream_threshold,
                                   chunk_rows=self.options.chunk_rows):
@@ -825,12 +821,12 @@ class Server:
         self.metrics.command(name, outcome, seconds)
         log.debug("command %s by %s: %s in %.1f ms", name, client.session.username, outcome, seconds * 1000)
 
-    def _run_program(self, session: Session, program: str, *,
+    def _run_program(self, session: Session, program: str, writes: bool, *,
                      defer_denial_audit: bool = False) -> tuple[list[Result], str | None]:
         """Run the program, then check that the session survived it (a user who revoked their
         own key is told after the reply)."""
         results = self.engine.execute_program(session, program, defer_denial_audit=defer_denial_audit)
-        if not program_writes(program):
+        if not writes:
             return results, None         # reading cannot end one's own session
         try:
             self.engine.check_session(session)
