@@ -4,33 +4,29 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 from .errors import ConfigError
 
 
-@dataclass(frozen=True)
-class TLSConfig:
+class TLSConfig(NamedTuple):
     cert: str = ""
     key: str = ""
     keystore: str = ""
 
 
-@dataclass(frozen=True)
-class ServerConfig:
+class ServerConfig(NamedTuple):
     host: str = "127.0.0.1"
     port: int = 8080
     auth_timeout_secs: int = 30
     max_message_bytes: int = 1048576
     trusted_proxies: tuple[str, ...] = ()
     allowed_ips: tuple[str, ...] = ()
-    tls: TLSConfig = field(default_factory=TLSConfig)
+    tls: TLSConfig = TLSConfig()
 
 
-@dataclass(frozen=True)
-class SecurityConfig:
+class SecurityConfig(NamedTuple):
     min_password_length: int = 8
     lockout_failures: int = 20
     lockout_window_secs: int = 60
@@ -41,19 +37,17 @@ class SecurityConfig:
     auth_mode: str = "managed"
 
 
-@dataclass(frozen=True)
-class ShellConfig:
+class ShellConfig(NamedTuple):
     history_file: str = ""
     format: str = ""
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     data_dir: str = ""
     bootstrap_admin_password: str = ""
-    server: ServerConfig = field(default_factory=ServerConfig)
-    security: SecurityConfig = field(default_factory=SecurityConfig)
-    shell: ShellConfig = field(default_factory=ShellConfig)
+    server: ServerConfig = ServerConfig()
+    security: SecurityConfig = SecurityConfig()
+    shell: ShellConfig = ShellConfig()
     source: str = ""   # the file it was read from, for messages
 
 
@@ -163,12 +157,12 @@ def with_values(config: Config, values: Mapping[str, Any]) -> Config:
 
 def _apply(obj: Any, changes: dict[str, Any]) -> Any:
     updates = {}
-    names = {f.name for f in fields(obj)}
+    names = set(obj._fields)
     for key, value in changes.items():
         if key not in names:
             raise ConfigError(f"unknown key '{key}'")
         updates[key] = _apply(getattr(obj, key), value) if isinstance(value, dict) else value
-    return replace(obj, **updates)
+    return obj._replace(**updates)
 
 
 def config_path(flag: str | None, env: Mapping[str, str]) -> Path | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hmac
 import secrets
 import sqlite3
-from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from . import __version__
@@ -35,21 +34,30 @@ MAX_TOKEN_TTL = 24 * 3600
 LOCAL_ADDRESS = "127.0.0.1"  # what a key's `ips=` limit sees for the local shell
 
 
-@dataclass
 class Session:
     """One authenticated connection (or one shell run) and the KG it is bound to."""
-    username: str
-    method: str                  # password | api_key
-    source: str                  # "local", or "ws" for the server
-    address: str = ""
-    key_id: int | None = None
-    key_label: str | None = None
-    key_digest: str | None = None      # None for a token session: rotation does not end it
-    password_version: int | None = None
-    token_claims: dict | None = None
-    knowledge_graph: str | None = None
-    connected_at: float = 0.0
-    id: str = field(default_factory=lambda: new_session_id())
+    __slots__ = ("username", "method", "source", "address", "key_id", "key_label", "key_digest",
+                 "password_version", "token_claims", "knowledge_graph", "connected_at", "id")
+
+    def __init__(self, username: str, method: str, source: str, address: str = "", *,
+                 key_id: int | None = None, key_label: str | None = None, key_digest: str | None = None,
+                 password_version: int | None = None, token_claims: dict | None = None,
+                 knowledge_graph: str | None = None, connected_at: float = 0.0):
+        self.username = username
+        self.method = method                  # password | api_key | token | shared_key | anonymous
+        self.source = source                  # "local", or "ws" for the server
+        self.address = address
+        self.key_id = key_id
+        self.key_label = key_label
+        self.key_digest = key_digest          # None for a token session: rotation does not end it
+        self.password_version = password_version
+        self.token_claims = token_claims
+        self.knowledge_graph = knowledge_graph
+        self.connected_at = connected_at
+        self.id = new_session_id()
+
+    def __repr__(self) -> str:
+        return f"Session({self.username!r}, {self.auth!r}, id={self.id!r})"
 
     @property
     def auth(self) -> str:
@@ -78,16 +86,19 @@ class SessionDirectory(Protocol):
     def kill(self, session_id: str, reason: str) -> bool: ...
 
 
-@dataclass
 class Rights:
     """The caller's rights now, computed from the store for every command."""
-    username: str
-    user_role: str
-    role: str                          # effective: the lower of the user's role and a key's cap
-    key_cap: str | None
-    scope: frozenset[str] | None       # the KGs a scoped key reaches; None = all
-    key_id: int | None = None
-    rate: tuple[int, int] | None = None   # a key's limit: requests per window (seconds)
+    __slots__ = ("username", "user_role", "role", "key_cap", "scope", "key_id", "rate")
+
+    def __init__(self, username: str, user_role: str, role: str, key_cap: str | None,
+                 scope: frozenset[str] | None, key_id: int | None = None, rate: tuple[int, int] | None = None):
+        self.username = username
+        self.user_role = user_role
+        self.role = role                  # effective: the lower of the user's role and a key's cap
+        self.key_cap = key_cap
+        self.scope = scope                # the KGs a scoped key reaches; None = all
+        self.key_id = key_id
+        self.rate = rate                  # a key's limit: requests per window (seconds)
 
     def in_scope(self, kg: str) -> bool:
         return self.scope is None or kg in self.scope

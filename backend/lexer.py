@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import CommandError
 
@@ -11,8 +11,7 @@ BLANKS = " \t"
 _PLAIN_WORD = re.compile(r"[^ \t]+")
 
 
-@dataclass(frozen=True)
-class Token:
+class Token(NamedTuple):
     text: str    # the word after quotes and escapes are removed
     start: int   # offsets into the raw line, so the shell can colour or mask the span
     end: int

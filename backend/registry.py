@@ -7,8 +7,7 @@ the history redaction are all derived from COMMANDS below; a new command is adde
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from .errors import CommandError
 from .lexer import Token, tokenize
@@ -119,8 +118,7 @@ def check_token_id(text: str) -> str:
     return text
 
 
-@dataclass(frozen=True)
-class Kind:
+class Kind(NamedTuple):
     name: str
     convert: Callable[[str], object]
     completes: str | None = None   # what the shell offers: users, kgs, api_keys, roles, kg_roles...
@@ -145,23 +143,20 @@ RATE = Kind("rate", check_rate)
 TOPIC = Kind("topic", str, completes="commands")
 
 
-@dataclass(frozen=True)
-class Param:
+class Param(NamedTuple):
     name: str
     kind: Kind
     optional: bool = False
     rest: bool = False   # takes every remaining word (only `.help`)
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):
     name: str
     kind: Kind
     placeholder: str
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     """Who may run a command; the engine enforces it before the handler runs.
 
     kind: anyone | admin | admin_or_self | kg_creator | kg | token_issuer
@@ -175,8 +170,7 @@ class Rule:
     denied: str = "Access denied"
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):
     words: tuple[str, ...]
     params: tuple[Param, ...]
     summary: str
@@ -342,12 +336,15 @@ def group_usage(group: str) -> str:
         else f"{lead} {'|'.join(subs)} ..."
 
 
-@dataclass
 class Invocation:
-    command: Command
-    args: dict[str, object] = field(default_factory=dict)
-    options: dict[str, object] = field(default_factory=dict)
-    tokens: list[Token] = field(default_factory=list)
+    """A parsed line: its command, converted arguments and options, and the words it came from."""
+    __slots__ = ("command", "args", "options", "tokens")
+
+    def __init__(self, command: Command, tokens: list[Token] | None = None):
+        self.command = command
+        self.args: dict[str, object] = {}
+        self.options: dict[str, object] = {}
+        self.tokens = tokens or []
 
 
 def match_command(words: list[str]) -> tuple[Command | None, int]:

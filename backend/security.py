@@ -12,7 +12,6 @@ import secrets
 import threading
 import time
 import zlib
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from hashlib import sha256
 from typing import Callable
@@ -171,10 +170,12 @@ def key_digest(secret: bytes, key: str) -> str:
 
 # --- lockout -----------------------------------------------------------------------------------
 
-@dataclass
 class _AddressState:
-    failures: list[float]
-    locked_until: float = 0.0
+    __slots__ = ("failures", "locked_until")
+
+    def __init__(self, failures: list[float]):
+        self.failures = failures
+        self.locked_until = 0.0
 
 
 class Lockout:

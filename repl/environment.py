@@ -6,7 +6,6 @@ import enum
 import io
 import os
 import sys
-from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Mapping, TextIO
 
 
@@ -22,15 +21,20 @@ def _getpass(prompt: str) -> str:
     return getpass.getpass(prompt)
 
 
-@dataclass
 class Environment:
-    stdin: BinaryIO = field(default_factory=lambda: sys.stdin.buffer)
-    stdout: TextIO = field(default_factory=lambda: sys.stdout)
-    stderr: TextIO = field(default_factory=lambda: sys.stderr)
-    stdin_isatty: bool = field(default_factory=lambda: sys.stdin.isatty())
-    stdout_isatty: bool = field(default_factory=lambda: sys.stdout.isatty())
-    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
-    getpass: Callable[[str], str] = _getpass
+    """Streams, terminals and variables of this run; each defaults to the real one."""
+
+    def __init__(self, *, stdin: BinaryIO | None = None, stdout: TextIO | None = None,
+                 stderr: TextIO | None = None, stdin_isatty: bool | None = None,
+                 stdout_isatty: bool | None = None, env: Mapping[str, str] | None = None,
+                 getpass: Callable[[str], str] = _getpass):
+        self.stdin = stdin if stdin is not None else sys.stdin.buffer
+        self.stdout = stdout if stdout is not None else sys.stdout
+        self.stderr = stderr if stderr is not None else sys.stderr
+        self.stdin_isatty = sys.stdin.isatty() if stdin_isatty is None else stdin_isatty
+        self.stdout_isatty = sys.stdout.isatty() if stdout_isatty is None else stdout_isatty
+        self.env = dict(os.environ) if env is None else env
+        self.getpass = getpass
 
     @property
     def colour(self) -> bool:

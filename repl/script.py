@@ -12,8 +12,7 @@ import os
 import select
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 from backend.errors import CommandError, SessionEnded, StoreError
 from backend.registry import match_command
@@ -27,8 +26,7 @@ GROUP_MAX_SECONDS = 0.1     # bounds how long a group holds the store's write lo
 PREPARE_AHEAD = 1000        # lines whose passwords may be hashed before their turn
 
 
-@dataclass(frozen=True)
-class Line:
+class Line(NamedTuple):
     source: str     # file name, `<stdin>` or `-c`
     number: int
     text: str
