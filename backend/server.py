@@ -474,7 +474,10 @@ class Server:
             process_request=self._process_request, max_size=self.cfg.max_message_bytes, max_queue=8,
             ping_interval=self.options.ping_interval, ping_timeout=self.options.ping_timeout,
             open_timeout=self.options.open_timeout, close_timeout=5, logger=ws_logger,
-            server_header=f"inputlayer/{__version__}")
+            server_header=f"inputlayer/{__version__}",
+            # No permessage-deflate: frames mix secrets (a new key) with text a client chose, the
+            # mix that compression side channels (CRIME/BREACH) read; and the messages are small.
+            compression=None)
         self._watcher = asyncio.create_task(self._watch_store())
         log.info("listening on %s", self.url)
 

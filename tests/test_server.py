@@ -331,3 +331,10 @@ def test_tls_from_a_pkcs12_keystore(tmp_path, config_file, pki):
     env["INPUTLAYER_TLS_KEYSTORE_PASSWORD"] = "wrong"
     proc = run_cli(["--data-dir", str(tmp_path / "d"), "--tls-keystore", str(pki["p12"])], env=env, program="backend")
     assert proc.returncode == 2 and b"wrong password" in proc.stderr
+
+
+def test_no_compression_is_negotiated(serve):
+    """Compressed frames that mix secrets with client-chosen text leak through their length."""
+    server = serve()
+    with Client(server.url) as client:          # the websockets client offers permessage-deflate
+        assert client.ws.protocol.extensions == []
