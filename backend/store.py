@@ -83,13 +83,15 @@ class Store:
         self._depth = 0                  # nesting of write()/batch() on this connection
         self._owner: int | None = None   # the thread inside write()/batch()
         self._tls = threading.local()    # a thread's own reading connection, while in read()
-        self._readers: list[sqlite3.Connection] = []
+        self._readers: list[tuple[sqlite3.Connection, threading.Lock]] = []
+        self._closed = False
         self._busy_timeout = busy_timeout_ms / 1000
         # Rows read or written while this connection holds the write transaction: no other
         # process can change them meanwhile, so a batch of commands reads each row once.
         self._cache: dict[tuple[str, str], dict | None] = {}
+        # The audit chain's head, as this transaction's appends left it: saved once, at commit.
         self._audit_head: dict | None = None
-        self._head_unsaved = False       # an all-or-nothing batch saves the audit head once
+        self._head_unsaved = False
         self._atomic = False
         self._open(busy_timeout_ms)
 
@@ -185,8 +187,10 @@ class Store:
 
     def close(self) -> None:
         with self._lock:
-            for reader in self._readers:
-                reader.close()
+            self._closed = True
+            for reader, in_use in self._readers:
+                with in_use:                 # never close a connection another thread is reading on
+                    reader.close()
             self._main.close()
 
     # --- transactions --------------------------------------------------------------------
@@ -204,12 +208,14 @@ class Store:
                 name = f"sp{self._depth}"
                 self.conn.execute(f"SAVEPOINT {name}")
                 self._depth += 1
+                head = (self._audit_head, self._head_unsaved)
                 try:
                     yield
                 except BaseException:
                     self.conn.execute(f"ROLLBACK TO {name}")
                     self.conn.execute(f"RELEASE {name}")
-                    self._forget()
+                    self._cache.clear()
+                    self._audit_head, self._head_unsaved = head    # its appends are undone too
                     raise
                 finally:
                     self._depth -= 1
@@ -233,30 +239,35 @@ class Store:
         if self._owner == threading.get_ident() or getattr(self._tls, "conn", None) is not None:
             yield                        # nested in this thread's own write or read
             return
-        reader = getattr(self._tls, "reader", None)
-        if reader is None:
-            reader = self._tls.reader = self._open_reader()
-        try:
-            reader.execute("BEGIN")
-        except sqlite3.OperationalError as exc:
-            raise StoreError(f"cannot read the store: {exc}") from None
-        self._tls.conn = reader
-        try:
-            yield
-        finally:
-            self._tls.conn = None
-            reader.execute("COMMIT")
+        if getattr(self._tls, "reader", None) is None:
+            self._tls.reader = self._open_reader()
+        reader, in_use = self._tls.reader
+        with in_use:
+            if self._closed:
+                raise StoreError("the store is closed")
+            try:
+                reader.execute("BEGIN")
+            except sqlite3.OperationalError as exc:
+                raise StoreError(f"cannot read the store: {exc}") from None
+            self._tls.conn = reader
+            try:
+                yield
+            finally:
+                self._tls.conn = None
+                reader.execute("COMMIT")
 
-    def _open_reader(self) -> sqlite3.Connection:
-        try:
-            reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                     timeout=self._busy_timeout)
-            reader.execute("PRAGMA query_only=ON")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read the store: {exc}") from None
+    def _open_reader(self) -> tuple[sqlite3.Connection, threading.Lock]:
         with self._lock:
-            self._readers.append(reader)
-        return reader
+            if self._closed:
+                raise StoreError("the store is closed")
+            try:
+                reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                         timeout=self._busy_timeout)
+                reader.execute("PRAGMA query_only=ON")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read the store: {exc}") from None
+            self._readers.append((reader, threading.Lock()))
+            return self._readers[-1]
 
     def begin_batch(self, *, atomic: bool = False) -> None:
         """Start a transaction that every following write() joins. Each write is a savepoint
@@ -269,8 +280,6 @@ class Store:
 
     def end_batch(self, commit: bool) -> None:
         with self._lock:
-            if commit and self._head_unsaved:
-                self._set_meta("audit_head", self._audit_head)
             self._depth, self._owner = 0, None
             self._atomic = False
             self._commit() if commit else self._rollback()
@@ -292,8 +301,10 @@ class Store:
             raise StoreError(f"cannot write to the store: {exc}") from None
 
     def _commit(self) -> None:
-        self._forget()
         try:
+            if self._head_unsaved:
+                self._set_meta("audit_head", self._audit_head)
+            self._forget()
             self.conn.execute("COMMIT")
         except sqlite3.OperationalError as exc:
             self._rollback()
@@ -516,17 +527,20 @@ class Store:
     def append_audit(self, now: float, actor: str, source: str, action: str, target: str,
                      outcome: str, detail: str) -> None:
         """Append one hash-chained record; must run inside write()."""
-        head = self._audit_head or self._meta("audit_head")
+        head = self._current_head()
         seq = head["seq"] + 1
         record = (seq, now, actor, source, action, target, outcome, detail)
         digest = audit_hash(head["hash"], record)
         value = dict(zip(AUDIT_FIELDS, record), prev_hash=head["hash"], hash=digest)
         self.conn.execute("INSERT INTO audit VALUES (?, ?)", (seq, self.codec.seal("audit", str(seq), value)))
         self._audit_head = {"seq": seq, "hash": digest}
-        if self._atomic:
-            self._head_unsaved = True
-        else:
-            self._set_meta("audit_head", self._audit_head)
+        self._head_unsaved = True
+
+    def _current_head(self) -> dict:
+        """The chain's head as this thread sees it: its own unsaved appends included."""
+        if self._owner == threading.get_ident() and self._audit_head is not None:
+            return self._audit_head
+        return self._meta("audit_head")
 
     def _audit_rows(self, order: str) -> Iterator[dict]:
         for seq, data in self.conn.execute(f"SELECT seq, data FROM audit ORDER BY seq {order}"):
@@ -562,7 +576,7 @@ class Store:
                 prev_hash, expected_seq, count = rec["hash"], expected_seq + 1, count + 1
         except StoreError:
             return count, f"Audit log broken at record {expected_seq}: the sealed record was altered"
-        head = self._meta("audit_head")
+        head = self._current_head()
         if head != {"seq": count, "hash": prev_hash}:
             return count, f"Audit log broken at record {count + 1}: the latest records were removed"
         return count, None
@@ -575,7 +589,7 @@ class Store:
                     for ref, data in self.conn.execute("SELECT ref, data FROM kgs")}
         return {
             "secrets": self._meta("secrets"),
-            "audit_head": self._meta("audit_head"),
+            "audit_head": self._current_head(),
             "users": self.users(),
             "kgs": self.kgs(),
             "acl": [self._acl_open(k, u, d) for k, u, d in self.conn.execute("SELECT kg_ref, user_ref, data FROM acl")],

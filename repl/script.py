@@ -107,9 +107,10 @@ class LineQueue:
             self._read(block=False)
         return bool(self._pending)
 
-    def lookahead(self, count: int) -> list[Line]:
+    def lookahead(self, skip: int, count: int) -> list[Line]:
+        """Up to `count` waiting lines, after the first `skip` of them."""
         self._read(block=False)
-        return list(itertools.islice(self._pending, count))
+        return list(itertools.islice(self._pending, skip, skip + count))
 
 
 def run_script(backend, lines: LineQueue, env: Environment, *, fmt: str, on_error: str,
@@ -144,14 +145,24 @@ class _Runner:
             if line is None:
                 return None
             if self._prepare:
-                window = [line] + lines.lookahead(PREPARE_AHEAD)
-                start = lines.taken - 1
-                fresh = window[max(0, self._prepared_through - start):]
-                self._prepared_through = max(self._prepared_through, start + len(window))
-                if fresh:
-                    self._prepare([l.text for l in fresh])
+                self._prepare_ahead(line, lines)
             if not is_skipped(line.text):
                 return line
+
+    def _prepare_ahead(self, line: Line, lines: LineQueue) -> None:
+        """Hand lines to prepare() in chunks: the current one if it was not yet, and the waiting
+        ones once fewer than half a chunk of prepared lines remain ahead."""
+        batch = []
+        if self._prepared_through < lines.taken:        # indices below _prepared_through are done
+            batch.append(line)
+            self._prepared_through = lines.taken
+        ahead = self._prepared_through - lines.taken    # prepared lines still waiting
+        if ahead < PREPARE_AHEAD // 2:
+            more = lines.lookahead(ahead, PREPARE_AHEAD)
+            batch += more
+            self._prepared_through += len(more)
+        if batch:
+            self._prepare([l.text for l in batch])
 
     def _run(self, line: Line) -> tuple[list[tuple[str, str]], bool]:
         """Execute one line: (what to print, as (stream, text) pairs; whether the run must stop)."""

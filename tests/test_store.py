@@ -148,3 +148,33 @@ def test_a_change_in_one_process_is_seen_by_the_others_next_command(engine, admi
                           env=env, cwd=ROOT, capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "from-outside" in [r[0] for r in engine.execute(admin, ".user list").rows]
+
+
+def test_closing_while_another_thread_reads_is_safe(engine, admin):
+    """A reader connection is closed only when no thread is reading on it (closing one in use
+    crashes the interpreter); a read after close fails with a clear error."""
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+    seen = []
+
+    def reader():
+        with engine.store.read():
+            started.set()
+            release.wait(5)
+            seen.append(len(engine.store.users()))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    started.wait(5)
+    closer = threading.Thread(target=engine.store.close)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive()            # waits for the reading thread
+    release.set()
+    thread.join(5)
+    closer.join(5)
+    assert seen == [1] and not closer.is_alive()
+    with pytest.raises(StoreError, match="the store is closed"):
+        with engine.store.read():
+            pass
