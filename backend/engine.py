@@ -446,7 +446,7 @@ class Engine:
                     result = handler(session, rights, inv)
         except PermissionDenied as denied:
             record = (self.clock(), session.username, session.audit_source, cmd.action, _target(inv),
-                      "denied", denied.message)
+                      "denied", _with_credential(session, denied.message))
             if defer_denial_audit:
                 denied.audit_record = record
             else:
@@ -596,7 +596,7 @@ class Engine:
 
     def _audit(self, session: Session, inv: Invocation, detail: str = "", target: str | None = None) -> None:
         self.store.append_audit(self.clock(), session.username, session.audit_source, inv.command.action,
-                                _target(inv) if target is None else target, "ok", detail)
+                                _target(inv) if target is None else target, "ok", _with_credential(session, detail))
 
     # --- general -------------------------------------------------------------------------
 
@@ -944,6 +944,13 @@ def _address_allowed(key: dict, address: str) -> bool:
     if getattr(ip, "ipv4_mapped", None):
         ip = ip.ipv4_mapped
     return any(ip in ipaddress.ip_network(net) for net in key["ips"])
+
+
+def _with_credential(session: Session, detail: str) -> str:
+    """Name the key or token a change was made with: the actor column names only its owner."""
+    if session.method == "password":
+        return detail
+    return f"{detail}; via {session.auth}" if detail else f"via {session.auth}"
 
 
 def _src(source: str, address: str) -> str:

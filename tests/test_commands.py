@@ -194,6 +194,19 @@ def test_audit_and_refusals(engine, admin, team):
     assert msg(engine.execute(admin, ".audit verify"))[0].startswith("Audit log intact: ")
 
 
+def test_audit_names_the_key_a_change_or_refusal_came_through(engine, admin):
+    engine.execute(admin, ".user create kit kit-passphrase viewer")
+    secret = engine.execute(admin, ".apikey create ops-bot role=editor").rows[0][0]
+    bot = engine.authenticate(secret, source="local")
+    engine.execute(bot, ".kg create bot-made")
+    with pytest.raises(PermissionDenied):
+        engine.execute(bot, ".user drop kit")
+    denied, made = engine.execute(admin, ".audit limit=2").rows
+    assert made[2:] == ["admin", "local", "kg.create", "bot-made", "ok", "via api_key:ops-bot"]
+    assert denied[2:6] == ["admin", "local", "user.drop", "kit"]
+    assert denied[7] == "Permission denied: only admins can manage users; via api_key:ops-bot"
+
+
 def test_program_of_several_lines_is_authorized_line_by_line(engine, admin, team):
     _, bob = team
     with pytest.raises(CommandError, match=r"^line 2: Permission denied: only admins can manage users$"):
