@@ -22,20 +22,43 @@ def _pg_bin(name: str) -> str | None:
     return found[0] if found else shutil.which(name)
 
 
-class Postgres:
-    """initdb in a temp dir, a free port, the unix socket in the temp dir, trust auth on
-    127.0.0.1; default durability (fsync=on, synchronous_commit=on). Run as the `postgres`
-    user when this process is root (postgres refuses to run as root)."""
+class _ThrowAway:
+    """A server process with a temporary directory, both gone after stop()."""
+    stop_grace = 10.0       # seconds between SIGTERM and SIGKILL
 
-    def __init__(self, base: str | None = None):
-        self.initdb = _pg_bin("initdb")
-        self.postgres = _pg_bin("postgres")
-        self.psql_bin = shutil.which("psql") or _pg_bin("psql")
+    def __init__(self, base: str | None):
         self.base = base
         self.proc: subprocess.Popen | None = None
         self.dir: Path | None = None
         self.port = 0
         self.error = ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(self.stop_grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+
+class Postgres(_ThrowAway):
+    """initdb in a temp dir, a free port, the unix socket in the temp dir, trust auth on
+    127.0.0.1; default durability (fsync=on, synchronous_commit=on). Run as the `postgres`
+    user when this process is root (postgres refuses to run as root)."""
+
+    stop_grace = 20.0       # a smart shutdown waits for clients
+
+    def __init__(self, base: str | None = None):
+        super().__init__(base)
+        self.initdb = _pg_bin("initdb")
+        self.postgres = _pg_bin("postgres")
+        self.psql_bin = shutil.which("psql") or _pg_bin("psql")
 
     @property
     def installed(self) -> bool:
@@ -90,31 +113,14 @@ class Postgres:
         return [self.psql_bin, "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", db,
                 "-X", "-q", "-v", "ON_ERROR_STOP=1", *args]
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()              # smart shutdown
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
 
-
-class Redis:
+class Redis(_ThrowAway):
     """redis-server on a free 127.0.0.1 port with no persistence (--save '' --appendonly no)."""
 
     def __init__(self, base: str | None = None):
+        super().__init__(base)
         self.server = shutil.which("redis-server")
         self.cli = shutil.which("redis-cli")
-        self.base = base
-        self.proc: subprocess.Popen | None = None
-        self.dir: Path | None = None
-        self.port = 0
-        self.error = ""
 
     @property
     def installed(self) -> bool:
@@ -149,19 +155,6 @@ class Redis:
 
     def redis_cli(self, *args: str) -> list[str]:
         return [self.cli, "-h", "127.0.0.1", "-p", str(self.port), *args]
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
 
 
 class Peers:
