@@ -78,7 +78,9 @@ def main(argv=None) -> int:
     p.add_argument("workloads", nargs="*", metavar="W", help="workloads to run (W1..W6; default: all)")
     p.add_argument("--quick", action="store_true", help="smaller counts for a smoke test (skips W6's 100k store)")
     p.add_argument("--no-peers", action="store_true", help="do not start psql/redis peers")
-    p.add_argument("--results", metavar="DIR", default=str(RESULTS), help="where latest.json/.png go")
+    p.add_argument("--results", metavar="DIR", default=str(RESULTS),
+                   help="where latest.json/.png go (quick.json/.png with --quick, so a smoke run "
+                        "never replaces the real figures)")
     p.add_argument("--tmpdir", metavar="DIR", help="base for the temporary data directories (default: system temp)")
     args = p.parse_args(argv)
     chosen = [w.upper() for w in args.workloads] or list(WORKLOADS)
@@ -133,9 +135,10 @@ def main(argv=None) -> int:
     if failures:
         print("\nfailed workloads: " + "; ".join(f"{k}: {v}" for k, v in failures.items()))
     results = Path(args.results)
-    report.write_json(results / "latest.json", meta, outcomes)
-    print(f"\nresults written to {results / 'latest.json'}")
-    print(report.write_chart(results / "latest.png", outcomes, meta))
+    stem = "quick" if args.quick else "latest"
+    report.write_json(results / f"{stem}.json", meta, outcomes)
+    print(f"\nresults written to {results / f'{stem}.json'}")
+    print(report.write_chart(results / f"{stem}.png", outcomes, meta))
     print(f"total {meta['duration_s']:.0f} s")
     return 1 if failures else 0
 

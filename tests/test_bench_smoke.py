@@ -17,7 +17,8 @@ def test_bench_quick_w1_writes_results(tmp_path):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "PYTHONDONTWRITEBYTECODE" in proc.stdout
-    doc = json.loads((tmp_path / "latest.json").read_text())
+    assert not (tmp_path / "latest.json").exists()      # a smoke run never replaces the real figures
+    doc = json.loads((tmp_path / "quick.json").read_text())
     assert set(doc) == {"meta", "workloads", "targets"}
     assert doc["meta"]["quick"] is True and doc["meta"]["workloads"] == ["W1"]
     figures = doc["workloads"]["W1"]["figures"]
