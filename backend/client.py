@@ -57,7 +57,6 @@ class RemoteBackend:
         self.username: str | None = None
         self.role: str | None = None
         self.knowledge_graph: str | None = None
-        self.server_version: str | None = None
         if connect:
             self._connect()
 
@@ -152,7 +151,6 @@ class RemoteBackend:
             self.username = reply.get("username")
             self.role = reply.get("role")
             self.knowledge_graph = reply.get("knowledge_graph") or None
-            self.server_version = reply.get("version")
             return
         text = str(reply.get("message") or "unexpected reply")
         if kind == "auth_error":
@@ -223,12 +221,6 @@ class RemoteBackend:
             self.knowledge_graph = switched_kg
         return Result([str(c) for c in columns], [["" if v is None else str(v) for v in row] for row in rows],
                       switched_kg)
-
-    def ping(self) -> None:
-        with self._lock:
-            self._send({"type": "ping"})
-            while self._recv().get("type") != "pong":
-                pass
 
     def close(self) -> None:
         with self._lock:

@@ -14,7 +14,7 @@ from typing import Callable, Protocol
 from . import __version__
 from .config import Config
 from .errors import AuthError, CommandError, ConfigError, PermissionDenied, SessionEnded, StoreError
-from .registry import COMMANDS, GROUPS, Command, Invocation, _clip, find_command, parse
+from .registry import COMMANDS, GROUPS, Command, Invocation, clip, find_command, parse
 from .result import Result
 from .security import Clock, Lockout, PasswordHasher, RateLimiter, check_password_policy, iso, key_digest, \
     new_api_key, system_clock, well_formed_key
@@ -609,7 +609,7 @@ class Engine:
             group = topic.lstrip(".").split()[0].lower() if topic.strip(". ") else ""
             if group in GROUPS and len(topic.lstrip(".").split()) == 1:
                 return Result(["command", "description"], [[c.usage, c.summary] for c in GROUPS[group]])
-            raise CommandError(f"Unknown command: .{_clip(topic.lstrip('.'), 40)}. Type .help for the list.")
+            raise CommandError(f"Unknown command: .{clip(topic.lstrip('.'), 40)}. Type .help for the list.")
         lines = [f"Usage: {cmd.usage}", cmd.summary + ".", f"Who may run it: {cmd.who}."]
         lines += [f"Example: {e}" for e in cmd.examples]
         return Result.message(*lines)

@@ -24,32 +24,27 @@ MAX_PASSWORD_CHARS = 1024
 
 def check_name(text: str) -> str:
     if not NAME_RE.fullmatch(text):
-        raise CommandError(f"Invalid name '{_clip(text)}': use letters, digits, '_', '.', '-' (at most 64)")
+        raise CommandError(f"Invalid name '{clip(text)}': use letters, digits, '_', '.', '-' (at most 64)")
     return text
 
 
-def _clip(text: str, limit: int = 70) -> str:
+def clip(text: str, limit: int = 70) -> str:
     """Echo user input in an error without letting a huge or binary argument flood the line."""
     text = "".join(c if c.isprintable() else "?" for c in text)
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def check_kg_name(text: str) -> str:
-    check_name(text)
-    return text
-
-
 def check_role(text: str) -> str:
     role = text.lower()
     if role not in ROLES:
-        raise CommandError(f"Unknown role '{_clip(text)}'. Valid roles: admin, editor, viewer")
+        raise CommandError(f"Unknown role '{clip(text)}'. Valid roles: admin, editor, viewer")
     return role
 
 
 def check_kg_role(text: str) -> str:
     role = text.lower()
     if role not in KG_ROLES:
-        raise CommandError(f"Invalid KG role '{_clip(text)}'. Valid: owner, editor, viewer")
+        raise CommandError(f"Invalid KG role '{clip(text)}'. Valid: owner, editor, viewer")
     return role
 
 
@@ -59,13 +54,13 @@ def parse_duration(text: str) -> int | None:
         return None
     m = DURATION_RE.fullmatch(text.lower())
     if not m:
-        raise CommandError(f"Invalid duration '{_clip(text)}': use e.g. 30s, 15m, 24h, 90d or never")
+        raise CommandError(f"Invalid duration '{clip(text)}': use e.g. 30s, 15m, 24h, 90d or never")
     return int(m.group(1)) * DURATION_UNITS[m.group(2)]
 
 
 def check_positive_int(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) <= 1_000_000:
-        raise CommandError(f"Invalid number '{_clip(text)}': use a whole number from 1 to 1000000")
+        raise CommandError(f"Invalid number '{clip(text)}': use a whole number from 1 to 1000000")
     return int(text)
 
 
@@ -89,7 +84,7 @@ def check_networks(text: str) -> tuple[str, ...]:
         try:
             out.append(str(ipaddress.ip_network(part, strict=False)))
         except ValueError:
-            raise CommandError(f"Invalid address range '{_clip(part)}': use CIDR like 10.0.0.0/8 or 2001:db8::/32") from None
+            raise CommandError(f"Invalid address range '{clip(part)}': use CIDR like 10.0.0.0/8 or 2001:db8::/32") from None
     return tuple(dict.fromkeys(out))
 
 
@@ -100,7 +95,7 @@ def check_rate(text: str) -> tuple[int, int]:
     """(requests, window seconds) from `100/m`."""
     m = RATE_RE.fullmatch(text.lower())
     if not m or int(m.group(1)) == 0:
-        raise CommandError(f"Invalid rate '{_clip(text)}': use <n>/<s|m|h|d>, e.g. 100/m")
+        raise CommandError(f"Invalid rate '{clip(text)}': use <n>/<s|m|h|d>, e.g. 100/m")
     return int(m.group(1)), DURATION_UNITS[m.group(2)]
 
 
@@ -109,12 +104,12 @@ def check_address(text: str) -> str:
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
-        raise CommandError(f"Invalid address '{_clip(text)}': use an IPv4 or IPv6 address") from None
+        raise CommandError(f"Invalid address '{clip(text)}': use an IPv4 or IPv6 address") from None
 
 
 def check_token_id(text: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_\-]{1,64}", text):
-        raise CommandError(f"Invalid identifier '{_clip(text)}'")
+        raise CommandError(f"Invalid identifier '{clip(text)}'")
     return text
 
 
@@ -127,8 +122,8 @@ class Kind(NamedTuple):
 
 NEW_NAME = Kind("name", check_name)
 USER = Kind("user", check_name, completes="users")
-KG = Kind("kg", check_kg_name, completes="kgs")
-NEW_KG = Kind("kg", check_kg_name)
+KG = Kind("kg", check_name, completes="kgs")
+NEW_KG = Kind("kg", check_name)
 LABEL = Kind("label", check_name, completes="api_keys")
 ROLE = Kind("role", check_role, completes="roles")
 KG_ROLE = Kind("kg_role", check_kg_role, completes="kg_roles")
@@ -205,7 +200,6 @@ class Command(NamedTuple):
         return ".".join(words) if len(words) > 1 else words[0]
 
 
-ADMIN = Rule("admin")
 USERS_DENIED = "Permission denied: only admins can manage users"
 KEYS_DENIED = "Permission denied: only admins can manage API keys"
 ACL_DENIED = "Permission denied: only KG owners can manage ACLs"
@@ -368,7 +362,7 @@ def parse(line: str) -> Invocation:
         group = words[0].lower()
         if group in GROUPS:
             raise CommandError(f"Usage: {group_usage(group)}")
-        raise CommandError(f"Unknown command: .{_clip(words[0], 40)}. Type .help for the list.")
+        raise CommandError(f"Unknown command: .{clip(words[0], 40)}. Type .help for the list.")
     # `.kg foo` names neither a sub-command nor takes arguments: show the whole group's usage.
     if used == 1 and len(GROUPS[cmd.words[0]]) > 1 and not cmd.params and len(words) > 1 \
             and "=" not in words[1]:
@@ -381,7 +375,7 @@ def parse(line: str) -> Invocation:
         if not tok.quoted and "=" in tok.text and cmd.options:
             option_tokens.append(tok)
         elif option_tokens:
-            raise CommandError(f"Unexpected argument '{_clip(tok.text)}' after options. Usage: {cmd.usage}")
+            raise CommandError(f"Unexpected argument '{clip(tok.text)}' after options. Usage: {cmd.usage}")
         else:
             positional.append(tok)
     _bind_params(cmd, [t.text for t in positional], inv)
@@ -398,7 +392,7 @@ def _bind_params(cmd: Command, values: list[str], inv: Invocation) -> None:
     if len(values) < len(required):
         raise CommandError(f"Usage: {cmd.usage}")
     if len(values) > len(params):
-        raise CommandError(f"Unexpected argument '{_clip(values[len(params)])}'. Usage: {cmd.usage}")
+        raise CommandError(f"Unexpected argument '{clip(values[len(params)])}'. Usage: {cmd.usage}")
     # An optional secret followed by an optional role: a lone role word is the role, never the
     # password (`.user create bob editor` asks for bob's password).
     spare = len(values) - len(required)
@@ -426,7 +420,7 @@ def _bind_options(cmd: Command, tokens: list[Token], inv: Invocation) -> None:
         key = key.lower()
         opt = known.get(key)
         if opt is None:
-            raise CommandError(f"Unknown option '{_clip(key, 40)}'. Usage: {cmd.usage}")
+            raise CommandError(f"Unknown option '{clip(key, 40)}'. Usage: {cmd.usage}")
         if key in inv.options:
             raise CommandError(f"Option '{key}' given twice")
         if value == "":

@@ -25,6 +25,3 @@ class Result:
     @property
     def is_message(self) -> bool:
         return self.columns == ["message"]
-
-    def to_json(self) -> dict:
-        return {"columns": self.columns, "rows": self.rows}

@@ -42,7 +42,7 @@ from . import __version__
 from .config import Config, ServerConfig, TLSConfig
 from .engine import Engine, RateLimited, Session
 from .errors import AuthError, CommandError, ConfigError, PermissionDenied, SessionEnded, StoreError
-from .registry import match_command
+from .registry import clip, match_command
 from .result import Result
 
 log = logging.getLogger("inputlayer.server")
@@ -313,10 +313,6 @@ def _error(message: str) -> str:
 
 def _auth_error(message: str) -> str:
     return json.dumps({"type": "auth_error", "message": message}, ensure_ascii=False)
-
-
-def _clip(text: str, limit: int = 40) -> str:
-    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 # --- connections -------------------------------------------------------------------------------
@@ -771,7 +767,7 @@ class Server:
                 return
             await self._execute(client, program)
         else:
-            shown = f" '{_clip(kind)}'" if isinstance(kind, str) and kind.isprintable() else ""
+            shown = f" '{clip(kind, 40)}'" if isinstance(kind, str) and kind.isprintable() else ""
             await client.send(_error(f"Unknown message type{shown}: use execute or ping"))
 
     async def _execute(self, client: Client, program: str) -> None:
