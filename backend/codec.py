@@ -64,13 +64,16 @@ class Codec:
         return hmac.new(self._index_key, f"{kind}\0{value}".encode(), hashlib.sha256).hexdigest()
 
     def seal(self, table: str, ref: str, value: dict) -> bytes | str:
-        text = encode_json(value)
+        return self.seal_text(table, ref, encode_json(value))
+
+    def seal_text(self, table: str, ref: str, text: str) -> bytes | str:
+        """Seal a value already encoded as JSON."""
         if not self.encrypted:
             return text
         nonce = os.urandom(NONCE_BYTES)
         return nonce + self._aead.encrypt(nonce, text.encode(), self._context(table, ref))
 
-    def open(self, table: str, ref: str, blob: bytes | str) -> dict:
+    def open(self, table: str, ref: str, blob: bytes | str):
         if not self.encrypted:
             if not isinstance(blob, str):
                 raise StoreError(f"stored value in {table} is sealed, but no encryption key was given")

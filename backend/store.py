@@ -60,8 +60,16 @@ TABLES = ("meta", "users", "kgs", "acl", "api_keys", "api_key_kgs", "tokens", "a
 
 
 def audit_hash(prev_hash: str, record: tuple) -> str:
-    payload = encode_json([prev_hash, *record])
-    return hashlib.sha256(payload.encode()).hexdigest()
+    return _audit_payload(prev_hash, record)[1]
+
+
+def _audit_payload(prev_hash: str, record: tuple) -> tuple[str, str]:
+    """A record as stored, the JSON array [prev_hash, seq, time, actor, source, action, target,
+    outcome, detail, hash], and its hash: SHA-256 of the same array without its last element,
+    so the record is encoded once to be both hashed and stored."""
+    hashed = encode_json([prev_hash, *record])
+    digest = hashlib.sha256(hashed.encode()).hexdigest()
+    return f'{hashed[:-1]},"{digest}"]', digest
 
 
 def _private_file(path: Path) -> None:
@@ -530,9 +538,8 @@ class Store:
         head = self._current_head()
         seq = head["seq"] + 1
         record = (seq, now, actor, source, action, target, outcome, detail)
-        digest = audit_hash(head["hash"], record)
-        value = dict(zip(AUDIT_FIELDS, record), prev_hash=head["hash"], hash=digest)
-        self.conn.execute("INSERT INTO audit VALUES (?, ?)", (seq, self.codec.seal("audit", str(seq), value)))
+        text, digest = _audit_payload(head["hash"], record)
+        self.conn.execute("INSERT INTO audit VALUES (?, ?)", (seq, self.codec.seal_text("audit", str(seq), text)))
         self._audit_head = {"seq": seq, "hash": digest}
         self._head_unsaved = True
 
@@ -544,7 +551,8 @@ class Store:
 
     def _audit_rows(self, order: str) -> Iterator[dict]:
         for seq, data in self.conn.execute(f"SELECT seq, data FROM audit ORDER BY seq {order}"):
-            yield {**self.codec.open("audit", str(seq), data), "row_seq": seq}
+            prev_hash, *record, digest = self.codec.open("audit", str(seq), data)
+            yield {**dict(zip(AUDIT_FIELDS, record)), "prev_hash": prev_hash, "hash": digest, "row_seq": seq}
 
     def audit_records(self, *, limit: int, actor: str | None, action: str | None,
                       since: float | None) -> list[dict]:
@@ -620,8 +628,9 @@ class Store:
         for tok in rows["tokens"]:
             self._put("tokens", self.codec.ref("token", tok["jti"]), tok, insert=True)
         for rec in rows["audit"]:
-            seq = rec.pop("row_seq")
-            self.conn.execute("INSERT INTO audit VALUES (?, ?)", (seq, self.codec.seal("audit", str(seq), rec)))
+            seq = rec["row_seq"]
+            value = [rec["prev_hash"], *(rec[f] for f in AUDIT_FIELDS), rec["hash"]]
+            self.conn.execute("INSERT INTO audit VALUES (?, ?)", (seq, self.codec.seal("audit", str(seq), value)))
         self._secrets = rows["secrets"]
         self.secret = rows["secrets"]["hmac"].encode()
         return sum(len(rows[t]) for t in ("users", "kgs", "acl", "api_keys", "api_key_kgs", "tokens", "audit"))

@@ -15,7 +15,7 @@ from collections import deque
 from typing import Iterable, Iterator, NamedTuple
 
 from backend.errors import CommandError, SessionEnded, StoreError
-from backend.registry import match_command
+from backend.registry import COMMANDS
 
 from .environment import Environment, ExitStatus
 from .output import render, render_json_error
@@ -37,12 +37,12 @@ def is_skipped(text: str) -> bool:
     return not stripped or stripped.startswith(COMMENT_PREFIXES)
 
 
+QUIT_WORDS = {"." + " ".join(words) for cmd in COMMANDS if cmd.shell_only
+              for words in (cmd.words, *cmd.aliases)}
+
+
 def is_quit(text: str) -> bool:
-    tokens = text.split()
-    if not tokens or not tokens[0].startswith("."):
-        return False
-    cmd, used = match_command([tokens[0][1:]])
-    return cmd is not None and cmd.shell_only and len(tokens) == 1
+    return text.strip().lower() in QUIT_WORDS
 
 
 def decode_lines(data: bytes, source: str) -> Iterator[Line]:

@@ -75,7 +75,8 @@ def verify_error(engine, admin):
 
 def test_audit_detects_an_edited_record(audited):
     engine, admin = audited
-    tamper(engine, "UPDATE audit SET data = json_set(data, '$.detail', 'role=admin') WHERE seq = 4")
+    # A record is [prev_hash, seq, time, actor, source, action, target, outcome, detail, hash].
+    tamper(engine, "UPDATE audit SET data = json_set(data, '$[8]', 'role=admin') WHERE seq = 4")
     assert verify_error(engine, admin) == "Audit log broken at record 4: contents do not match its hash"
 
 
