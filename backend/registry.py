@@ -196,8 +196,7 @@ class Command(NamedTuple):
     @property
     def action(self) -> str:
         """The audit action name, e.g. `acl.grant`."""
-        words = self.words[1:] if self.words[:2] == ("kg", "acl") else self.words
-        return ".".join(words) if len(words) > 1 else words[0]
+        return _ACTIONS[self.words]
 
 
 USERS_DENIED = "Permission denied: only admins can manage users"
@@ -314,6 +313,12 @@ COMMANDS: tuple[Command, ...] = (
             writes=True, server_only=True),
 )
 
+def _action_name(words: tuple[str, ...]) -> str:
+    words = words[1:] if words[:2] == ("kg", "acl") else words
+    return ".".join(words) if len(words) > 1 else words[0]
+
+
+_ACTIONS = {cmd.words: _action_name(cmd.words) for cmd in COMMANDS}   # looked up on every change
 _BY_WORDS: dict[tuple[str, ...], Command] = {}
 for _cmd in COMMANDS:
     for _words in (_cmd.words, *_cmd.aliases):

@@ -165,7 +165,7 @@ class Store:
         self.secret = self._secrets["hmac"].encode()
 
     def _create_schema(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
+        self._main.execute("BEGIN IMMEDIATE")
         try:
             if self.conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
                 for statement in filter(str.strip, SCHEMA.split(";")):
@@ -173,13 +173,13 @@ class Store:
                 self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 fmt = {"encrypted": self.codec.encrypted, "key_id": self.codec.key_id}
-                self.conn.execute("INSERT INTO meta VALUES ('format', ?)", (json.dumps(fmt),))
+                self._main.execute("INSERT INTO meta VALUES ('format', ?)", (json.dumps(fmt),))
                 # Server-side secrets live in their own table, apart from the digests they key.
                 self._set_meta("secrets", {"hmac": secrets.token_hex(32), "token": secrets.token_hex(32)})
                 self._set_meta("audit_head", {"seq": 0, "hash": GENESIS_HASH})
-            self.conn.execute("COMMIT")
+            self._main.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            self._main.execute("ROLLBACK")
             raise
         self._secrets = self._meta("secrets")
         self.secret = self._secrets["hmac"].encode()
@@ -214,20 +214,20 @@ class Store:
                 return
             if self._depth:
                 name = f"sp{self._depth}"
-                self.conn.execute(f"SAVEPOINT {name}")
+                self._main.execute(f"SAVEPOINT {name}")
                 self._depth += 1
                 head = (self._audit_head, self._head_unsaved)
                 try:
                     yield
                 except BaseException:
-                    self.conn.execute(f"ROLLBACK TO {name}")
-                    self.conn.execute(f"RELEASE {name}")
+                    self._main.execute(f"ROLLBACK TO {name}")
+                    self._main.execute(f"RELEASE {name}")
                     self._cache.clear()
                     self._audit_head, self._head_unsaved = head    # its appends are undone too
                     raise
                 finally:
                     self._depth -= 1
-                self.conn.execute(f"RELEASE {name}")
+                self._main.execute(f"RELEASE {name}")
                 return
             self._begin()
             self._depth, self._owner = 1, threading.get_ident()
@@ -304,7 +304,7 @@ class Store:
     def _begin(self) -> None:
         self._forget()
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
+            self._main.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             raise StoreError(f"cannot write to the store: {exc}") from None
 
@@ -313,7 +313,7 @@ class Store:
             if self._head_unsaved:
                 self._set_meta("audit_head", self._audit_head)
             self._forget()
-            self.conn.execute("COMMIT")
+            self._main.execute("COMMIT")
         except sqlite3.OperationalError as exc:
             self._rollback()
             raise StoreError(f"cannot write to the store: {exc}") from None
@@ -321,7 +321,7 @@ class Store:
     def _rollback(self) -> None:
         self._forget()
         if self.conn.in_transaction:
-            self.conn.execute("ROLLBACK")
+            self._main.execute("ROLLBACK")
 
     # --- encoding helpers ----------------------------------------------------------------
 
@@ -330,7 +330,7 @@ class Store:
         return self.codec.open("meta", name, row[0])
 
     def _set_meta(self, name: str, value: dict) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, self.codec.seal("meta", name, value)))
+        self._main.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, self.codec.seal("meta", name, value)))
 
     def _get(self, table: str, ref: str) -> dict | None:
         cached = self._owner == threading.get_ident()      # only the writer sees its own changes
@@ -349,9 +349,9 @@ class Store:
     def _put(self, table: str, ref: str, value: dict, *, insert: bool) -> None:
         sealed = self.codec.seal(table, ref, value)
         if insert:
-            self.conn.execute(f"INSERT INTO {table} (ref, data) VALUES (?, ?)", (ref, sealed))
+            self._main.execute(f"INSERT INTO {table} (ref, data) VALUES (?, ?)", (ref, sealed))
         else:
-            self.conn.execute(f"UPDATE {table} SET data = ? WHERE ref = ?", (sealed, ref))
+            self._main.execute(f"UPDATE {table} SET data = ? WHERE ref = ?", (sealed, ref))
         self._cache.pop((table, ref), None)
 
     # --- users ---------------------------------------------------------------------------
@@ -377,7 +377,7 @@ class Store:
                                                   "last_login_at": None}, insert=True)
 
     def drop_user(self, name: str) -> None:
-        self.conn.execute("DELETE FROM users WHERE ref = ?", (self._user_ref(name),))
+        self._main.execute("DELETE FROM users WHERE ref = ?", (self._user_ref(name),))
         self._cache.clear()     # cascades reach other tables
 
     def _update_user(self, name: str, **changes) -> None:
@@ -412,7 +412,7 @@ class Store:
         self._put("kgs", self._kg_ref(name), {"name": name, "created_at": now, "created_by": creator}, insert=True)
 
     def drop_kg(self, name: str) -> None:
-        self.conn.execute("DELETE FROM kgs WHERE ref = ?", (self._kg_ref(name),))
+        self._main.execute("DELETE FROM kgs WHERE ref = ?", (self._kg_ref(name),))
         self._cache.clear()
 
     # --- ACLs ----------------------------------------------------------------------------
@@ -438,11 +438,11 @@ class Store:
     def grant(self, kg: str, user: str, role: str, granted_by: str, now: float) -> None:
         kg_ref, user_ref = self._kg_ref(kg), self._user_ref(user)
         value = {"kg": kg, "username": user, "role": role, "granted_by": granted_by, "granted_at": now}
-        self.conn.execute("INSERT OR REPLACE INTO acl VALUES (?, ?, ?)",
+        self._main.execute("INSERT OR REPLACE INTO acl VALUES (?, ?, ?)",
                           (kg_ref, user_ref, self.codec.seal("acl", f"{kg_ref}/{user_ref}", value)))
 
     def revoke(self, kg: str, user: str) -> None:
-        self.conn.execute("DELETE FROM acl WHERE kg_ref = ? AND user_ref = ?", (self._kg_ref(kg), self._user_ref(user)))
+        self._main.execute("DELETE FROM acl WHERE kg_ref = ? AND user_ref = ?", (self._kg_ref(kg), self._user_ref(user)))
 
     # --- API keys ------------------------------------------------------------------------
 
@@ -491,14 +491,14 @@ class Store:
                 rate: tuple[int, int] | None = None) -> None:
         label_ref = self.codec.ref("label", label)
         # A revoked key's label may be reused: its row only remains for `.apikey list`.
-        self.conn.execute("DELETE FROM api_keys WHERE label_ref = ?", (label_ref,))
-        key_id = self.conn.execute("INSERT INTO api_keys (label_ref, owner_ref, data) VALUES (?, ?, '')",
+        self._main.execute("DELETE FROM api_keys WHERE label_ref = ?", (label_ref,))
+        key_id = self._main.execute("INSERT INTO api_keys (label_ref, owner_ref, data) VALUES (?, ?, '')",
                                    (label_ref, self._user_ref(owner))).lastrowid
         self._key_put({"id": key_id, "label": label, "owner": owner, "role": role, "scoped": bool(kgs),
                        "digest": digest, "prev_digest": None, "prev_valid_until": None, "created_at": now,
                        "expires_at": expires_at, "last_used_at": None, "revoked_at": None,
                        "ips": list(ips), "rate": list(rate) if rate else None})
-        self.conn.executemany("INSERT INTO api_key_kgs VALUES (?, ?)", [(key_id, self._kg_ref(kg)) for kg in kgs])
+        self._main.executemany("INSERT INTO api_key_kgs VALUES (?, ?)", [(key_id, self._kg_ref(kg)) for kg in kgs])
 
     def revoke_key(self, key_id: int, now: float) -> None:
         key = self.key_by_id(key_id)
@@ -528,7 +528,7 @@ class Store:
         """Expired tokens fail on their own; their records only need to live that long."""
         for ref, data in self.conn.execute("SELECT ref, data FROM tokens").fetchall():
             if self.codec.open("tokens", ref, data)["expires_at"] < now:
-                self.conn.execute("DELETE FROM tokens WHERE ref = ?", (ref,))
+                self._main.execute("DELETE FROM tokens WHERE ref = ?", (ref,))
 
     # --- audit ---------------------------------------------------------------------------
 
@@ -539,7 +539,7 @@ class Store:
         seq = head["seq"] + 1
         record = (seq, now, actor, source, action, target, outcome, detail)
         text, digest = _audit_payload(head["hash"], record)
-        self.conn.execute("INSERT INTO audit VALUES (?, ?)", (seq, self.codec.seal_text("audit", str(seq), text)))
+        self._main.execute("INSERT INTO audit VALUES (?, ?)", (seq, self.codec.seal_text("audit", str(seq), text)))
         self._audit_head = {"seq": seq, "hash": digest}
         self._head_unsaved = True
 
@@ -620,17 +620,17 @@ class Store:
         for entry in rows["acl"]:
             self.grant(entry["kg"], entry["username"], entry["role"], entry["granted_by"], entry["granted_at"])
         for key in rows["api_keys"]:
-            self.conn.execute("INSERT INTO api_keys (id, label_ref, owner_ref, data) VALUES (?, ?, ?, '')",
+            self._main.execute("INSERT INTO api_keys (id, label_ref, owner_ref, data) VALUES (?, ?, ?, '')",
                               (key["id"], self.codec.ref("label", key["label"]), self._user_ref(key["owner"])))
             self._key_put(key)
-        self.conn.executemany("INSERT INTO api_key_kgs VALUES (?, ?)",
+        self._main.executemany("INSERT INTO api_key_kgs VALUES (?, ?)",
                               [(key_id, self._kg_ref(kg)) for key_id, kg in rows["api_key_kgs"]])
         for tok in rows["tokens"]:
             self._put("tokens", self.codec.ref("token", tok["jti"]), tok, insert=True)
         for rec in rows["audit"]:
             seq = rec["row_seq"]
             value = [rec["prev_hash"], *(rec[f] for f in AUDIT_FIELDS), rec["hash"]]
-            self.conn.execute("INSERT INTO audit VALUES (?, ?)", (seq, self.codec.seal("audit", str(seq), value)))
+            self._main.execute("INSERT INTO audit VALUES (?, ?)", (seq, self.codec.seal("audit", str(seq), value)))
         self._secrets = rows["secrets"]
         self.secret = rows["secrets"]["hmac"].encode()
         return sum(len(rows[t]) for t in ("users", "kgs", "acl", "api_keys", "api_key_kgs", "tokens", "audit"))
