@@ -60,6 +60,16 @@ def tokenize(line: str, *, partial: bool = False) -> list[Token]:
     return tokens
 
 
+def split_words(line: str) -> tuple[list[str], list[bool]]:
+    """The words of a line and whether each was quoted, without offsets: what the parser
+    needs, several times cheaper to make than tokens."""
+    if "'" not in line and '"' not in line:
+        words = _PLAIN_WORD.findall(line)
+        return words, [False] * len(words)
+    tokens = tokenize(line)
+    return [t.text for t in tokens], [t.quoted for t in tokens]
+
+
 def quote_word(word: str) -> str:
     """The shortest form of `word` that tokenize() reads back as `word`."""
     if word and not any(c in word for c in BLANKS + "'\"\\"):

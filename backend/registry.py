@@ -10,7 +10,7 @@ import re
 from typing import Callable, NamedTuple
 
 from .errors import CommandError
-from .lexer import Token, tokenize
+from .lexer import Token, split_words, tokenize
 
 ROLES = ("admin", "editor", "viewer")          # global roles, weakest last
 KG_ROLES = ("owner", "editor", "viewer")       # KG levels, weakest last
@@ -336,14 +336,20 @@ def group_usage(group: str) -> str:
 
 
 class Invocation:
-    """A parsed line: its command, converted arguments and options, and the words it came from."""
-    __slots__ = ("command", "args", "options", "tokens")
+    """A parsed line: its command, converted arguments and options, and the line it came from."""
+    __slots__ = ("command", "args", "options", "line")
 
-    def __init__(self, command: Command, tokens: list[Token] | None = None):
+    def __init__(self, command: Command, line: str = ""):
         self.command = command
         self.args: dict[str, object] = {}
         self.options: dict[str, object] = {}
-        self.tokens = tokens or []
+        self.line = line
+
+    @property
+    def tokens(self) -> list[Token]:
+        """The words with their offsets (for the shell, which edits the line); parse() itself
+        works on plain words, which are much cheaper to make."""
+        return tokenize(self.line)
 
 
 def match_command(words: list[str]) -> tuple[Command | None, int]:
@@ -358,10 +364,10 @@ def match_command(words: list[str]) -> tuple[Command | None, int]:
 
 def parse(line: str) -> Invocation:
     """Parse one dot-command line; raise CommandError with the user-facing message."""
-    tokens = tokenize(line)
-    if not tokens or not tokens[0].text.startswith("."):
+    texts, quoted = split_words(line)
+    if not texts or not texts[0].startswith("."):
         raise CommandError("Only administration commands are supported by this server.")
-    words = [tokens[0].text[1:]] + [t.text for t in tokens[1:]]
+    words = [texts[0][1:]] + texts[1:]
     cmd, used = match_command(words)
     if cmd is None:
         group = words[0].lower()
@@ -372,19 +378,18 @@ def parse(line: str) -> Invocation:
     if used == 1 and len(GROUPS[cmd.words[0]]) > 1 and not cmd.params and len(words) > 1 \
             and "=" not in words[1]:
         raise CommandError(f"Usage: {group_usage(cmd.words[0])}")
-    inv = Invocation(cmd, tokens=tokens)
-    rest = tokens[used:]
-    positional: list[Token] = []
-    option_tokens: list[Token] = []
-    for tok in rest:
-        if not tok.quoted and "=" in tok.text and cmd.options:
-            option_tokens.append(tok)
-        elif option_tokens:
-            raise CommandError(f"Unexpected argument '{clip(tok.text)}' after options. Usage: {cmd.usage}")
+    inv = Invocation(cmd, line)
+    positional: list[str] = []
+    options: list[str] = []
+    for text, was_quoted in zip(texts[used:], quoted[used:]):
+        if not was_quoted and "=" in text and cmd.options:
+            options.append(text)
+        elif options:
+            raise CommandError(f"Unexpected argument '{clip(text)}' after options. Usage: {cmd.usage}")
         else:
-            positional.append(tok)
-    _bind_params(cmd, [t.text for t in positional], inv)
-    _bind_options(cmd, option_tokens, inv)
+            positional.append(text)
+    _bind_params(cmd, positional, inv)
+    _bind_options(cmd, options, inv)
     return inv
 
 
@@ -418,10 +423,10 @@ def _bind_params(cmd: Command, values: list[str], inv: Invocation) -> None:
         inv.args.setdefault(p.name, None)
 
 
-def _bind_options(cmd: Command, tokens: list[Token], inv: Invocation) -> None:
+def _bind_options(cmd: Command, options: list[str], inv: Invocation) -> None:
     known = {o.name: o for o in cmd.options}
-    for tok in tokens:
-        key, value = tok.text.split("=", 1)
+    for text in options:
+        key, value = text.split("=", 1)
         key = key.lower()
         opt = known.get(key)
         if opt is None:
