@@ -25,6 +25,7 @@ APPLICATION_ID = 0x494C4144   # "ILAD": marks the file as ours, so a foreign dat
 SCHEMA_VERSION = 2
 DB_FILE = "inputlayer.db"
 GENESIS_HASH = "0" * 64
+READER_CACHE_ROWS = 10_000      # bounds the memory of a reader's row cache
 AUDIT_FIELDS = ("seq", "time", "actor", "source", "action", "target", "outcome", "detail")
 
 SCHEMA = """
@@ -259,6 +260,11 @@ class Store:
                 raise StoreError(f"cannot read the store: {exc}") from None
             self._tls.conn = reader
             try:
+                # Every committed change appends an audit record, so an unchanged audit head,
+                # read in this very snapshot, means the rows this reader cached are still exact.
+                head = reader.execute("SELECT data FROM meta WHERE name = 'audit_head'").fetchone()[0]
+                if head != self._tls.seen_head:
+                    self._tls.cache, self._tls.seen_head = {}, head
                 yield
             finally:
                 self._tls.conn = None
@@ -275,6 +281,7 @@ class Store:
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot read the store: {exc}") from None
             self._readers.append((reader, threading.Lock()))
+            self._tls.cache, self._tls.seen_head = {}, None
             return self._readers[-1]
 
     def begin_batch(self, *, atomic: bool = False) -> None:
@@ -332,15 +339,28 @@ class Store:
     def _set_meta(self, name: str, value: dict) -> None:
         self._main.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, self.codec.seal("meta", name, value)))
 
+    def _memo(self, key: tuple, load, *, writer_too: bool):
+        """`load()`, remembered: by the writer within its transaction (only for lookups its own
+        writes keep up to date), by a reader for as long as nothing has been committed."""
+        if self._owner == threading.get_ident():
+            if not writer_too:
+                return load()
+            cache = self._cache
+        elif getattr(self._tls, "conn", None) is not None:
+            cache = self._tls.cache
+            if len(cache) >= READER_CACHE_ROWS:
+                cache.clear()
+        else:
+            return load()
+        if key not in cache:
+            cache[key] = load()
+        return cache[key]
+
     def _get(self, table: str, ref: str) -> dict | None:
-        cached = self._owner == threading.get_ident()      # only the writer sees its own changes
-        if cached and (table, ref) in self._cache:
-            return self._cache[(table, ref)]
-        row = self.conn.execute(f"SELECT data FROM {table} WHERE ref = ?", (ref,)).fetchone()
-        value = None if row is None else self.codec.open(table, ref, row[0])
-        if cached:
-            self._cache[(table, ref)] = value
-        return value
+        def load():
+            row = self.conn.execute(f"SELECT data FROM {table} WHERE ref = ?", (ref,)).fetchone()
+            return None if row is None else self.codec.open(table, ref, row[0])
+        return self._memo((table, ref), load, writer_too=True)
 
     def _all(self, table: str, sort_key: str) -> list[dict]:
         rows = [self.codec.open(table, ref, data) for ref, data in self.conn.execute(f"SELECT ref, data FROM {table}")]
@@ -422,8 +442,12 @@ class Store:
 
     def acl_entry(self, kg: str, user: str) -> dict | None:
         kg_ref, user_ref = self._kg_ref(kg), self._user_ref(user)
-        row = self.conn.execute("SELECT data FROM acl WHERE kg_ref = ? AND user_ref = ?", (kg_ref, user_ref)).fetchone()
-        return None if row is None else self._acl_open(kg_ref, user_ref, row[0])
+
+        def load():
+            row = self.conn.execute("SELECT data FROM acl WHERE kg_ref = ? AND user_ref = ?",
+                                    (kg_ref, user_ref)).fetchone()
+            return None if row is None else self._acl_open(kg_ref, user_ref, row[0])
+        return self._memo(("acl", kg_ref, user_ref), load, writer_too=False)
 
     def acl_for_kg(self, kg: str) -> list[dict]:
         kg_ref = self._kg_ref(kg)
@@ -471,8 +495,10 @@ class Store:
         return None if row is None else self._key_open(row)
 
     def key_by_id(self, key_id: int) -> dict | None:
-        row = self.conn.execute("SELECT id, data FROM api_keys WHERE id = ?", (key_id,)).fetchone()
-        return None if row is None else self._key_open(row)
+        def load():
+            row = self.conn.execute("SELECT id, data FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+            return None if row is None else self._key_open(row)
+        return self._memo(("key", key_id), load, writer_too=False)
 
     def keys(self, owner: str | None = None) -> list[dict]:
         if owner is None:
@@ -482,9 +508,11 @@ class Store:
         return sorted((self._key_open(r) for r in rows), key=lambda k: k["label"])
 
     def key_kgs(self, key_id: int) -> list[str]:
-        rows = self.conn.execute("SELECT k.ref, k.data FROM api_key_kgs s JOIN kgs k ON k.ref = s.kg_ref "
-                                 "WHERE s.key_id = ?", (key_id,))
-        return sorted(self.codec.open("kgs", ref, data)["name"] for ref, data in rows)
+        def load():
+            rows = self.conn.execute("SELECT k.ref, k.data FROM api_key_kgs s JOIN kgs k ON k.ref = s.kg_ref "
+                                     "WHERE s.key_id = ?", (key_id,))
+            return sorted(self.codec.open("kgs", ref, data)["name"] for ref, data in rows)
+        return list(self._memo(("key_kgs", key_id), load, writer_too=False))
 
     def add_key(self, label: str, owner: str, role: str, kgs: tuple[str, ...], digest: str,
                 now: float, expires_at: float | None, *, ips: tuple[str, ...] = (),

@@ -179,3 +179,25 @@ def test_closing_while_another_thread_reads_is_safe(engine, admin):
     with pytest.raises(StoreError, match="the store is closed"):
         with engine.store.read():
             pass
+
+
+def test_a_readers_cache_never_serves_a_row_another_connection_changed(engine, admin, cheap_config):
+    from backend.engine import Engine as OtherEngine
+
+    engine.execute(admin, ".user create ria ria-passphrase viewer")
+    engine.execute(admin, ".kg acl grant default ria viewer")
+    for _ in range(2):                                   # the second read is served from the cache
+        with engine.store.read():
+            assert engine.store.user("ria")["role"] == "viewer"
+            assert engine.store.acl_entry("default", "ria")["role"] == "viewer"
+    other = Store(engine.store.dir)                      # as another process would
+    try:
+        elsewhere = OtherEngine(other, cheap_config)
+        session = elsewhere.login("admin", ADMIN_PASSWORD, source="local")
+        elsewhere.execute(session, ".user role ria editor")
+        elsewhere.execute(session, ".kg acl grant default ria owner")
+    finally:
+        other.close()
+    with engine.store.read():
+        assert engine.store.user("ria")["role"] == "editor"
+        assert engine.store.acl_entry("default", "ria")["role"] == "owner"
