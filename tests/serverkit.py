@@ -70,6 +70,23 @@ class ServerThread:
             self._thread.join(30)
 
 
+class Servers:
+    """The ServerThreads a test started; stop_all() stops them and closes their stores."""
+
+    def __init__(self):
+        self.started: list[ServerThread] = []
+
+    def start(self, engine: Engine, config: Config, **kwargs) -> ServerThread:
+        server = ServerThread(engine, config, **kwargs)
+        self.started.append(server)
+        return server
+
+    def stop_all(self) -> None:
+        for server in self.started:
+            server.stop()
+            server.engine.store.close()
+
+
 def make_engine(data_dir, config: Config, **kwargs) -> Engine:
     engine = Engine(Store(data_dir), config, **kwargs)
     engine.bootstrap(ADMIN_PASSWORD)

@@ -11,25 +11,21 @@ from websockets.exceptions import ConnectionClosed
 
 from backend.config import with_values
 from backend.server import ServerOptions
-from serverkit import ADMIN_PASSWORD, Client, ServerThread, logged_in, make_engine
+from serverkit import ADMIN_PASSWORD, Client, Servers, logged_in, make_engine
 
 
 @pytest.fixture
 def serve(tmp_path, cheap_config):
     """serve(**config_values, options=...) -> a running ServerThread, stopped after the test."""
-    started = []
+    servers = Servers()
 
     def start(options: ServerOptions | None = None, engine=None, **values):
         values.setdefault("port", 0)
         config = with_values(cheap_config, {f"server.{k}": v for k, v in values.items()})
-        server = ServerThread(engine or make_engine(tmp_path / "data", config), config, options=options)
-        started.append(server)
-        return server
+        return servers.start(engine or make_engine(tmp_path / "data", config), config, options=options)
 
     yield start
-    for server in started:
-        server.stop()
-        server.engine.store.close()
+    servers.stop_all()
 
 
 @pytest.fixture

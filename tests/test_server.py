@@ -17,25 +17,21 @@ from backend.config import with_values
 from backend.errors import TargetUnreachable
 from backend.security import FakeClock
 from backend.server import client_address, _networks
-from serverkit import ADMIN_PASSWORD, Client, ServerProcess, ServerThread, logged_in, make_engine, server_env
+from serverkit import ADMIN_PASSWORD, Client, ServerProcess, Servers, logged_in, make_engine, server_env
 
 
 @pytest.fixture
 def serve(tmp_path, cheap_config):
-    started = []
+    servers = Servers()
 
     def start(clock=None, **values):
         values.setdefault("server.port", 0)
         config = with_values(cheap_config, values)
         kwargs = {"clock": clock} if clock else {}
-        server = ServerThread(make_engine(tmp_path / "data", config, **kwargs), config)
-        started.append(server)
-        return server
+        return servers.start(make_engine(tmp_path / "data", config, **kwargs), config)
 
     yield start
-    for server in started:
-        server.stop()
-        server.engine.store.close()
+    servers.stop_all()
 
 
 def http_get(port: int, path: str, headers: dict | None = None, source: str | None = None):
