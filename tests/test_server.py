@@ -233,11 +233,14 @@ def test_debug_logs_hold_no_secret(tmp_path, config_file):
             key = admin.execute(".apikey create ops")["rows"][0][0]
             rotated = admin.execute(".apikey rotate ops")["rows"][0][0]
             admin.execute(".user create bad wrong-guess-pw nonsense-role")
-            secrets += [key, rotated]
+            token = admin.execute(".token issue ttl=5m")["rows"][0][0]
+            secrets += [key, rotated, token]
         with Client(server.url) as c:
             c.request({"type": "login", "username": "bob", "password": "wrong-guess-pw"})
             assert c.authenticate(rotated)["type"] == "authenticated"
             c.execute(".whoami")
+        with Client(server.url) as t:
+            assert t.authenticate(token)["type"] == "authenticated"
         http_get(server.port, "/metrics", {"Authorization": f"Bearer {key}"})
         http_get(server.port, "/metrics", {"Authorization": "Bearer wrong-guess-pw"})
     finally:
