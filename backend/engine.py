@@ -317,8 +317,8 @@ class Engine:
             return "revoked key"
         if row["expires_at"] is not None and row["expires_at"] <= now:
             return "expired key"
-        if digest is not None and row["digest"] != digest and \
-                not (row["prev_digest"] == digest and (row["prev_valid_until"] or 0) > now):
+        if digest is not None and not _same_digest(row["digest"], digest) and \
+                not (_same_digest(row["prev_digest"], digest) and (row["prev_valid_until"] or 0) > now):
             return "rotated-out key"
         return None
 
@@ -944,6 +944,11 @@ def _address_allowed(key: dict, address: str) -> bool:
     if getattr(ip, "ipv4_mapped", None):
         ip = ip.ipv4_mapped
     return any(ip in ipaddress.ip_network(net) for net in key["ips"])
+
+
+def _same_digest(stored: str | None, digest: str) -> bool:
+    """Constant-time: the index found the row, the comparison must not tell how close a guess came."""
+    return stored is not None and hmac.compare_digest(stored, digest)
 
 
 def _with_credential(session: Session, detail: str) -> str:
