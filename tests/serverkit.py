@@ -9,11 +9,12 @@ import signal
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 
 from websockets.sync.client import connect
 
 from backend.client import LEGACY
-from backend.config import Config
+from backend.config import Config, with_values
 from backend.engine import Engine
 from backend.server import Server, ServerOptions
 from backend.store import Store
@@ -85,6 +86,17 @@ class Servers:
         for server in self.started:
             server.stop()
             server.engine.store.close()
+
+
+@contextmanager
+def running_server(data_dir, config: Config, **values):
+    """A bootstrapped store served on 127.0.0.1 (any free port) for the length of a `with`."""
+    config = with_values(config, {"server.port": 0, **values})
+    servers = Servers()
+    try:
+        yield servers.start(make_engine(data_dir, config), config)
+    finally:
+        servers.stop_all()
 
 
 def make_engine(data_dir, config: Config, **kwargs) -> Engine:

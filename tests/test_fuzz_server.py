@@ -11,7 +11,7 @@ from websockets.exceptions import ConnectionClosed
 
 from backend.config import with_values
 from backend.store import TABLES
-from serverkit import Client, ServerThread, logged_in, make_engine
+from serverkit import Client, logged_in, running_server
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
@@ -33,11 +33,8 @@ def live(tmp_path_factory):
     from backend.config import Config
     from conftest import CHEAP_ARGON2
 
-    config = with_values(Config(), {**CHEAP_ARGON2, "server.port": 0})
-    server = ServerThread(make_engine(tmp_path_factory.mktemp("fuzz") / "data", config), config)
-    yield server
-    server.stop()
-    server.engine.store.close()
+    with running_server(tmp_path_factory.mktemp("fuzz") / "data", with_values(Config(), CHEAP_ARGON2)) as server:
+        yield server
 
 
 def snapshot(store) -> dict:

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 
 from backend.client import RemoteBackend
-from backend.config import with_values
 from backend.errors import AuthError, CommandError, SessionEnded, TargetUnreachable
 from conftest import ADMIN_PASSWORD, cli_env, run_cli
-from serverkit import ServerProcess, ServerThread, logged_in, make_engine, server_env
+from serverkit import ServerProcess, logged_in, running_server, server_env
 from test_examples import SCRIPTS, directives, run_session
 
 REMOTE_SCRIPTS = [s for s in SCRIPTS if "-1" not in directives(s)["args"]]   # -1 is local only
@@ -73,11 +72,8 @@ def test_exit_statuses_match_local(tmp_path, config_file, server_process):
 
 @pytest.fixture
 def live(tmp_path, cheap_config):
-    config = with_values(cheap_config, {"server.port": 0})
-    server = ServerThread(make_engine(tmp_path / "data", config), config)
-    yield server
-    server.stop()
-    server.engine.store.close()
+    with running_server(tmp_path / "data", cheap_config) as server:
+        yield server
 
 
 def test_remote_backend_surface(live):

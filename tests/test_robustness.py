@@ -15,17 +15,13 @@ import pytest
 from websockets.asyncio.client import connect as aconnect
 from websockets.exceptions import ConnectionClosed
 
-from backend.config import with_values
-from serverkit import ADMIN_PASSWORD, Client, ServerProcess, ServerThread, logged_in, make_engine, server_env
+from serverkit import ADMIN_PASSWORD, Client, ServerProcess, logged_in, running_server, server_env
 
 
 @pytest.fixture
 def live(tmp_path, cheap_config):
-    config = with_values(cheap_config, {"server.port": 0, "server.max_message_bytes": 65536})
-    server = ServerThread(make_engine(tmp_path / "data", config), config)
-    yield server
-    server.stop()
-    server.engine.store.close()
+    with running_server(tmp_path / "data", cheap_config, **{"server.max_message_bytes": 65536}) as server:
+        yield server
 
 
 def timed_whoami(client: Client) -> float:

@@ -16,17 +16,13 @@ inputlayer = pytest.importorskip("inputlayer")
 from inputlayer import InputLayer  # noqa: E402
 from inputlayer.exceptions import AuthenticationError  # noqa: E402
 
-from backend.config import with_values  # noqa: E402
-from serverkit import ADMIN_PASSWORD, ServerThread, make_engine  # noqa: E402
+from serverkit import ADMIN_PASSWORD, running_server  # noqa: E402
 
 
 @pytest.fixture
 def server(tmp_path, cheap_config):
-    config = with_values(cheap_config, {"server.port": 0})
-    running = ServerThread(make_engine(tmp_path / "data", config), config)
-    yield running
-    running.stop()
-    running.engine.store.close()
+    with running_server(tmp_path / "data", cheap_config) as running:
+        yield running
 
 
 async def connected(il: InputLayer) -> InputLayer:
