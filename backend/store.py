@@ -101,6 +101,9 @@ class Store:
         # The audit chain's head, as this transaction's appends left it: saved once, at commit.
         self._audit_head: dict | None = None
         self._head_unsaved = False
+        # Whether this transaction changed any row besides the audit log: only then do readers'
+        # caches go stale (logins append audit records all the time, and must not flush them).
+        self._rows_changed = False
         self._atomic = False
         self._open(busy_timeout_ms)
 
@@ -260,11 +263,11 @@ class Store:
                 raise StoreError(f"cannot read the store: {exc}") from None
             self._tls.conn = reader
             try:
-                # Every committed change appends an audit record, so an unchanged audit head,
-                # read in this very snapshot, means the rows this reader cached are still exact.
-                head = reader.execute("SELECT data FROM meta WHERE name = 'audit_head'").fetchone()[0]
-                if head != self._tls.seen_head:
-                    self._tls.cache, self._tls.seen_head = {}, head
+                # A commit that changes rows also stamps `rows_gen`: an unchanged stamp, read in
+                # this very snapshot, means the rows this reader cached are still exact.
+                stamp = reader.execute("SELECT data FROM meta WHERE name = 'rows_gen'").fetchone()
+                if stamp != self._tls.seen_stamp:
+                    self._tls.cache, self._tls.seen_stamp = {}, stamp
                 yield
             finally:
                 self._tls.conn = None
@@ -281,7 +284,7 @@ class Store:
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot read the store: {exc}") from None
             self._readers.append((reader, threading.Lock()))
-            self._tls.cache, self._tls.seen_head = {}, None
+            self._tls.cache, self._tls.seen_stamp = {}, None
             return self._readers[-1]
 
     def begin_batch(self, *, atomic: bool = False) -> None:
@@ -307,6 +310,7 @@ class Store:
         self._cache.clear()
         self._audit_head = None
         self._head_unsaved = False
+        self._rows_changed = False
 
     def _begin(self) -> None:
         self._forget()
@@ -319,6 +323,8 @@ class Store:
         try:
             if self._head_unsaved:
                 self._set_meta("audit_head", self._audit_head)
+            if self._rows_changed:
+                self._set_meta("rows_gen", {"stamp": secrets.token_hex(8)})
             self._forget()
             self._main.execute("COMMIT")
         except sqlite3.OperationalError as exc:
@@ -366,12 +372,17 @@ class Store:
         rows = [self.codec.open(table, ref, data) for ref, data in self.conn.execute(f"SELECT ref, data FROM {table}")]
         return sorted(rows, key=lambda r: r[sort_key])
 
+    def _change(self, sql: str, params=()) -> sqlite3.Cursor:
+        """Every write of a row other than the audit log's goes through here."""
+        self._rows_changed = True
+        return self._main.execute(sql, params)
+
     def _put(self, table: str, ref: str, value: dict, *, insert: bool) -> None:
         sealed = self.codec.seal(table, ref, value)
         if insert:
-            self._main.execute(f"INSERT INTO {table} (ref, data) VALUES (?, ?)", (ref, sealed))
+            self._change(f"INSERT INTO {table} (ref, data) VALUES (?, ?)", (ref, sealed))
         else:
-            self._main.execute(f"UPDATE {table} SET data = ? WHERE ref = ?", (sealed, ref))
+            self._change(f"UPDATE {table} SET data = ? WHERE ref = ?", (sealed, ref))
         self._cache.pop((table, ref), None)
 
     # --- users ---------------------------------------------------------------------------
@@ -397,7 +408,7 @@ class Store:
                                                   "last_login_at": None}, insert=True)
 
     def drop_user(self, name: str) -> None:
-        self._main.execute("DELETE FROM users WHERE ref = ?", (self._user_ref(name),))
+        self._change("DELETE FROM users WHERE ref = ?", (self._user_ref(name),))
         self._cache.clear()     # cascades reach other tables
 
     def _update_user(self, name: str, **changes) -> None:
@@ -432,7 +443,7 @@ class Store:
         self._put("kgs", self._kg_ref(name), {"name": name, "created_at": now, "created_by": creator}, insert=True)
 
     def drop_kg(self, name: str) -> None:
-        self._main.execute("DELETE FROM kgs WHERE ref = ?", (self._kg_ref(name),))
+        self._change("DELETE FROM kgs WHERE ref = ?", (self._kg_ref(name),))
         self._cache.clear()
 
     # --- ACLs ----------------------------------------------------------------------------
@@ -462,11 +473,11 @@ class Store:
     def grant(self, kg: str, user: str, role: str, granted_by: str, now: float) -> None:
         kg_ref, user_ref = self._kg_ref(kg), self._user_ref(user)
         value = {"kg": kg, "username": user, "role": role, "granted_by": granted_by, "granted_at": now}
-        self._main.execute("INSERT OR REPLACE INTO acl VALUES (?, ?, ?)",
+        self._change("INSERT OR REPLACE INTO acl VALUES (?, ?, ?)",
                           (kg_ref, user_ref, self.codec.seal("acl", f"{kg_ref}/{user_ref}", value)))
 
     def revoke(self, kg: str, user: str) -> None:
-        self._main.execute("DELETE FROM acl WHERE kg_ref = ? AND user_ref = ?", (self._kg_ref(kg), self._user_ref(user)))
+        self._change("DELETE FROM acl WHERE kg_ref = ? AND user_ref = ?", (self._kg_ref(kg), self._user_ref(user)))
 
     # --- API keys ------------------------------------------------------------------------
 
@@ -477,7 +488,7 @@ class Store:
     def _key_put(self, key: dict) -> None:
         value = {k: v for k, v in key.items() if k != "id"}
         digest, prev = key.get("digest"), key.get("prev_digest")
-        self.conn.execute(
+        self._change(
             "UPDATE api_keys SET digest_ref = ?, prev_digest_ref = ?, data = ? WHERE id = ?",
             (digest and self.codec.ref("digest", digest), prev and self.codec.ref("digest", prev),
              self.codec.seal("api_keys", str(key["id"]), value), key["id"]))
@@ -519,8 +530,8 @@ class Store:
                 rate: tuple[int, int] | None = None) -> None:
         label_ref = self.codec.ref("label", label)
         # A revoked key's label may be reused: its row only remains for `.apikey list`.
-        self._main.execute("DELETE FROM api_keys WHERE label_ref = ?", (label_ref,))
-        key_id = self._main.execute("INSERT INTO api_keys (label_ref, owner_ref, data) VALUES (?, ?, '')",
+        self._change("DELETE FROM api_keys WHERE label_ref = ?", (label_ref,))
+        key_id = self._change("INSERT INTO api_keys (label_ref, owner_ref, data) VALUES (?, ?, '')",
                                    (label_ref, self._user_ref(owner))).lastrowid
         self._key_put({"id": key_id, "label": label, "owner": owner, "role": role, "scoped": bool(kgs),
                        "digest": digest, "prev_digest": None, "prev_valid_until": None, "created_at": now,
@@ -556,7 +567,7 @@ class Store:
         """Expired tokens fail on their own; their records only need to live that long."""
         for ref, data in self.conn.execute("SELECT ref, data FROM tokens").fetchall():
             if self.codec.open("tokens", ref, data)["expires_at"] < now:
-                self._main.execute("DELETE FROM tokens WHERE ref = ?", (ref,))
+                self._change("DELETE FROM tokens WHERE ref = ?", (ref,))
 
     # --- audit ---------------------------------------------------------------------------
 
@@ -648,7 +659,7 @@ class Store:
         for entry in rows["acl"]:
             self.grant(entry["kg"], entry["username"], entry["role"], entry["granted_by"], entry["granted_at"])
         for key in rows["api_keys"]:
-            self._main.execute("INSERT INTO api_keys (id, label_ref, owner_ref, data) VALUES (?, ?, ?, '')",
+            self._change("INSERT INTO api_keys (id, label_ref, owner_ref, data) VALUES (?, ?, ?, '')",
                               (key["id"], self.codec.ref("label", key["label"]), self._user_ref(key["owner"])))
             self._key_put(key)
         self._main.executemany("INSERT INTO api_key_kgs VALUES (?, ?)",

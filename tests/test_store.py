@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.errors import CommandError, StoreError
+from backend.errors import AuthError, CommandError, StoreError
 from backend.store import Store
 from conftest import ADMIN_PASSWORD, ROOT, cli_env
 
@@ -201,3 +201,25 @@ def test_a_readers_cache_never_serves_a_row_another_connection_changed(engine, a
     with engine.store.read():
         assert engine.store.user("ria")["role"] == "editor"
         assert engine.store.acl_entry("default", "ria")["role"] == "owner"
+    other = Store(engine.store.dir)
+    try:
+        elsewhere = OtherEngine(other, cheap_config)
+        session = elsewhere.login("admin", ADMIN_PASSWORD, source="local")
+        elsewhere.execute(session, ".kg acl revoke default ria")     # a delete, not an update
+    finally:
+        other.close()
+    with engine.store.read():
+        assert engine.store.acl_entry("default", "ria") is None
+
+
+def test_a_commit_that_only_appends_audit_records_keeps_readers_caches(engine, admin):
+    engine.execute(admin, ".user create ria ria-passphrase viewer")
+    with engine.store.read():
+        cached = engine.store.user("ria")
+    with pytest.raises(AuthError):
+        engine.login("ria", "wrong-passphrase", source="local")          # commits a `failed` record
+    with engine.store.read():
+        assert engine.store.user("ria") is cached
+    engine.execute(admin, ".user role ria editor")
+    with engine.store.read():
+        assert engine.store.user("ria")["role"] == "editor"
