@@ -37,7 +37,7 @@ LOCAL_ADDRESS = "127.0.0.1"  # what a key's `ips=` limit sees for the local shel
 class Session:
     """One authenticated connection (or one shell run) and the KG it is bound to."""
     __slots__ = ("username", "method", "source", "address", "key_id", "key_label", "key_digest",
-                 "password_version", "token_claims", "knowledge_graph", "connected_at", "id")
+                 "password_version", "token_claims", "knowledge_graph", "connected_at", "id", "login_role")
 
     def __init__(self, username: str, method: str, source: str, address: str = "", *,
                  key_id: int | None = None, key_label: str | None = None, key_digest: str | None = None,
@@ -55,6 +55,7 @@ class Session:
         self.knowledge_graph = knowledge_graph
         self.connected_at = connected_at
         self.id = new_session_id()
+        self.login_role = ""                  # the effective role when it logged in (what a client is told)
 
     def __repr__(self) -> str:
         return f"Session({self.username!r}, {self.auth!r}, id={self.id!r})"
@@ -203,28 +204,29 @@ class Engine:
             return self._authenticate_token(api_key, source=source, address=address)
         self._refuse_if_locked(address, "auth.api_key", "")
         row = None
+        now = self.clock()
         if well_formed_key(api_key):
             digest = key_digest(self.store.secret, api_key)
-            with self.store.read():
+            with self.store.read():          # one snapshot: the key, and the rights it opens with
                 row = self.store.key_by_digest(digest)
                 reason = self._key_problem(row, digest) if row else "unknown key"
-            if not reason and not _address_allowed(row, address):
-                reason = "address not allowed for this key"
+                if not reason and not _address_allowed(row, address):
+                    reason = "address not allowed for this key"
+                if not reason:
+                    session = Session(row["owner"], "api_key", source, address, key_id=row["id"],
+                                      key_label=row["label"], key_digest=digest, connected_at=now)
+                    self._bind_default_kg(session)
         else:
             reason = "malformed key"
         if reason:
             # The same work as a wrong password, so failures cannot be told apart by timing.
             self.hasher.verify(None, api_key)
             self._auth_failed(address, source, "auth.api_key", row["label"] if row else "", reason)
-        now = self.clock()
         with self.store.write():
             if not row["last_used_at"] or now - row["last_used_at"] >= KEY_TOUCH_INTERVAL:
                 self.store.touch_key(row["id"], now)
             self.store.append_audit(now, row["owner"], _src(source, address), "auth.api_key", row["label"],
                                     "ok", "method=api_key")
-        session = Session(row["owner"], "api_key", source, address, key_id=row["id"], key_label=row["label"],
-                          key_digest=digest, connected_at=now)
-        self._bind_default_kg(session)
         return session
 
     def _mode_login(self, key: str | None, username: str, source: str, address: str) -> Session:
@@ -310,6 +312,7 @@ class Engine:
             rights = self._rights(session)
             if self.store.kg("default") is not None and self._level(rights, "default"):
                 session.knowledge_graph = "default"
+        session.login_role = rights.role
 
     def _key_problem(self, row: dict, digest: str) -> str | None:
         now = self.clock()

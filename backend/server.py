@@ -14,9 +14,11 @@ which prints frames, is kept at INFO or above whatever the level asked for.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import functools
 import ipaddress
+import itertools
 import json
 import logging
 import os
@@ -179,9 +181,9 @@ class Metrics:
         self.commands[(name, outcome)] += 1
         self.latency_count += 1
         self.latency_sum += seconds
-        for i, bound in enumerate(LATENCY_BUCKETS):
-            if seconds <= bound:
-                self.latency_buckets[i] += 1
+        bucket = bisect.bisect_left(LATENCY_BUCKETS, seconds)
+        if bucket < len(LATENCY_BUCKETS):
+            self.latency_buckets[bucket] += 1      # cumulated when rendered
 
     def render(self, *, connections: int, sessions: int, locked: int, uptime: float) -> str:
         out = []
@@ -207,7 +209,7 @@ class Metrics:
                [(_labels(command=c, outcome=o), n) for (c, o), n in sorted(self.commands.items())])
         out.append("# HELP inputlayer_command_duration_seconds Command latency.")
         out.append("# TYPE inputlayer_command_duration_seconds histogram")
-        for bound, count in zip(LATENCY_BUCKETS, self.latency_buckets):
+        for bound, count in zip(LATENCY_BUCKETS, itertools.accumulate(self.latency_buckets)):
             out.append(f'inputlayer_command_duration_seconds_bucket{{le="{bound}"}} {count}')
         out.append(f'inputlayer_command_duration_seconds_bucket{{le="+Inf"}} {self.latency_count}')
         out.append(f"inputlayer_command_duration_seconds_sum {_number(self.latency_sum)}")
@@ -671,18 +673,11 @@ class Server:
                 self.directory.add(client)
                 log.info("authenticated: user=%s auth=%s address=%s session=%s", session.username,
                          session.auth, client.address, session.id)
-                role = await self._run(self._exec_pool, self._role_of, session)
                 await client.send(json.dumps({
                     "type": "authenticated", "session_id": session.id,
                     "knowledge_graph": session.knowledge_graph or "", "version": __version__,
-                    "role": role, "username": session.username}))
+                    "role": session.login_role, "username": session.username}))
                 return session
-
-    def _role_of(self, session: Session) -> str:
-        try:
-            return self.engine.execute(session, ".whoami").rows[0][1]
-        except CommandError:
-            return ""
 
     # --- the session ---------------------------------------------------------------------
 
@@ -713,34 +708,17 @@ class Server:
             log.debug("connection closed: address=%s code=%s", address, code)
 
     async def _session_phase(self, client: Client) -> None:
-        queue: asyncio.Queue = asyncio.Queue(maxsize=32)
-        worker = asyncio.create_task(self._worker(client, queue))
+        """Answer messages one at a time, in order. Those that arrive meanwhile wait in the
+        connection's buffer (max_queue), which is what pushes back on a client that floods."""
         try:
             async for raw in client.ws:
-                if client.ending:
-                    break
-                await queue.put(raw if client.allow(self._loop.time()) else None)
+                allowed = client.allow(self._loop.time())
+                async with client.busy:
+                    if client.ending:
+                        return
+                    await self._answer(client, raw if allowed else None)
         except ConnectionClosed:
             pass
-        finally:
-            if not client.ending and client.busy.locked():
-                # The peer left with a command in flight: let it finish (its changes are made,
-                # and the sessions it ends must be told), then stop.
-                try:
-                    await asyncio.wait_for(client.busy.acquire(), SHUTDOWN_GRACE)
-                    client.busy.release()
-                except asyncio.TimeoutError:
-                    pass
-            worker.cancel()
-            await asyncio.gather(worker, return_exceptions=True)
-
-    async def _worker(self, client: Client, queue: asyncio.Queue) -> None:
-        while True:
-            raw = await queue.get()
-            async with client.busy:
-                if client.ending:
-                    return
-                await self._answer(client, raw)
 
     async def _answer(self, client: Client, raw: str | bytes | None) -> None:
         if raw is None:

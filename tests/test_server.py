@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import http.client
+import re
 import ssl
 import time
 import warnings
@@ -16,7 +17,7 @@ from backend.client import RemoteBackend
 from backend.config import with_values
 from backend.errors import TargetUnreachable
 from backend.security import FakeClock
-from backend.server import client_address, _networks
+from backend.server import Metrics, client_address, _networks
 from serverkit import ADMIN_PASSWORD, Client, ServerProcess, Servers, logged_in, make_engine, server_env
 
 
@@ -337,3 +338,13 @@ def test_no_compression_is_negotiated(serve):
     server = serve()
     with Client(server.url) as client:          # the websockets client offers permessage-deflate
         assert client.ws.protocol.extensions == []
+
+
+def test_latency_histogram_counts_each_command_in_every_bucket_it_fits():
+    metrics = Metrics()
+    for seconds in (0.0005, 0.001, 0.003, 0.003, 20.0):
+        metrics.command(".whoami", "ok", seconds)
+    text = metrics.render(connections=0, sessions=0, locked=0, uptime=1)
+    buckets = dict(re.findall(r'_bucket\{le="([^"]+)"\} (\d+)', text))
+    assert (buckets["0.001"], buckets["0.0025"], buckets["0.005"], buckets["10.0"], buckets["+Inf"]) == \
+        ("2", "2", "4", "4", "5")
