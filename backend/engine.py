@@ -203,31 +203,50 @@ class Engine:
         if api_key.startswith("eyJ") and api_key.count(".") == 2:
             return self._authenticate_token(api_key, source=source, address=address)
         self._refuse_if_locked(address, "auth.api_key", "")
-        row = None
-        now = self.clock()
-        if well_formed_key(api_key):
-            digest = key_digest(self.store.secret, api_key)
-            with self.store.read():          # one snapshot: the key, and the rights it opens with
-                row = self.store.key_by_digest(digest)
-                reason = self._key_problem(row, digest) if row else "unknown key"
-                if not reason and not _address_allowed(row, address):
-                    reason = "address not allowed for this key"
-                if not reason:
-                    session = Session(row["owner"], "api_key", source, address, key_id=row["id"],
-                                      key_label=row["label"], key_digest=digest, connected_at=now)
-                    self._bind_default_kg(session)
-        else:
-            reason = "malformed key"
+        session, row, reason = self._api_key_session(api_key, source, address)
         if reason:
             # The same work as a wrong password, so failures cannot be told apart by timing.
             self.hasher.verify(None, api_key)
             self._auth_failed(address, source, "auth.api_key", row["label"] if row else "", reason)
-        with self.store.write():
-            if not row["last_used_at"] or now - row["last_used_at"] >= KEY_TOUCH_INTERVAL:
-                self.store.touch_key(row["id"], now)
-            self.store.append_audit(now, row["owner"], _src(source, address), "auth.api_key", row["label"],
-                                    "ok", "method=api_key")
+        self.record_api_key_login(session)
         return session
+
+    def check_api_key(self, api_key: str, *, source: str, address: str = "") -> Session | None:
+        """The session a valid API key opens, found without writing or hashing anything: cheap
+        enough for a server's event loop. None for any refusal, token or other auth mode; the
+        caller then runs authenticate(), which refuses at the same cost whatever the reason.
+        A session returned here counts once record_api_key_login() has audited it."""
+        if self.auth_mode != "managed" or (address and self.lockout.remaining(address)):
+            return None
+        return self._api_key_session(api_key, source, address)[0]
+
+    def record_api_key_login(self, session: Session) -> None:
+        now = session.connected_at
+        with self.store.write():
+            row = self.store.key_by_id(session.key_id)
+            if row is not None and (not row["last_used_at"] or now - row["last_used_at"] >= KEY_TOUCH_INTERVAL):
+                self.store.touch_key(row["id"], now)
+            self.store.append_audit(now, session.username, session.audit_source, "auth.api_key",
+                                    session.key_label, "ok", "method=api_key")
+
+    def _api_key_session(self, api_key: str, source: str,
+                         address: str) -> tuple[Session | None, dict | None, str]:
+        """(session, key row, "") for a key that may log in from `address`, else (None, the row
+        if any, why not)."""
+        if not well_formed_key(api_key):
+            return None, None, "malformed key"
+        digest = key_digest(self.store.secret, api_key)
+        with self.store.read():          # one snapshot: the key, and the rights it opens with
+            row = self.store.key_by_digest(digest)
+            reason = self._key_problem(row, digest) if row else "unknown key"
+            if not reason and not _address_allowed(row, address):
+                reason = "address not allowed for this key"
+            if reason:
+                return None, row, reason
+            session = Session(row["owner"], "api_key", source, address, key_id=row["id"], key_label=row["label"],
+                              key_digest=digest, connected_at=self.clock())
+            self._bind_default_kg(session)
+        return session, row, ""
 
     def _mode_login(self, key: str | None, username: str, source: str, address: str) -> Session:
         """auth_mode shared_key: the one shared key is an admin named `shared-key`; disabled:

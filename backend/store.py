@@ -496,9 +496,12 @@ class Store:
     def key_by_digest(self, digest: str) -> dict | None:
         """The key whose current or previous (rotating) secret has this digest."""
         ref = self.codec.ref("digest", digest)
-        row = self.conn.execute("SELECT id, data FROM api_keys WHERE digest_ref = ? OR prev_digest_ref = ?",
-                                (ref, ref)).fetchone()
-        return None if row is None else self._key_open(row)
+
+        def load():
+            row = self.conn.execute("SELECT id, data FROM api_keys WHERE digest_ref = ? OR prev_digest_ref = ?",
+                                    (ref, ref)).fetchone()
+            return None if row is None else self._key_open(row)
+        return self._memo(("digest", ref), load, writer_too=False)
 
     def key(self, label: str) -> dict | None:
         row = self.conn.execute("SELECT id, data FROM api_keys WHERE label_ref = ?",

@@ -27,6 +27,29 @@ def test_ips_limit_applies_at_authentication(engine, admin):
         engine.execute(admin, ".apikey create bad ips=nowhere")
 
 
+def test_the_event_loop_key_check_writes_nothing_and_leaves_every_refusal_to_authenticate(engine, admin, clock):
+    key = secret_of(engine.execute(admin, ".apikey create office role=viewer ips=10.20.0.0/16"))
+    token = secret_of(engine.execute(admin, ".token issue"))
+    records = engine.execute(admin, ".audit verify").rows
+    verifications = engine.hasher.verifications
+    session = engine.check_api_key(key, source="ws", address="10.20.3.4")
+    assert (session.username, session.key_label, session.login_role, session.knowledge_graph) == \
+        ("admin", "office", "viewer", "default")
+    for refused, address in ((key, "192.0.2.1"), (key[:-1] + ("b" if key.endswith("a") else "a"), "10.20.3.4"), ("il_nothing", "10.20.3.4"),
+                             (token, "10.20.3.4")):
+        assert engine.check_api_key(refused, source="ws", address=address) is None
+    for _ in range(20):
+        engine.lockout.record_failure("10.20.3.9")
+    assert engine.check_api_key(key, source="ws", address="10.20.3.9") is None          # locked address
+    assert engine.execute(admin, ".audit verify").rows == records                        # nothing written
+    assert engine.hasher.verifications == verifications                                 # nor hashed
+    engine.record_api_key_login(session)
+    audit = engine.execute(admin, ".audit action=auth.api_key limit=1").rows[0]
+    assert (audit[3], audit[5], audit[6], audit[7]) == ("ws:10.20.3.4", "office", "ok", "method=api_key")
+    engine.execute(admin, ".apikey revoke office")
+    assert engine.check_api_key(key, source="ws", address="10.20.3.4") is None
+
+
 def test_rate_limit_refuses_with_the_time_to_wait(engine, admin, clock):
     key = secret_of(engine.execute(admin, ".apikey create slow rate=3/m"))
     session = engine.authenticate(key, source="local")
