@@ -208,26 +208,28 @@ class Engine:
             # The same work as a wrong password, so failures cannot be told apart by timing.
             self.hasher.verify(None, api_key)
             self._auth_failed(address, source, "auth.api_key", row["label"] if row else "", reason)
-        self.record_api_key_login(session)
+        self.record_api_key_logins([session])
         return session
 
     def check_api_key(self, api_key: str, *, source: str, address: str = "") -> Session | None:
         """The session a valid API key opens, found without writing or hashing anything: cheap
         enough for a server's event loop. None for any refusal, token or other auth mode; the
         caller then runs authenticate(), which refuses at the same cost whatever the reason.
-        A session returned here counts once record_api_key_login() has audited it."""
+        A session returned here counts once record_api_key_logins() has audited it."""
         if self.auth_mode != "managed" or (address and self.lockout.remaining(address)):
             return None
         return self._api_key_session(api_key, source, address)[0]
 
-    def record_api_key_login(self, session: Session) -> None:
-        now = session.connected_at
+    def record_api_key_logins(self, sessions: list[Session]) -> None:
+        """Audit the logins of sessions from check_api_key(), in one transaction."""
         with self.store.write():
-            row = self.store.key_by_id(session.key_id)
-            if row is not None and (not row["last_used_at"] or now - row["last_used_at"] >= KEY_TOUCH_INTERVAL):
-                self.store.touch_key(row["id"], now)
-            self.store.append_audit(now, session.username, session.audit_source, "auth.api_key",
-                                    session.key_label, "ok", "method=api_key")
+            for session in sessions:
+                now = session.connected_at
+                row = self.store.key_by_id(session.key_id)
+                if row is not None and (not row["last_used_at"] or now - row["last_used_at"] >= KEY_TOUCH_INTERVAL):
+                    self.store.touch_key(row["id"], now)
+                self.store.append_audit(now, session.username, session.audit_source, "auth.api_key",
+                                        session.key_label, "ok", "method=api_key")
 
     def _api_key_session(self, api_key: str, source: str,
                          address: str) -> tuple[Session | None, dict | None, str]:

@@ -31,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection, serve
@@ -354,6 +354,48 @@ class Client:
             pass
 
 
+class GroupWriter:
+    """Group commit on the event loop: the items that arrive while a write is in flight go
+    together in the next one, so a burst of logins costs a few transactions and thread
+    hand-offs, not one each. `write(item)` returns once its own write is durable."""
+
+    def __init__(self, write_many: Callable[[list], Awaitable[None]]):
+        self._write_many = write_many
+        self._pending: list[tuple[Any, asyncio.Future]] = []
+        self._drainer: asyncio.Task | None = None
+
+    async def write(self, item) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append((item, done))
+        if self._drainer is None:
+            self._drainer = asyncio.ensure_future(self._drain())
+        await done
+
+    async def _drain(self) -> None:
+        batch: list[tuple[Any, asyncio.Future]] = []
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                outcome = None
+                try:
+                    await self._write_many([item for item, _ in batch])
+                except Exception as exc:
+                    outcome = exc
+                self._settle(batch, outcome)
+        except BaseException as exc:          # cancelled: nobody may wait forever
+            self._settle(batch + self._pending, exc)
+            self._pending = []
+            raise
+        finally:
+            self._drainer = None
+
+    @staticmethod
+    def _settle(batch: list[tuple[Any, asyncio.Future]], error: BaseException | None) -> None:
+        for _, done in batch:
+            if not done.done():
+                done.set_result(None) if error is None else done.set_exception(error)
+
+
 class Directory:
     """The live sessions, for the engine's `.session list/kill` and `.status` (SessionDirectory).
     Called from engine threads; ending a session is handed to the event loop."""
@@ -429,6 +471,8 @@ class Server:
         self._auth_pool = ThreadPoolExecutor(self.options.auth_workers, thread_name_prefix="il-auth")
         self._exec_pool = ThreadPoolExecutor(self.options.exec_workers, thread_name_prefix="il-exec")
         self._sweep_pool = ThreadPoolExecutor(1, thread_name_prefix="il-sweep")
+        self._login_records = GroupWriter(lambda sessions: self._run(self._exec_pool, self.engine.record_api_key_logins,
+                                                                     sessions))
         self._ws_server = None
         self._socket: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -662,7 +706,7 @@ class Server:
                 session = self.engine.check_api_key(api_key, source="ws", address=client.address) \
                     if method == "api_key" else None
                 if session is not None:
-                    await self._run(self._exec_pool, self.engine.record_api_key_login, session)
+                    await self._login_records.write(session)
                     self.metrics.logins[(method, "ok")] += 1
                 else:
                     session, problem = await self._authenticate(client.address, method, *call, source="ws",

@@ -43,7 +43,7 @@ def test_the_event_loop_key_check_writes_nothing_and_leaves_every_refusal_to_aut
     assert engine.check_api_key(key, source="ws", address="10.20.3.9") is None          # locked address
     assert engine.execute(admin, ".audit verify").rows == records                        # nothing written
     assert engine.hasher.verifications == verifications                                 # nor hashed
-    engine.record_api_key_login(session)
+    engine.record_api_key_logins([session])
     audit = engine.execute(admin, ".audit action=auth.api_key limit=1").rows[0]
     assert (audit[3], audit[5], audit[6], audit[7]) == ("ws:10.20.3.4", "office", "ok", "method=api_key")
     engine.execute(admin, ".apikey revoke office")

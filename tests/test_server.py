@@ -17,7 +17,7 @@ from backend.client import RemoteBackend
 from backend.config import with_values
 from backend.errors import TargetUnreachable
 from backend.security import FakeClock
-from backend.server import Metrics, client_address, _networks
+from backend.server import GroupWriter, Metrics, client_address, _networks
 from serverkit import ADMIN_PASSWORD, Client, ServerProcess, Servers, logged_in, make_engine, server_env
 
 
@@ -348,3 +348,44 @@ def test_latency_histogram_counts_each_command_in_every_bucket_it_fits():
     buckets = dict(re.findall(r'_bucket\{le="([^"]+)"\} (\d+)', text))
     assert (buckets["0.001"], buckets["0.0025"], buckets["0.005"], buckets["10.0"], buckets["+Inf"]) == \
         ("2", "2", "4", "4", "5")
+
+
+def test_group_writer_writes_what_arrives_meanwhile_in_one_go_and_tells_each_waiter():
+    import asyncio
+
+    async def scenario():
+        batches, gate = [], asyncio.Event()
+
+        async def write_many(items):
+            batches.append(items)
+            if len(batches) == 1:
+                await gate.wait()            # the first write is in flight while more arrive
+            if "bad" in items:
+                raise OSError("disk full")
+
+        writer = GroupWriter(write_many)
+        first = asyncio.ensure_future(writer.write("a"))
+        await asyncio.sleep(0)
+        rest = [asyncio.ensure_future(writer.write(item)) for item in ("b", "bad", "c")]
+        await asyncio.sleep(0)
+        gate.set()
+        outcomes = await asyncio.gather(first, *rest, return_exceptions=True)
+        assert batches == [["a"], ["b", "bad", "c"]]
+        assert outcomes[0] is None and all(isinstance(o, OSError) for o in outcomes[1:])
+        await writer.write("d")                # a later write starts a new group
+        assert batches[-1] == ["d"]
+
+        started = asyncio.Event()
+
+        async def never_done(items):
+            started.set()
+            await asyncio.Event().wait()
+
+        stuck = GroupWriter(never_done)
+        waiter = asyncio.ensure_future(stuck.write("e"))
+        await started.wait()
+        stuck._drainer.cancel()                # as the loop's teardown does
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(waiter, 5)  # told, not left waiting forever
+
+    asyncio.run(scenario())
