@@ -323,6 +323,8 @@ _BY_WORDS: dict[tuple[str, ...], Command] = {}
 for _cmd in COMMANDS:
     for _words in (_cmd.words, *_cmd.aliases):
         _BY_WORDS[_words] = _cmd
+# Commands whose every parameter is required: binding them is a zip, which matters in bulk scripts.
+_FIXED_ARITY = {c.words for c in COMMANDS if not any(p.optional or p.rest for p in c.params)}
 GROUPS: dict[str, list[Command]] = {}
 for _cmd in COMMANDS:
     GROUPS.setdefault(_cmd.words[0], []).append(_cmd)
@@ -394,15 +396,19 @@ def parse(line: str) -> Invocation:
 
 
 def _bind_params(cmd: Command, values: list[str], inv: Invocation) -> None:
-    params = list(cmd.params)
+    params = cmd.params
+    if cmd.words in _FIXED_ARITY:
+        if len(values) != len(params):
+            _arity_error(cmd, values)
+        for p, value in zip(params, values):
+            inv.args[p.name] = p.kind.convert(value)
+        return
     if params and params[-1].rest:
         inv.args[params[-1].name] = " ".join(values) if values else None
         return
     required = [p for p in params if not p.optional]
-    if len(values) < len(required):
-        raise CommandError(f"Usage: {cmd.usage}")
-    if len(values) > len(params):
-        raise CommandError(f"Unexpected argument '{clip(values[len(params)])}'. Usage: {cmd.usage}")
+    if not len(required) <= len(values) <= len(params):
+        _arity_error(cmd, values)
     # An optional secret followed by an optional role: a lone role word is the role, never the
     # password (`.user create bob editor` asks for bob's password).
     spare = len(values) - len(required)
@@ -423,7 +429,15 @@ def _bind_params(cmd: Command, values: list[str], inv: Invocation) -> None:
         inv.args.setdefault(p.name, None)
 
 
+def _arity_error(cmd: Command, values: list[str]):
+    if len(values) > len(cmd.params):
+        raise CommandError(f"Unexpected argument '{clip(values[len(cmd.params)])}'. Usage: {cmd.usage}")
+    raise CommandError(f"Usage: {cmd.usage}")
+
+
 def _bind_options(cmd: Command, options: list[str], inv: Invocation) -> None:
+    if not options:
+        return
     known = {o.name: o for o in cmd.options}
     for text in options:
         key, value = text.split("=", 1)
