@@ -14,7 +14,7 @@ from typing import Callable, Protocol
 from . import __version__
 from .config import Config
 from .errors import AuthError, CommandError, ConfigError, PermissionDenied, SessionEnded, StoreError
-from .registry import COMMANDS, GROUPS, Command, Invocation, clip, find_command, parse
+from .registry import COMMANDS, GROUPS, Command, Invocation, clip, find_command, parse, parse_program
 from .result import Result
 from .security import Clock, Lockout, PasswordHasher, RateLimiter, check_password_policy, iso, key_digest, \
     new_api_key, system_clock, well_formed_key
@@ -444,7 +444,9 @@ class Engine:
         A refusal is audited before it is raised, unless `defer_denial_audit`: then the record
         rides on the exception (`audit_record`) for the caller to pass to record_denial() off
         its event loop."""
-        inv = parse(line.strip())
+        return self._run(session, parse(line.strip()), defer_denial_audit)
+
+    def _run(self, session: Session, inv: Invocation, defer_denial_audit: bool) -> Result:
         cmd = inv.command
         if cmd.shell_only:
             raise CommandError(f"{cmd.name} is a shell command: it only works at the shell")
@@ -482,15 +484,18 @@ class Engine:
             session.knowledge_graph = result.switched_kg
         return result
 
-    def execute_program(self, session: Session, program: str, *,
+    def execute_program(self, session: Session, program: str | list, *,
                         defer_denial_audit: bool = False) -> list[Result]:
         """Several lines, each parsed and authorized on its own; stops at the first failure,
-        whose message is prefixed with its line number. Earlier lines stay done."""
+        whose message is prefixed with its line number. Earlier lines stay done. `program`
+        may come already parsed, by parse_program()."""
         results = []
-        lines = [(n, text) for n, text in enumerate(program.split("\n"), 1) if text.strip()]
-        for n, text in lines:
+        lines = parse_program(program) if isinstance(program, str) else program
+        for n, _, parsed in lines:
             try:
-                results.append(self.execute(session, text, defer_denial_audit=defer_denial_audit))
+                if isinstance(parsed, CommandError):
+                    raise parsed
+                results.append(self._run(session, parsed, defer_denial_audit))
             except SessionEnded:
                 raise
             except CommandError as exc:

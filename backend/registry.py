@@ -395,6 +395,19 @@ def parse(line: str) -> Invocation:
     return inv
 
 
+def parse_program(program: str) -> list[tuple[int, str, Invocation | CommandError]]:
+    """Each non-blank line of a program: its number, its text, and what parse() made of it
+    (or the error, for the line to report when its turn comes)."""
+    planned: list[tuple[int, str, Invocation | CommandError]] = []
+    for n, text in enumerate(program.split("\n"), 1):
+        if text.strip():
+            try:
+                planned.append((n, text, parse(text.strip())))
+            except CommandError as exc:
+                planned.append((n, text, exc))
+    return planned
+
+
 def _bind_params(cmd: Command, values: list[str], inv: Invocation) -> None:
     params = cmd.params
     if cmd.words in _FIXED_ARITY:

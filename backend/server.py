@@ -44,7 +44,7 @@ from . import __version__
 from .config import Config, ServerConfig, TLSConfig
 from .engine import Engine, RateLimited, Session
 from .errors import AuthError, CommandError, ConfigError, PermissionDenied, SessionEnded, StoreError
-from .registry import clip, match_command
+from .registry import Invocation, clip, match_command, parse_program
 from .result import Result
 
 log = logging.getLogger("inputlayer.server")
@@ -229,15 +229,17 @@ def _number(value: float) -> str:
 
 @dataclass(frozen=True)
 class ProgramShape:
-    """What the server needs to know of a program before running it, from one parse."""
+    """What the server needs to know of a program before running it, from the parse the
+    engine then runs."""
     name: str        # the metric label: its command (`.user create`), or `program` for several lines
     quick: bool      # every line of bounded cost (registry `quick`): run it on the event loop,
                      # saving a hand-off to a thread that would cost more than the command
     writes: bool     # some line changes the store
 
 
-def program_shape(program: str) -> ProgramShape:
-    commands = [_command_of(line) for line in program.split("\n") if line.strip()]
+def program_shape(planned: list[tuple[int, str, Invocation | CommandError]]) -> ProgramShape:
+    # A line that did not parse still names its command when it starts like one (metrics).
+    commands = [p.command if isinstance(p, Invocation) else _command_of(text) for _, text, p in planned]
     if len(commands) == 1:
         name = commands[0].name if commands[0] else "unknown"
     else:
@@ -277,29 +279,31 @@ def reply_frames(result: Result, elapsed_ms: int, *, threshold: int = STREAM_THR
                                "execution_time_ms": elapsed_ms}
     if result.switched_kg is not None:
         message["switched_kg"] = result.switched_kg
-    text = json.dumps(message, ensure_ascii=False)
-    if len(text.encode()) <= threshold:
+    text = _to_json(message)
+    if len(text) <= threshold // 4 or len(text.encode()) <= threshold:      # UTF-8: at most 4 bytes a character
         return [text]
     start: dict[str, Any] = {"type": "result_start", "columns": result.columns, "total_count": len(rows),
                              "truncated": False, "execution_time_ms": elapsed_ms}
     if result.switched_kg is not None:
         start["switched_kg"] = result.switched_kg
-    frames = [json.dumps(start, ensure_ascii=False)]
+    frames = [_to_json(start)]
     chunk: list[list[str]] = []
     size = 0
     for row in rows:
-        row_size = len(json.dumps(row, ensure_ascii=False).encode()) + 1
+        row_size = len(_to_json(row).encode()) + 1
         if chunk and (len(chunk) >= chunk_rows or size + row_size > chunk_bytes):
-            frames.append(json.dumps({"type": "result_chunk", "rows": chunk, "chunk_index": len(frames) - 1},
-                                     ensure_ascii=False))
+            frames.append(_to_json({"type": "result_chunk", "rows": chunk, "chunk_index": len(frames) - 1}))
             chunk, size = [], 0
         chunk.append(row)
         size += row_size
     if chunk:
-        frames.append(json.dumps({"type": "result_chunk", "rows": chunk, "chunk_index": len(frames) - 1},
-                                 ensure_ascii=False))
+        frames.append(_to_json({"type": "result_chunk", "rows": chunk, "chunk_index": len(frames) - 1}))
     frames.append(json.dumps({"type": "result_end", "row_count": len(rows), "chunk_count": len(frames) - 1}))
     return frames
+
+
+# One encoder for every frame: json.dumps() with an option builds a new one per call.
+_to_json = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def _rate_headers(response: Response, limit: int, remaining: int, reset_in: int) -> None:
@@ -310,11 +314,11 @@ def _rate_headers(response: Response, limit: int, remaining: int, reset_in: int)
 
 
 def _error(message: str) -> str:
-    return json.dumps({"type": "error", "message": message}, ensure_ascii=False)
+    return _to_json({"type": "error", "message": message})
 
 
 def _auth_error(message: str) -> str:
-    return json.dumps({"type": "auth_error", "message": message}, ensure_ascii=False)
+    return _to_json({"type": "auth_error", "message": message})
 
 
 # --- connections -------------------------------------------------------------------------------
@@ -802,14 +806,15 @@ class Server:
             await client.send(_error(f"Unknown message type{shown}: use execute or ping"))
 
     async def _execute(self, client: Client, program: str) -> None:
-        shape = program_shape(program)
+        planned = parse_program(program)
+        shape = program_shape(planned)
         name = shape.name
         started = time.perf_counter()
         try:
             if shape.quick:
-                results, ended = self._run_program(client.session, program, shape.writes, defer_denial_audit=True)
+                results, ended = self._run_program(client.session, planned, shape.writes, defer_denial_audit=True)
             else:
-                results, ended = await self._run(self._exec_pool, self._run_program, client.session, program,
+                results, ended = await self._run(self._exec_pool, self._run_program, client.session, planned,
                                                  shape.writes)
         except SessionEnded as exc:
             self.metrics.command(name, "ended", time.perf_counter() - started)
@@ -851,11 +856,11 @@ class Server:
         self.metrics.command(name, outcome, seconds)
         log.debug("command %s by %s: %s in %.1f ms", name, client.session.username, outcome, seconds * 1000)
 
-    def _run_program(self, session: Session, program: str, writes: bool, *,
+    def _run_program(self, session: Session, planned: list, writes: bool, *,
                      defer_denial_audit: bool = False) -> tuple[list[Result], str | None]:
         """Run the program, then check that the session survived it (a user who revoked their
         own key is told after the reply)."""
-        results = self.engine.execute_program(session, program, defer_denial_audit=defer_denial_audit)
+        results = self.engine.execute_program(session, planned, defer_denial_audit=defer_denial_audit)
         if not writes:
             return results, None         # reading cannot end one's own session
         try:
