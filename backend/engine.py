@@ -456,7 +456,7 @@ class Engine:
         prepared = None
         try:
             if cmd.writes:
-                if any(p.kind.secret for p in cmd.params):
+                if cmd.words in SECRET_COMMANDS:
                     prepared = self._hash_ahead(session, inv)
                 with self.store.write():
                     rights = self._rights(session)
