@@ -82,6 +82,21 @@ def _private_file(path: Path) -> None:
         pass
 
 
+class _Snapshot:
+    """Store.read(): a class rather than a generator, as it runs once for every read command."""
+    __slots__ = ("_store", "_entered")
+
+    def __init__(self, store: "Store"):
+        self._store = store
+
+    def __enter__(self) -> None:
+        self._entered = self._store._enter_read()
+
+    def __exit__(self, *exc_info) -> None:
+        if self._entered is not None:
+            self._store._exit_read(self._entered)
+
+
 class Store:
     def __init__(self, data_dir: str | os.PathLike, *, encryption_key: bytes | None = None,
                  busy_timeout_ms: int = 30_000, path: Path | None = None):
@@ -244,34 +259,47 @@ class Store:
             self._depth, self._owner = 0, None
             self._commit()
 
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        """A consistent snapshot for a read-only command. Readers use connections of their own
-        (WAL lets them run beside the writer), so reads never queue behind the write lock."""
-        if self._owner == threading.get_ident() or getattr(self._tls, "conn", None) is not None:
-            yield                        # nested in this thread's own write or read
-            return
-        if getattr(self._tls, "reader", None) is None:
-            self._tls.reader = self._open_reader()
-        reader, in_use = self._tls.reader
-        with in_use:
+    def read(self) -> "_Snapshot":
+        """A consistent snapshot for a read-only command (a context manager). Readers use
+        connections of their own (WAL lets them run beside the writer), so reads never queue
+        behind the write lock."""
+        return _Snapshot(self)
+
+    def _enter_read(self) -> tuple[sqlite3.Connection, threading.Lock] | None:
+        """Begin this thread's read; None when nested in its own write or read."""
+        tls = self._tls
+        if self._owner == threading.get_ident() or getattr(tls, "conn", None) is not None:
+            return None
+        if getattr(tls, "reader", None) is None:
+            tls.reader = self._open_reader()
+        reader, in_use = tls.reader
+        in_use.acquire()
+        try:
             if self._closed:
                 raise StoreError("the store is closed")
             try:
                 reader.execute("BEGIN")
             except sqlite3.OperationalError as exc:
                 raise StoreError(f"cannot read the store: {exc}") from None
-            self._tls.conn = reader
-            try:
-                # A commit that changes rows also stamps `rows_gen`: an unchanged stamp, read in
-                # this very snapshot, means the rows this reader cached are still exact.
-                stamp = reader.execute("SELECT data FROM meta WHERE name = 'rows_gen'").fetchone()
-                if stamp != self._tls.seen_stamp:
-                    self._tls.cache, self._tls.seen_stamp = {}, stamp
-                yield
-            finally:
-                self._tls.conn = None
+            tls.conn = reader
+            # A commit that changes rows also stamps `rows_gen`: an unchanged stamp, read in
+            # this very snapshot, means the rows this reader cached are still exact.
+            stamp = reader.execute("SELECT data FROM meta WHERE name = 'rows_gen'").fetchone()
+            if stamp != tls.seen_stamp:
+                tls.cache, tls.seen_stamp = {}, stamp
+        except BaseException:
+            self._exit_read((reader, in_use))
+            raise
+        return reader, in_use
+
+    def _exit_read(self, entered: tuple[sqlite3.Connection, threading.Lock]) -> None:
+        reader, in_use = entered
+        began, self._tls.conn = self._tls.conn is reader, None
+        try:
+            if began:
                 reader.execute("COMMIT")
+        finally:
+            in_use.release()
 
     def _open_reader(self) -> tuple[sqlite3.Connection, threading.Lock]:
         with self._lock:
