@@ -446,7 +446,9 @@ class ServerOptions:
     stream_threshold: int = STREAM_THRESHOLD
     chunk_rows: int = CHUNK_ROWS
     poll_interval: float = POLL_INTERVAL
-    auth_workers: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
+    # argon2 runs here: one core stays free for the event loop, so a password storm slows
+    # password logins, not the API-key traffic beside it.
+    auth_workers: int = field(default_factory=lambda: max(1, (os.cpu_count() or 2) - 1))
     exec_workers: int = 8
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
