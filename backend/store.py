@@ -92,7 +92,7 @@ class _Snapshot:
     def __enter__(self) -> None:
         self._entered = self._store._enter_read()
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *_) -> None:
         if self._entered is not None:
             self._store._exit_read(self._entered)
 
@@ -375,7 +375,7 @@ class Store:
 
     def _memo(self, key: tuple, load, *, writer_too: bool):
         """`load()`, remembered: by the writer within its transaction (only for lookups its own
-        writes keep up to date), by a reader for as long as nothing has been committed."""
+        writes keep up to date), by a reader for as long as no commit has changed a row."""
         if self._owner == threading.get_ident():
             if not writer_too:
                 return load()
@@ -502,7 +502,7 @@ class Store:
         kg_ref, user_ref = self._kg_ref(kg), self._user_ref(user)
         value = {"kg": kg, "username": user, "role": role, "granted_by": granted_by, "granted_at": now}
         self._change("INSERT OR REPLACE INTO acl VALUES (?, ?, ?)",
-                          (kg_ref, user_ref, self.codec.seal("acl", f"{kg_ref}/{user_ref}", value)))
+                     (kg_ref, user_ref, self.codec.seal("acl", f"{kg_ref}/{user_ref}", value)))
 
     def revoke(self, kg: str, user: str) -> None:
         self._change("DELETE FROM acl WHERE kg_ref = ? AND user_ref = ?", (self._kg_ref(kg), self._user_ref(user)))
@@ -563,7 +563,7 @@ class Store:
         # A revoked key's label may be reused: its row only remains for `.apikey list`.
         self._change("DELETE FROM api_keys WHERE label_ref = ?", (label_ref,))
         key_id = self._change("INSERT INTO api_keys (label_ref, owner_ref, data) VALUES (?, ?, '')",
-                                   (label_ref, self._user_ref(owner))).lastrowid
+                              (label_ref, self._user_ref(owner))).lastrowid
         self._key_put({"id": key_id, "label": label, "owner": owner, "role": role, "scoped": bool(kgs),
                        "digest": digest, "prev_digest": None, "prev_valid_until": None, "created_at": now,
                        "expires_at": expires_at, "last_used_at": None, "revoked_at": None,
@@ -691,7 +691,7 @@ class Store:
             self.grant(entry["kg"], entry["username"], entry["role"], entry["granted_by"], entry["granted_at"])
         for key in rows["api_keys"]:
             self._change("INSERT INTO api_keys (id, label_ref, owner_ref, data) VALUES (?, ?, ?, '')",
-                              (key["id"], self.codec.ref("label", key["label"]), self._user_ref(key["owner"])))
+                         (key["id"], self.codec.ref("label", key["label"]), self._user_ref(key["owner"])))
             self._key_put(key)
         self._main.executemany("INSERT INTO api_key_kgs VALUES (?, ?)",
                               [(key_id, self._kg_ref(kg)) for key_id, kg in rows["api_key_kgs"]])
