@@ -163,42 +163,34 @@ class Peers:
     def __init__(self, base: str | None, enabled: bool = True):
         self.base = base
         self.enabled = enabled
-        self._pg: Postgres | None = None
-        self._redis: Redis | None = None
+        self._started: dict[str, Postgres | Redis] = {}      # by name, once asked for
 
     def postgres(self) -> Postgres | None:
-        if not self.enabled:
-            return None
-        if self._pg is None:
-            self._pg = Postgres(self.base)
-            self._pg.start()
-        return self._pg if self._pg.proc is not None else None
+        return self._peer("postgres", Postgres)
 
     def redis(self) -> Redis | None:
+        return self._peer("redis", Redis)
+
+    def _peer(self, name: str, kind):
         if not self.enabled:
             return None
-        if self._redis is None:
-            self._redis = Redis(self.base)
-            self._redis.start()
-        return self._redis if self._redis.proc is not None else None
+        if name not in self._started:
+            self._started[name] = kind(self.base)
+            self._started[name].start()
+        peer = self._started[name]
+        return peer if peer.proc is not None else None
 
     def why_missing(self, which: str) -> str:
         if not self.enabled:
             return "skipped (--no-peers)"
-        peer = self._pg if which == "postgres" else self._redis
+        peer = self._started.get(which)
         if peer is None or not peer.installed:
             return SKIPPED
         return f"skipped (failed to start: {peer.error[:120]})"
 
     def versions(self) -> dict:
-        out = {}
-        if self._pg is not None and self._pg.installed:
-            out["postgres"] = self._pg.version()
-        if self._redis is not None and self._redis.installed:
-            out["redis"] = self._redis.version()
-        return out
+        return {name: peer.version() for name, peer in self._started.items() if peer.installed}
 
     def stop(self) -> None:
-        for peer in (self._pg, self._redis):
-            if peer is not None:
-                peer.stop()
+        for peer in self._started.values():
+            peer.stop()
