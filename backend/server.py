@@ -396,8 +396,12 @@ class GroupWriter:
     @staticmethod
     def _settle(batch: list[tuple[Any, asyncio.Future]], error: BaseException | None) -> None:
         for _, done in batch:
-            if not done.done():
-                done.set_result(None) if error is None else done.set_exception(error)
+            if done.done():
+                continue
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
 
 
 class Directory:

@@ -41,7 +41,7 @@ def run_w3(scratch: Scratch, peers: Peers, quick: bool) -> Outcome:
     script = "".join(f".user create user{i} bench-password-{i} viewer\n" for i in range(1, users + 1))
     rates = []
     hashes: list[float] = []
-    for rep in range(reps):
+    for _ in range(reps):
         hashes += hash_time(5 if quick else 10)
         work = scratch.new("w3")
         (work / "users.il").write_text(script)
