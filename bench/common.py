@@ -76,7 +76,7 @@ WARM_IMPORTS = ("import repl.__main__, repl.script, repl.output, repl.interactiv
                 "repl.highlight, repl.history, repl.display, backend.local, backend.engine, backend.store, "
                 "backend.server, backend.client, backend.bootstrap, backend.codec, prompt_toolkit, "
                 "prompt_toolkit.shortcuts, pygments, websockets.asyncio.server, websockets.asyncio.client, "
-                "argon2, tomlkit, sqlite3, jwt, cryptography")
+                "argon2, tomllib, sqlite3, jwt, cryptography")
 
 
 def warm_bytecode() -> str:
