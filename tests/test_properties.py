@@ -3,10 +3,12 @@ and a failed command leaves the store exactly as it was."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from backend.codec import encode_json
 from backend.config import Config, with_values
 from backend.engine import Engine
 from backend.errors import CommandError
@@ -82,3 +84,16 @@ def test_engine_failures_change_nothing(line, as_admin):
         except CommandError:
             WORLD.__init__()
             break
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12)
+
+
+@given(json_values)
+@settings(max_examples=300, deadline=None)
+def test_stored_json_is_exactly_what_json_dumps_writes(value):
+    # Audit hashes are computed over this text: it must never drift from the standard encoding.
+    assert encode_json(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
