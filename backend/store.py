@@ -14,7 +14,6 @@ import os
 import secrets
 import sqlite3
 import threading
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -95,6 +94,21 @@ class _Snapshot:
     def __exit__(self, *_) -> None:
         if self._entered is not None:
             self._store._exit_read(self._entered)
+
+
+class _Change:
+    """Store.write(): a class rather than a generator-based context manager, as it runs once
+    for every change."""
+    __slots__ = ("_store", "_savepoint")
+
+    def __init__(self, store: "Store"):
+        self._store = store
+
+    def __enter__(self) -> None:
+        self._savepoint = self._store._enter_write()
+
+    def __exit__(self, exc_type, *_) -> None:
+        self._store._exit_write(self._savepoint, exc_type is not None)
 
 
 class Store:
@@ -222,42 +236,50 @@ class Store:
 
     # --- transactions --------------------------------------------------------------------
 
-    @contextmanager
-    def write(self) -> Iterator[None]:
-        """One change, atomically: a transaction, or a savepoint inside an open batch."""
-        with self._lock:
+    def write(self) -> "_Change":
+        """One change, atomically: a transaction, or a savepoint inside an open batch (a context
+        manager)."""
+        return _Change(self)
+
+    def _enter_write(self) -> tuple | None:
+        """Take the write lock and open this change's transaction or savepoint. Returns what
+        _exit_write needs to undo it: None for a top-level transaction or an atomic batch's
+        member, else the savepoint's name and the audit head to restore."""
+        self._lock.acquire()
+        try:
             if getattr(self._tls, "conn", None) is not None:
                 raise RuntimeError("write() inside read(): a reader connection cannot write")
             if self._atomic:
-                yield                    # a failure rolls the whole batch back: no savepoint needed
-                return
+                return None              # a failure rolls the whole batch back: no savepoint needed
             if self._depth:
                 name = f"sp{self._depth}"
                 self._main.execute(f"SAVEPOINT {name}")
                 self._depth += 1
-                head = (self._audit_head, self._head_unsaved)
-                try:
-                    yield
-                except BaseException:
-                    self._main.execute(f"ROLLBACK TO {name}")
-                    self._main.execute(f"RELEASE {name}")
-                    self._cache.clear()
-                    self._audit_head, self._head_unsaved = head    # its appends are undone too
-                    raise
-                finally:
-                    self._depth -= 1
-                self._main.execute(f"RELEASE {name}")
-                return
+                return name, self._audit_head, self._head_unsaved
             self._begin()
             self._depth, self._owner = 1, threading.get_ident()
-            try:
-                yield
-            except BaseException:
-                self._depth, self._owner = 0, None
-                self._rollback()
-                raise
+            return None
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _exit_write(self, savepoint: tuple | None, failed: bool) -> None:
+        try:
+            if self._atomic:
+                return
+            if savepoint is not None:
+                name, *head = savepoint
+                self._depth -= 1
+                if failed:
+                    self._main.execute(f"ROLLBACK TO {name}")
+                    self._cache.clear()
+                    self._audit_head, self._head_unsaved = head    # its appends are undone too
+                self._main.execute(f"RELEASE {name}")
+                return
             self._depth, self._owner = 0, None
-            self._commit()
+            self._rollback() if failed else self._commit()
+        finally:
+            self._lock.release()
 
     def read(self) -> "_Snapshot":
         """A consistent snapshot for a read-only command (a context manager). Readers use
