@@ -42,6 +42,7 @@ from websockets.protocol import State
 
 from . import __version__
 from .config import Config, ServerConfig, TLSConfig
+from .codec import json_encoder
 from .engine import Engine, RateLimited, Session
 from .errors import AuthError, CommandError, ConfigError, PermissionDenied, SessionEnded, StoreError
 from .registry import Invocation, clip, match_command, parse_program
@@ -302,8 +303,7 @@ def reply_frames(result: Result, elapsed_ms: int, *, threshold: int = STREAM_THR
     return frames
 
 
-# One encoder for every frame: json.dumps() with an option builds a new one per call.
-_to_json = json.JSONEncoder(ensure_ascii=False).encode
+_to_json = json_encoder(", ", ": ")
 
 
 def _rate_headers(response: Response, limit: int, remaining: int, reset_in: int) -> None:

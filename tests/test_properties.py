@@ -8,7 +8,7 @@ import tempfile
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from backend.codec import encode_json
+from backend.codec import encode_json, json_encoder
 from backend.config import Config, with_values
 from backend.engine import Engine
 from backend.errors import CommandError
@@ -97,3 +97,4 @@ json_values = st.recursive(
 def test_stored_json_is_exactly_what_json_dumps_writes(value):
     # Audit hashes are computed over this text: it must never drift from the standard encoding.
     assert encode_json(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    assert json_encoder(", ", ": ")(value) == json.dumps(value, ensure_ascii=False)
