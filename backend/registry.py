@@ -323,8 +323,10 @@ _BY_WORDS: dict[tuple[str, ...], Command] = {}
 for _cmd in COMMANDS:
     for _words in (_cmd.words, *_cmd.aliases):
         _BY_WORDS[_words] = _cmd
-# Commands whose every parameter is required: binding them is a zip, which matters in bulk scripts.
-_FIXED_ARITY = {c.words for c in COMMANDS if not any(p.optional or p.rest for p in c.params)}
+# Commands whose every parameter is required: binding them is a zip over (name, converter)
+# pairs made here once, which matters in bulk scripts.
+_FIXED_ARITY = {c.words: tuple((p.name, p.kind.convert) for p in c.params)
+                for c in COMMANDS if not any(p.optional or p.rest for p in c.params)}
 GROUPS: dict[str, list[Command]] = {}
 for _cmd in COMMANDS:
     GROUPS.setdefault(_cmd.words[0], []).append(_cmd)
@@ -356,9 +358,9 @@ class Invocation:
 
 def match_command(words: list[str]) -> tuple[Command | None, int]:
     """The longest registered command that `words` start with, and how many words it took."""
-    lowered = [w.lower() for w in words[:3]]
-    for size in (3, 2, 1):
-        cmd = _BY_WORDS.get(tuple(lowered[:size])) if len(lowered) >= size else None
+    lowered = tuple([w.lower() for w in words[:3]])
+    for size in range(len(lowered), 0, -1):
+        cmd = _BY_WORDS.get(lowered[:size])
         if cmd:
             return cmd, size
     return None, 0
@@ -381,10 +383,13 @@ def parse(line: str) -> Invocation:
             and "=" not in words[1]:
         raise CommandError(f"Usage: {group_usage(cmd.words[0])}")
     inv = Invocation(cmd, line)
+    if not cmd.options:
+        _bind_params(cmd, texts[used:], inv)
+        return inv
     positional: list[str] = []
     options: list[str] = []
     for text, was_quoted in zip(texts[used:], quoted[used:]):
-        if not was_quoted and "=" in text and cmd.options:
+        if not was_quoted and "=" in text:
             options.append(text)
         elif options:
             raise CommandError(f"Unexpected argument '{clip(text)}' after options. Usage: {cmd.usage}")
@@ -409,13 +414,15 @@ def parse_program(program: str) -> list[tuple[int, str, Invocation | CommandErro
 
 
 def _bind_params(cmd: Command, values: list[str], inv: Invocation) -> None:
-    params = cmd.params
-    if cmd.words in _FIXED_ARITY:
-        if len(values) != len(params):
+    fixed = _FIXED_ARITY.get(cmd.words)
+    if fixed is not None:
+        if len(values) != len(fixed):
             _arity_error(cmd, values)
-        for p, value in zip(params, values):
-            inv.args[p.name] = p.kind.convert(value)
+        args = inv.args
+        for (name, convert), value in zip(fixed, values):
+            args[name] = convert(value)
         return
+    params = cmd.params
     if params and params[-1].rest:
         inv.args[params[-1].name] = " ".join(values) if values else None
         return

@@ -12,6 +12,7 @@ from backend.codec import encode_json, json_encoder
 from backend.config import Config, with_values
 from backend.engine import Engine
 from backend.errors import CommandError
+from backend.lexer import split_words, tokenize
 from backend.registry import COMMANDS, parse
 from backend.result import Result
 from backend.store import TABLES, Store
@@ -98,3 +99,11 @@ def test_stored_json_is_exactly_what_json_dumps_writes(value):
     # Audit hashes are computed over this text: it must never drift from the standard encoding.
     assert encode_json(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     assert json_encoder(", ", ": ")(value) == json.dumps(value, ensure_ascii=False)
+
+
+@given(st.text(alphabet=st.sampled_from(["a", "b", " ", "\t", "\n", "\x0b", "\x1c", "\xa0", "\u2003", "é", "="]),
+               max_size=30))
+@settings(max_examples=300, deadline=None)
+def test_words_are_split_only_at_spaces_and_tabs(line):
+    # split_words takes a str.split() shortcut; it must cut exactly where tokenize() does.
+    assert split_words(line)[0] == [t.text for t in tokenize(line)]
