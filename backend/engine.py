@@ -7,6 +7,7 @@ live-session directory are handed in, so every rule is testable with a fake cloc
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 import sqlite3
 from typing import Callable, Protocol
@@ -23,6 +24,9 @@ from .store import Store
 ROLE_RANK = {"viewer": 1, "editor": 2, "admin": 3}
 VIRTUAL_PRINCIPALS = ("shared_key", "anonymous")   # auth modes without users in the store
 SECRET_COMMANDS = {c.words for c in COMMANDS if any(p.kind.secret for p in c.params)}
+# Lines that may be one of them: a cheap first look at every line of a script, before parsing.
+_SECRET_LINE = re.compile("|".join(r"\s*\." + r"[ \t]+".join(map(re.escape, words)) + r"(?![^ \t])"
+                                   for words in sorted(SECRET_COMMANDS)), re.IGNORECASE)
 LEVEL_RANK = {"viewer": 1, "editor": 2, "owner": 3}
 CAP_LEVEL = {"viewer": "viewer", "editor": "editor", "admin": "owner"}   # a key's role cap on KGs
 ACTION_LEVEL = {"read": "viewer", "write": "editor", "manage": "owner"}
@@ -510,8 +514,7 @@ class Engine:
     def prepare_passwords(self, lines: list[str]) -> None:
         """Hash the passwords of upcoming lines in parallel, ahead of their turn (script mode)."""
         for line in lines:
-            words = line.split(None, 2)
-            if len(words) < 2 or (words[0][1:].lower(), words[1].lower()) not in SECRET_COMMANDS:
+            if not _SECRET_LINE.match(line):
                 continue
             try:
                 inv = parse(line.strip())

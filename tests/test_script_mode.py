@@ -191,7 +191,8 @@ def test_a_coprocess_gets_each_answer_before_sending_the_next_line(tmp_path, con
 
 
 def test_passwords_are_hashed_ahead_and_still_valid(engine, admin):
-    lines = [f".user create ahead{i} ahead-passphrase-{i} viewer" for i in range(6)]
+    lines = [f".user create ahead{i} ahead-passphrase-{i} viewer" for i in range(5)]
+    lines.append(".USER\tCreate ahead5 ahead-passphrase-5")      # commands ignore case and tabs
     engine.prepare_passwords(lines + [".user create short x", ".kg create not-a-password"])
     assert len(engine.hasher._ahead) == 6          # the too-short password is never hashed
     for line in lines:
