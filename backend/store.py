@@ -149,6 +149,9 @@ class Store:
                                          timeout=busy_timeout_ms / 1000)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the store: {self.path}: {exc}") from None
+        # The cursor of every row write: Connection.execute() would make one per call. Nothing
+        # iterates over it, so statements on it never interrupt one another.
+        self._writes = self._main.cursor()
         try:
             self._configure()
         except BaseException:
@@ -425,7 +428,7 @@ class Store:
     def _change(self, sql: str, params=()) -> sqlite3.Cursor:
         """Every write of a row other than the audit log's goes through here."""
         self._rows_changed = True
-        return self._main.execute(sql, params)
+        return self._writes.execute(sql, params)
 
     def _put(self, table: str, ref: str, value: dict, *, insert: bool) -> None:
         sealed = self.codec.seal(table, ref, value)
@@ -632,7 +635,7 @@ class Store:
         seq = head["seq"] + 1
         record = (seq, now, actor, source, action, target, outcome, detail)
         text, digest = _audit_payload(head["hash"], record)
-        self._main.execute("INSERT INTO audit VALUES (?, ?)", (seq, self.codec.seal_text("audit", str(seq), text)))
+        self._writes.execute("INSERT INTO audit VALUES (?, ?)", (seq, self.codec.seal_text("audit", str(seq), text)))
         self._audit_head = {"seq": seq, "hash": digest}
         self._head_unsaved = True
 
