@@ -31,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection, serve
@@ -228,8 +228,7 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.6f}"
 
 
-@dataclass(frozen=True)
-class ProgramShape:
+class ProgramShape(NamedTuple):      # a tuple, not a frozen dataclass: made for every message
     """What the server needs to know of a program before running it, from the parse the
     engine then runs."""
     name: str        # the metric label: its command (`.user create`), or `program` for several lines
@@ -263,6 +262,8 @@ def combine(results: list[Result]) -> Result:
     reported an action, else the table of its last command (with the KG it switched to)."""
     if not results:
         return Result([], [])
+    if len(results) == 1:
+        return results[0]
     switched = next((r.switched_kg for r in reversed(results) if r.switched_kg is not None), None)
     if len(results) > 1 and all(r.is_message for r in results):
         return Result(["message"], [row for r in results for row in r.rows], switched)
