@@ -280,7 +280,10 @@ class Store:
                 self._main.execute(f"RELEASE {name}")
                 return
             self._depth, self._owner = 0, None
-            self._rollback() if failed else self._commit()
+            if failed:
+                self._rollback()
+            else:
+                self._commit()
         finally:
             self._lock.release()
 
@@ -527,7 +530,8 @@ class Store:
         kg_ref, user_ref = self._kg_ref(kg), self._user_ref(user)
         value = {"kg": kg, "username": user, "role": role, "granted_by": granted_by, "granted_at": now}
         # An upsert rewrites the row in place; REPLACE would delete and re-insert it (~30 % slower).
-        self._change("INSERT INTO acl VALUES (?, ?, ?) ON CONFLICT (kg_ref, user_ref) DO UPDATE SET data = excluded.data",
+        self._change("INSERT INTO acl VALUES (?, ?, ?) "
+                     "ON CONFLICT (kg_ref, user_ref) DO UPDATE SET data = excluded.data",
                      (kg_ref, user_ref, self.codec.seal("acl", f"{kg_ref}/{user_ref}", value)))
 
     def revoke(self, kg: str, user: str) -> None:
