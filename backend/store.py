@@ -25,6 +25,7 @@ SCHEMA_VERSION = 2
 DB_FILE = "inputlayer.db"
 GENESIS_HASH = "0" * 64
 READER_CACHE_ROWS = 10_000      # bounds the memory of a reader's row cache
+_UNKNOWN = object()             # not in a row cache (None there means: no such row)
 AUDIT_FIELDS = ("seq", "time", "actor", "source", "action", "target", "outcome", "detail")
 
 SCHEMA = """
@@ -408,28 +409,30 @@ class Store:
     def _set_meta(self, name: str, value: dict) -> None:
         self._main.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, self.codec.seal("meta", name, value)))
 
-    def _memo(self, key: tuple, load, *, writer_too: bool):
-        """`load()`, remembered: by the writer within its transaction (only for lookups its own
-        writes keep up to date), by a reader for as long as no commit has changed a row."""
+    def _memo(self, key: tuple, writer_too: bool, load, *args):
+        """`load(*args)`, remembered: by the writer within its transaction (only for lookups its
+        own writes keep up to date), by a reader for as long as no commit has changed a row."""
         if self._owner == threading.get_ident():
             if not writer_too:
-                return load()
+                return load(*args)
             cache = self._cache
         elif getattr(self._tls, "conn", None) is not None:
             cache = self._tls.cache
             if len(cache) >= READER_CACHE_ROWS:
                 cache.clear()
         else:
-            return load()
-        if key not in cache:
-            cache[key] = load()
-        return cache[key]
+            return load(*args)
+        value = cache.get(key, _UNKNOWN)
+        if value is _UNKNOWN:
+            value = cache[key] = load(*args)
+        return value
 
     def _get(self, table: str, ref: str) -> dict | None:
-        def load():
-            row = self.conn.execute(f"SELECT data FROM {table} WHERE ref = ?", (ref,)).fetchone()
-            return None if row is None else self.codec.open(table, ref, row[0])
-        return self._memo((table, ref), load, writer_too=True)
+        return self._memo((table, ref), True, self._load_row, table, ref)
+
+    def _load_row(self, table: str, ref: str) -> dict | None:
+        row = self.conn.execute(f"SELECT data FROM {table} WHERE ref = ?", (ref,)).fetchone()
+        return None if row is None else self.codec.open(table, ref, row[0])
 
     def _all(self, table: str, sort_key: str) -> list[dict]:
         rows = [self.codec.open(table, ref, data) for ref, data in self.conn.execute(f"SELECT ref, data FROM {table}")]
@@ -517,11 +520,11 @@ class Store:
     def acl_entry(self, kg: str, user: str) -> dict | None:
         kg_ref, user_ref = self._kg_ref(kg), self._user_ref(user)
 
-        def load():
-            row = self.conn.execute("SELECT data FROM acl WHERE kg_ref = ? AND user_ref = ?",
-                                    (kg_ref, user_ref)).fetchone()
-            return None if row is None else self._acl_open(kg_ref, user_ref, row[0])
-        return self._memo(("acl", kg_ref, user_ref), load, writer_too=False)
+        return self._memo(("acl", kg_ref, user_ref), False, self._load_acl_entry, kg_ref, user_ref)
+
+    def _load_acl_entry(self, kg_ref: str, user_ref: str) -> dict | None:
+        row = self.conn.execute("SELECT data FROM acl WHERE kg_ref = ? AND user_ref = ?", (kg_ref, user_ref)).fetchone()
+        return None if row is None else self._acl_open(kg_ref, user_ref, row[0])
 
     def acl_for_kg(self, kg: str) -> list[dict]:
         kg_ref = self._kg_ref(kg)
@@ -561,12 +564,12 @@ class Store:
     def key_by_digest(self, digest: str) -> dict | None:
         """The key whose current or previous (rotating) secret has this digest."""
         ref = self.codec.ref("digest", digest)
+        return self._memo(("digest", ref), False, self._load_key_by_digest_ref, ref)
 
-        def load():
-            row = self.conn.execute("SELECT id, data FROM api_keys WHERE digest_ref = ? OR prev_digest_ref = ?",
-                                    (ref, ref)).fetchone()
-            return None if row is None else self._key_open(row)
-        return self._memo(("digest", ref), load, writer_too=False)
+    def _load_key_by_digest_ref(self, ref: str) -> dict | None:
+        row = self.conn.execute("SELECT id, data FROM api_keys WHERE digest_ref = ? OR prev_digest_ref = ?",
+                                (ref, ref)).fetchone()
+        return None if row is None else self._key_open(row)
 
     def key(self, label: str) -> dict | None:
         row = self.conn.execute("SELECT id, data FROM api_keys WHERE label_ref = ?",
@@ -574,10 +577,11 @@ class Store:
         return None if row is None else self._key_open(row)
 
     def key_by_id(self, key_id: int) -> dict | None:
-        def load():
-            row = self.conn.execute("SELECT id, data FROM api_keys WHERE id = ?", (key_id,)).fetchone()
-            return None if row is None else self._key_open(row)
-        return self._memo(("key", key_id), load, writer_too=False)
+        return self._memo(("key", key_id), False, self._load_key_by_id, key_id)
+
+    def _load_key_by_id(self, key_id: int) -> dict | None:
+        row = self.conn.execute("SELECT id, data FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        return None if row is None else self._key_open(row)
 
     def keys(self, owner: str | None = None) -> list[dict]:
         if owner is None:
@@ -587,11 +591,12 @@ class Store:
         return sorted((self._key_open(r) for r in rows), key=lambda k: k["label"])
 
     def key_kgs(self, key_id: int) -> list[str]:
-        def load():
-            rows = self.conn.execute("SELECT k.ref, k.data FROM api_key_kgs s JOIN kgs k ON k.ref = s.kg_ref "
-                                     "WHERE s.key_id = ?", (key_id,))
-            return sorted(self.codec.open("kgs", ref, data)["name"] for ref, data in rows)
-        return list(self._memo(("key_kgs", key_id), load, writer_too=False))
+        return list(self._memo(("key_kgs", key_id), False, self._load_key_kgs, key_id))
+
+    def _load_key_kgs(self, key_id: int) -> list[str]:
+        rows = self.conn.execute("SELECT k.ref, k.data FROM api_key_kgs s JOIN kgs k ON k.ref = s.kg_ref "
+                                 "WHERE s.key_id = ?", (key_id,))
+        return sorted(self.codec.open("kgs", ref, data)["name"] for ref, data in rows)
 
     def add_key(self, label: str, owner: str, role: str, kgs: tuple[str, ...], digest: str,
                 now: float, expires_at: float | None, *, ips: tuple[str, ...] = (),
