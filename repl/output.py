@@ -37,9 +37,14 @@ def rows_footer(count: int) -> str:
     return "1 row" if count == 1 else f"{count} rows"
 
 
+def _render_message(result: Result) -> str:
+    # A list, not a generator, for join(): this runs for every line of a bulk script.
+    return "".join([printable(row[0]) + "\n" for row in result.rows])
+
+
 def render_table(result: Result) -> str:
     if result.is_message:
-        return "".join(printable(row[0]) + "\n" for row in result.rows)
+        return _render_message(result)
     header = [printable(c) for c in result.columns]
     body = [[printable(v) for v in row] for row in result.rows]
     widths = [max([display_width(h)] + [display_width(r[i]) for r in body]) for i, h in enumerate(header)]
@@ -55,8 +60,8 @@ def render_table(result: Result) -> str:
 
 def render_plain(result: Result) -> str:
     if result.is_message:
-        return "".join(printable(row[0]) + "\n" for row in result.rows)
-    return "".join("\t".join(printable(v) for v in row) + "\n" for row in result.rows)
+        return _render_message(result)
+    return "".join(["\t".join([printable(v) for v in row]) + "\n" for row in result.rows])
 
 
 def render_csv(result: Result) -> str:
