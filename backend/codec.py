@@ -19,6 +19,7 @@ import os
 from .errors import StoreError
 
 NONCE_BYTES = 12
+REF_CACHE_SIZE = 10_000           # bounds the memory of Codec's blind-index cache
 
 
 def json_encoder(item_separator: str = ",", key_separator: str = ":"):
@@ -70,12 +71,21 @@ class Codec:
             self.key_id = hashlib.sha256(b"inputlayer key id\0" + key).hexdigest()[:16]
             self._aead = AESGCM(_derive(key, b"seal"))
             self._index_key = _derive(key, b"index")
+        # Blind indexes already computed: a command looks up the same few names several times,
+        # and an HMAC costs more than the rest of a lookup.
+        self._refs: dict[tuple[str, str], str] = {}
 
     def ref(self, kind: str, value: str) -> str:
         """The lookup key of a name (user, kg, label, digest)."""
         if not self.encrypted:
             return value
-        return hmac.new(self._index_key, f"{kind}\0{value}".encode(), hashlib.sha256).hexdigest()
+        ref = self._refs.get((kind, value))
+        if ref is None:
+            if len(self._refs) >= REF_CACHE_SIZE:
+                self._refs.clear()
+            ref = hmac.new(self._index_key, f"{kind}\0{value}".encode(), hashlib.sha256).hexdigest()
+            self._refs[(kind, value)] = ref
+        return ref
 
     def seal(self, table: str, ref: str, value: dict) -> bytes | str:
         return self.seal_text(table, ref, encode_json(value))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from backend import codec
 from backend.codec import parse_encryption_key
 from backend.engine import Engine
 from backend.errors import CommandError, StoreError
@@ -156,3 +157,17 @@ def test_rekey_with_the_wrong_old_key_changes_nothing(shell):
     with pytest.raises(StoreError, match="wrong encryption key"):
         rekey(shell.data_dir, secrets.token_bytes(32), None)
     assert files_digest(shell.data_dir) == before
+
+
+def test_blind_indexes_are_remembered_within_a_bound(monkeypatch):
+    monkeypatch.setattr(codec, "REF_CACHE_SIZE", 3)
+    key = secrets.token_bytes(32)
+    remembering = codec.Codec(key)
+    first = remembering.ref("user", "alice")
+    assert remembering.ref("user", "alice") == first == codec.Codec(key).ref("user", "alice")
+    assert remembering.ref("kg", "alice") != first            # the kind is part of the index
+    assert codec.Codec(secrets.token_bytes(32)).ref("user", "alice") != first
+    for name in ("bob", "carol", "dave", "erin"):
+        remembering.ref("user", name)
+    assert len(remembering._refs) <= 3
+    assert remembering.ref("user", "alice") == first
