@@ -358,9 +358,14 @@ class Invocation:
 
 def match_command(words: list[str]) -> tuple[Command | None, int]:
     """The longest registered command that `words` start with, and how many words it took."""
-    lowered = tuple([w.lower() for w in words[:3]])
-    for size in range(len(lowered), 0, -1):
-        cmd = _BY_WORDS.get(lowered[:size])
+    first = words[:3]
+    lowered = None
+    for size in range(len(first), 0, -1):
+        # Words as typed first: they are lower case in nearly every line, and lowering costs more.
+        cmd = _BY_WORDS.get(tuple(first[:size]))
+        if cmd is None:
+            lowered = lowered or [w.lower() for w in first]
+            cmd = _BY_WORDS.get(tuple(lowered[:size]))
         if cmd:
             return cmd, size
     return None, 0

@@ -36,6 +36,8 @@ def test_commands_and_roles_are_case_insensitive_names_are_not():
     inv = parse(".USER Create Bob pass-word-1 EDITOR")
     assert inv.command.name == ".user create"
     assert inv.args == {"name": "Bob", "password": "pass-word-1", "role": "editor"}
+    assert parse(".kg ACL Grant sales bob VIEWER").command.name == ".kg acl grant"
+    assert parse(".Kg").command.name == ".kg"
 
 
 def test_lone_role_word_is_the_role_not_the_password():
