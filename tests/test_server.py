@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import datetime
 import http.client
+import os
 import re
 import ssl
+import sys
+import threading
 import time
 import warnings
 
@@ -389,3 +392,15 @@ def test_group_writer_writes_what_arrives_meanwhile_in_one_go_and_tells_each_wai
             await asyncio.wait_for(waiter, 5)  # told, not left waiting forever
 
     asyncio.run(scenario())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_password_hashing_runs_below_the_sessions(serve):
+    # A storm of password logins must slow the logins, not the event loop serving sessions.
+    server = serve().server
+
+    def niceness():
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    assert server._auth_pool.submit(niceness).result() == min(19, niceness() + 10)
+    assert server._exec_pool.submit(niceness).result() == niceness()
