@@ -256,7 +256,7 @@ def _command_of(line: str):
     return match_command([words[0][1:], *words[1:]])[0]
 
 
-AUTH_NICENESS = 10       # added to the nice value (W5, a storm's p99 on the sessions: ~20 ms at +0, ~17 ms at +10)
+AUTH_NICENESS = 10       # W5, a storm's p99 on the sessions: ~20 ms at +0, ~17 ms at +10
 
 
 def _below_sessions() -> None:

@@ -61,7 +61,7 @@ TABLES = ("meta", "users", "kgs", "acl", "api_keys", "api_key_kgs", "tokens", "a
 
 
 # Each record's hash starts from a copy of this one: hashlib.sha256() would look the algorithm
-# up in OpenSSL again for every record (~1.5 us a record in a bulk script).
+# up in OpenSSL again for every record (~1 us a record in a bulk script).
 _SHA256 = hashlib.sha256()
 
 
