@@ -409,7 +409,7 @@ class Store:
     def _set_meta(self, name: str, value: dict) -> None:
         self._main.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, self.codec.seal("meta", name, value)))
 
-    def _memo(self, key: tuple, writer_too: bool, load, *args):
+    def _memo(self, key: tuple, load, *args, writer_too: bool):
         """`load(*args)`, remembered: by the writer within its transaction (only for lookups its
         own writes keep up to date), by a reader for as long as no commit has changed a row."""
         if self._owner == threading.get_ident():
@@ -428,7 +428,7 @@ class Store:
         return value
 
     def _get(self, table: str, ref: str) -> dict | None:
-        return self._memo((table, ref), True, self._load_row, table, ref)
+        return self._memo((table, ref), self._load_row, table, ref, writer_too=True)
 
     def _load_row(self, table: str, ref: str) -> dict | None:
         row = self.conn.execute(f"SELECT data FROM {table} WHERE ref = ?", (ref,)).fetchone()
@@ -520,7 +520,7 @@ class Store:
     def acl_entry(self, kg: str, user: str) -> dict | None:
         kg_ref, user_ref = self._kg_ref(kg), self._user_ref(user)
 
-        return self._memo(("acl", kg_ref, user_ref), False, self._load_acl_entry, kg_ref, user_ref)
+        return self._memo(("acl", kg_ref, user_ref), self._load_acl_entry, kg_ref, user_ref, writer_too=False)
 
     def _load_acl_entry(self, kg_ref: str, user_ref: str) -> dict | None:
         row = self.conn.execute("SELECT data FROM acl WHERE kg_ref = ? AND user_ref = ?", (kg_ref, user_ref)).fetchone()
@@ -564,7 +564,7 @@ class Store:
     def key_by_digest(self, digest: str) -> dict | None:
         """The key whose current or previous (rotating) secret has this digest."""
         ref = self.codec.ref("digest", digest)
-        return self._memo(("digest", ref), False, self._load_key_by_digest_ref, ref)
+        return self._memo(("digest", ref), self._load_key_by_digest_ref, ref, writer_too=False)
 
     def _load_key_by_digest_ref(self, ref: str) -> dict | None:
         row = self.conn.execute("SELECT id, data FROM api_keys WHERE digest_ref = ? OR prev_digest_ref = ?",
@@ -577,7 +577,7 @@ class Store:
         return None if row is None else self._key_open(row)
 
     def key_by_id(self, key_id: int) -> dict | None:
-        return self._memo(("key", key_id), False, self._load_key_by_id, key_id)
+        return self._memo(("key", key_id), self._load_key_by_id, key_id, writer_too=False)
 
     def _load_key_by_id(self, key_id: int) -> dict | None:
         row = self.conn.execute("SELECT id, data FROM api_keys WHERE id = ?", (key_id,)).fetchone()
@@ -591,7 +591,7 @@ class Store:
         return sorted((self._key_open(r) for r in rows), key=lambda k: k["label"])
 
     def key_kgs(self, key_id: int) -> list[str]:
-        return list(self._memo(("key_kgs", key_id), False, self._load_key_kgs, key_id))
+        return list(self._memo(("key_kgs", key_id), self._load_key_kgs, key_id, writer_too=False))
 
     def _load_key_kgs(self, key_id: int) -> list[str]:
         rows = self.conn.execute("SELECT k.ref, k.data FROM api_key_kgs s JOIN kgs k ON k.ref = s.kg_ref "
