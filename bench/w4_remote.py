@@ -4,6 +4,7 @@ asyncio `websockets` clients; the limit is a bare websockets echo server driven 
 from __future__ import annotations
 
 import asyncio
+import collections
 import http.client
 import json
 import random
@@ -272,7 +273,7 @@ def run_w5(scratch: Scratch, peers: Peers, quick: bool) -> Outcome:
     # Like every target, a median: calm and storm phases alternate; each storm comes from
     # addresses of its own, so none starts already locked.
     calms, storms, records = [], [], []
-    reached = locked_refusals = 0
+    logins = collections.Counter()         # password outcomes during the storms, from /metrics
     try:
         for rep in range(repeats):
             calms.append(asyncio.run(load(server.url, keys, clients, rounds, True)))
@@ -281,12 +282,13 @@ def run_w5(scratch: Scratch, peers: Peers, quick: bool) -> Outcome:
             storms.append(asyncio.run(storm_phase(server.url, keys, clients, rounds, storm, limit_s, rep_records,
                                                   first_host=2 + rep * storm)))
             after = fetch_metrics(server.port, admin_key)
-            reached += after.get(("password", "failed"), 0) - before.get(("password", "failed"), 0)
-            locked_refusals += after.get(("password", "locked"), 0) - before.get(("password", "locked"), 0)
+            logins.update({outcome: after.get(("password", outcome), 0) - before.get(("password", outcome), 0)
+                           for outcome in ("failed", "locked")})
             records += rep_records
     finally:
         server.stop()
 
+    reached, locked_refusals = logins["failed"], logins["locked"]
     attempts = sum(r.get("attempts", 0) for r in records)
     exact = [r.get("first_lock") == 21 for r in records]
     p99_calm, p99_storm = median(c["p99_ms"] for c in calms), median(s["p99_ms"] for s in storms)
