@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from backend.config import SecurityConfig
-from backend.security import FakeClock, Lockout, PasswordHasher, check_password_policy, key_digest, \
-    new_api_key, well_formed_key
+from backend.security import FakeClock, Lockout, PasswordHasher, argon2_parameters, check_password_policy, \
+    key_digest, new_api_key, well_formed_key
 
 
 def test_api_keys_have_256_bits_and_a_checksum():
@@ -35,6 +35,40 @@ def test_real_parameters_by_default_and_rehash_detection():
     assert real.verify(stored, "correct horse") and not real.verify(stored, "wrong horse")
     assert not real.needs_rehash(stored)
     assert PasswordHasher(SecurityConfig(argon2_time_cost=3)).needs_rehash(stored)
+
+
+def test_verification_agrees_with_argon2_cffi():
+    # verify() calls the C verifier directly; argon2-cffi's own verify is the reference.
+    import argon2
+
+    hasher = PasswordHasher(SecurityConfig(argon2_memory_kib=8, argon2_time_cost=1))
+    reference = argon2.PasswordHasher(memory_cost=8, time_cost=1, parallelism=1)
+    stored = hasher.hash("pässword-1")
+    tampered = stored[:-2] + ("AA" if not stored.endswith("AA") else "BB")
+    other_type = argon2.PasswordHasher(type=argon2.Type.I, memory_cost=8, time_cost=1, parallelism=1).hash("pässword-1")
+    for candidate, password, expected in [(stored, "pässword-1", True), (stored, "pässword-2", False),
+                                          (stored, "", False), (tampered, "pässword-1", False),
+                                          (other_type, "pässword-1", False), ("$argon2id$v=19$m=8", "x", False),
+                                          ("not-a-hash", "x", False), ("$argon2id$ü", "x", False)]:
+        assert hasher.verify(candidate, password) is expected, (candidate, password)
+    assert reference.verify(stored, "pässword-1")
+
+
+def test_argon2_parameters_read_back_what_argon2_cffi_wrote():
+    import argon2
+
+    for m, t, p in [(8, 1, 1), (19456, 2, 1), (65536, 3, 4)]:
+        stored = argon2.PasswordHasher(memory_cost=m, time_cost=t, parallelism=p, salt_len=16,
+                                       hash_len=32).hash("x")
+        found = argon2.extract_parameters(stored)
+        assert argon2_parameters(stored) == (m, t, p, 16, 32) == (found.memory_cost, found.time_cost,
+                                                                  found.parallelism, found.salt_len,
+                                                                  found.hash_len)
+    assert argon2_parameters(argon2.PasswordHasher(salt_len=20, hash_len=40).hash("x"))[3:] == (20, 40)
+    for broken in ["", "not-a-hash", "$argon2i$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA",
+                   "$argon2id$v=16$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA", "$argon2id$v=19$m=8,t=1$c2FsdA$aGFzaA",
+                   "$argon2id$v=19$m=x,t=1,p=1$c2FsdA$aGFzaA"]:
+        assert argon2_parameters(broken) is None
 
 
 def test_unknown_user_costs_one_verification_and_never_succeeds():
