@@ -4,8 +4,8 @@ Parsing, usage lines, `.help`, authorization rules, the shell's completer and hi
 the history redaction are all derived from COMMANDS below; a new command is added here only.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: NamedTuple would compile each field's annotation
+# string at every start-up: about 0.4 ms for this module's tuples.
 import re
 from typing import Callable, NamedTuple
 
