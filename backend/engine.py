@@ -482,7 +482,7 @@ class Engine:
             else:
                 self.record_denial(record)
             raise
-        except (sqlite3.OperationalError, StoreError) as exc:
+        except (sqlite3.DatabaseError, StoreError) as exc:
             raise CommandError(f"The store could not complete the command: {exc}. Nothing was changed.") from None
         if result.switched_kg is not None:
             session.knowledge_graph = result.switched_kg

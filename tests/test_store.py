@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from backend.errors import AuthError, CommandError, StoreError
-from backend.store import Store
+from backend.store import DEFERRED_WRITES_MAX, Store
 from conftest import ADMIN_PASSWORD, ROOT, cli_env
 
 
@@ -223,3 +223,63 @@ def test_a_commit_that_only_appends_audit_records_keeps_readers_caches(engine, a
     engine.execute(admin, ".user role ria editor")
     with engine.store.read():
         assert engine.store.user("ria")["role"] == "editor"
+
+
+def audit_count(engine) -> int:
+    with engine.store.read():
+        return len(engine.store.audit_records(limit=10**6, actor=None, action=None, since=None))
+
+
+@pytest.fixture
+def granting(engine, admin):
+    engine.execute(admin, ".user create ria ria-passphrase viewer")
+    engine.execute(admin, ".kg create sales")
+    return engine, admin
+
+
+def test_an_atomic_batch_reads_its_held_back_writes_and_keeps_their_order(granting):
+    engine, admin = granting
+    before = audit_count(engine)
+    engine.begin_batch(atomic=True)
+    for _ in range(DEFERRED_WRITES_MAX + 1):        # more than one run of held-back writes
+        engine.execute(admin, ".kg acl grant sales ria viewer")
+    engine.execute(admin, ".kg acl revoke sales ria")
+    engine.execute(admin, ".kg acl grant sales ria owner")
+    # The last grant and its audit record are still held back: the check must run them first.
+    assert engine.execute(admin, ".kg acl check sales ria").rows == [["ria", "sales", "owner", "ACL entry"]]
+    engine.execute(admin, ".kg acl grant sales ria editor")
+    engine.end_batch(True)
+    with engine.store.read():
+        assert engine.store.acl_entry("sales", "ria")["role"] == "editor"
+    assert audit_count(engine) == before + DEFERRED_WRITES_MAX + 4
+    assert engine.execute(admin, ".audit verify").rows[0][0].startswith("Audit log intact")
+
+
+def test_a_rolled_back_atomic_batch_leaves_nothing_of_its_held_back_writes(granting):
+    engine, admin = granting
+    before = audit_count(engine)
+    engine.begin_batch(atomic=True)
+    engine.execute(admin, ".kg acl grant sales ria editor")
+    engine.end_batch(False)
+    engine.execute(admin, ".user create tom tom-passphrase")     # the next change carries none of them
+    with engine.store.read():
+        assert engine.store.acl_entry("sales", "ria") is None
+    assert audit_count(engine) == before + 1
+    assert engine.execute(admin, ".audit verify").rows[0][0].startswith("Audit log intact")
+
+
+def test_a_held_back_write_that_fails_when_it_runs_changes_nothing(granting):
+    engine, admin = granting
+    before = audit_count(engine)
+    engine.begin_batch(atomic=True)
+    engine.execute(admin, ".kg acl grant sales ria editor")
+    with engine.store.write():
+        # No such user: the foreign key refuses the row, but only once it runs, at the commit.
+        engine.store.grant("sales", "ghost", "viewer", "admin", 0.0)
+    with pytest.raises(StoreError, match="FOREIGN KEY constraint failed"):
+        engine.end_batch(True)
+    with engine.store.read():
+        assert engine.store.acl_entry("sales", "ria") is None
+    assert audit_count(engine) == before
+    engine.execute(admin, ".kg acl grant sales ria viewer")      # and the store goes on working
+    assert engine.execute(admin, ".audit verify").rows[0][0].startswith("Audit log intact")
