@@ -55,10 +55,10 @@ class LocalBackend:
         return self.engine.execute(self.session, line)
 
     def prepare(self, lines: list[str]) -> None:
-        self.engine.prepare_passwords(lines)
+        self.engine.prepare(lines)
 
     def discard_prepared(self) -> None:
-        self.engine.hasher.discard_ahead()
+        self.engine.discard_prepared()
 
     def begin_batch(self, *, atomic: bool = False) -> None:
         self.engine.begin_batch(atomic=atomic)

@@ -9,6 +9,7 @@ import os
 
 import pytest
 
+from backend.errors import CommandError
 from conftest import ADMIN_PASSWORD
 
 
@@ -190,10 +191,26 @@ def test_a_coprocess_gets_each_answer_before_sending_the_next_line(tmp_path, con
         assert proc.wait(timeout=30) == 0
 
 
+def test_lines_parsed_ahead_run_as_if_parsed_in_their_turn(engine, admin):
+    lines = [".kg create sales", ".user create pa1 pa1-passphrase viewer", ".kg acl grant default pa1 editor",
+             ".kg acl list", ".kg use default", ".kg acl list", ".kg acl grant nosuch pa1 viewer", ".bogus"]
+    engine.prepare(lines)
+    outcomes = []
+    for line in lines:
+        try:
+            outcomes.append(engine.execute(admin, line).rows)
+        except CommandError as exc:
+            outcomes.append(exc.message)
+    # The same `.kg acl list` lists the KG current at each one's turn: sales, then default.
+    assert [row[0] for row in outcomes[3]] == [] and [row[0] for row in outcomes[5]] == ["pa1"]
+    assert outcomes[6:] == ["Knowledge graph 'nosuch' not found", "Unknown command: .bogus. Type .help for the list."]
+    assert engine._parsed_ahead == {}
+
+
 def test_passwords_are_hashed_ahead_and_still_valid(engine, admin):
     lines = [f".user create ahead{i} ahead-passphrase-{i} viewer" for i in range(5)]
     lines.append(".USER\tCreate ahead5 ahead-passphrase-5")      # commands ignore case and tabs
-    engine.prepare_passwords(lines + [".user create short x", ".kg create not-a-password"])
+    engine.prepare(lines + [".user create short x", ".kg create not-a-password"])
     assert len(engine.hasher._ahead) == 6          # the too-short password is never hashed
     for line in lines:
         engine.execute(admin, line)
