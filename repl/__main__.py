@@ -29,8 +29,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitStatus.ERROR, f"inputlayer: error: {message}\nTry 'inputlayer --help'.\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="inputlayer", description="Administration shell for InputLayer knowledge-graph servers.")
+def build_parser(columns: int = 80) -> argparse.ArgumentParser:
+    # argparse makes a formatter for every argument; given no width, each imports shutil.
+    p = _Parser(prog="inputlayer", description="Administration shell for InputLayer knowledge-graph servers.",
+                formatter_class=lambda prog: argparse.HelpFormatter(prog, width=columns - 2))
     target = p.add_mutually_exclusive_group()
     target.add_argument("--data-dir", metavar="DIR", help="local data directory (the embedded default)")
     target.add_argument("--url", help="remote server, ws://HOST:PORT/ws or wss://HOST:PORT/ws")
@@ -51,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
     env = env or Environment()
-    args = build_parser().parse_args(argv)
+    args = build_parser(env.columns).parse_args(argv)
     try:
         config = load_config(args.config, env.env)
     except ConfigError as exc:

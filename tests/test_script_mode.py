@@ -11,6 +11,7 @@ import pytest
 
 from backend.errors import CommandError
 from conftest import ADMIN_PASSWORD
+from repl.environment import fake_environment
 
 
 def test_stdin_comments_blank_lines_and_plain_output(shell):
@@ -138,6 +139,15 @@ def test_usage_errors_exit_2(shell, tmp_path):
 def test_version_and_help(shell):
     assert shell("", "--version").stdout.startswith("inputlayer 0.1.0")
     assert "--single-transaction" in shell("", "--help").stdout
+    wide, narrow = shell("", "--help", COLUMNS="100").stdout, shell("", "--help", COLUMNS="50").stdout
+    assert "  --user NAME           log in as NAME (password\n" in narrow        # wrapped to the width
+    assert "  --user NAME           log in as NAME (password from INPUTLAYER_PASSWORD or asked)\n" in wide
+
+
+@pytest.mark.parametrize("variables, columns", [({"COLUMNS": "123"}, 123), ({}, 80), ({"COLUMNS": "wide"}, 80),
+                                                ({"COLUMNS": "0"}, 80)])
+def test_terminal_width_for_help(variables, columns):
+    assert fake_environment(env=variables).columns == columns
 
 
 def test_corrupt_store_exits_2_and_is_untouched(tmp_path, config_file):
