@@ -451,7 +451,7 @@ class Store:
         return sorted(rows, key=lambda r: r[sort_key])
 
     def _change(self, sql: str, params=()) -> None:
-        """Every write of a row other than the audit log's goes through here."""
+        """Every write of a row other than the audit log's goes through here (or _insert_now)."""
         self._rows_changed = True
         self._write(sql, params)
 
