@@ -14,7 +14,7 @@ from typing import Callable, Protocol
 from . import __version__
 from .config import Config
 from .errors import AuthError, CommandError, ConfigError, PermissionDenied, SessionEnded, StoreError
-from .registry import COMMANDS, GROUPS, Command, Invocation, clip, find_command, parse, parse_program
+from .registry import COMMANDS, GROUPS, Invocation, clip, find_command, parse, parse_program
 from .result import Result
 from .security import Clock, Lockout, PasswordHasher, RateLimiter, check_password_policy, iso, key_digest, \
     new_api_key, system_clock, well_formed_key
@@ -23,7 +23,6 @@ from .store import Store
 ROLE_RANK = {"viewer": 1, "editor": 2, "admin": 3}
 VIRTUAL_PRINCIPALS = ("shared_key", "anonymous")   # auth modes without users in the store
 SECRET_COMMANDS = {c.words for c in COMMANDS if any(p.kind.secret for p in c.params)}
-# Lines that may be one of them: a cheap first look at every line of a script, before parsing.
 LEVEL_RANK = {"viewer": 1, "editor": 2, "owner": 3}
 CAP_LEVEL = {"viewer": "viewer", "editor": "editor", "admin": "owner"}   # a key's role cap on KGs
 ACTION_LEVEL = {"read": "viewer", "write": "editor", "manage": "owner"}

@@ -373,7 +373,10 @@ class Store:
         with self._lock:
             self._depth, self._owner = 0, None
             self._atomic = False
-            self._commit() if commit else self._rollback()
+            if commit:
+                self._commit()
+            else:
+                self._rollback()
 
     @property
     def in_batch(self) -> bool:
