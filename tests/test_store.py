@@ -59,8 +59,12 @@ def test_foreign_and_corrupt_files_are_refused_untouched(tmp_path):
 def audited(engine, admin):
     for name in ("a1", "a2", "a3"):
         engine.execute(admin, f".user create {name} {name}-passphrase")
-    assert engine.execute(admin, ".audit verify").rows[0][0].startswith("Audit log intact")
+    assert audit_intact(engine, admin)
     return engine, admin
+
+
+def audit_intact(engine, admin) -> bool:
+    return engine.execute(admin, ".audit verify").rows[0][0].startswith("Audit log intact")
 
 
 def tamper(engine, sql):
@@ -230,6 +234,13 @@ def audit_count(engine) -> int:
         return len(engine.store.audit_records(limit=10**6, actor=None, action=None, since=None))
 
 
+def ria_on_sales(engine) -> str | None:
+    """ria's role on sales as the store holds it (None: no entry)."""
+    with engine.store.read():
+        entry = engine.store.acl_entry("sales", "ria")
+    return entry and entry["role"]
+
+
 @pytest.fixture
 def granting(engine, admin):
     engine.execute(admin, ".user create ria ria-passphrase viewer")
@@ -249,10 +260,9 @@ def test_an_atomic_batch_reads_its_held_back_writes_and_keeps_their_order(granti
     assert engine.execute(admin, ".kg acl check sales ria").rows == [["ria", "sales", "owner", "ACL entry"]]
     engine.execute(admin, ".kg acl grant sales ria editor")
     engine.end_batch(True)
-    with engine.store.read():
-        assert engine.store.acl_entry("sales", "ria")["role"] == "editor"
+    assert ria_on_sales(engine) == "editor"
     assert audit_count(engine) == before + DEFERRED_WRITES_MAX + 4
-    assert engine.execute(admin, ".audit verify").rows[0][0].startswith("Audit log intact")
+    assert audit_intact(engine, admin)
 
 
 def test_a_rolled_back_atomic_batch_leaves_nothing_of_its_held_back_writes(granting):
@@ -262,10 +272,9 @@ def test_a_rolled_back_atomic_batch_leaves_nothing_of_its_held_back_writes(grant
     engine.execute(admin, ".kg acl grant sales ria editor")
     engine.end_batch(False)
     engine.execute(admin, ".user create tom tom-passphrase")     # the next change carries none of them
-    with engine.store.read():
-        assert engine.store.acl_entry("sales", "ria") is None
+    assert ria_on_sales(engine) is None
     assert audit_count(engine) == before + 1
-    assert engine.execute(admin, ".audit verify").rows[0][0].startswith("Audit log intact")
+    assert audit_intact(engine, admin)
 
 
 def test_a_held_back_write_that_fails_when_it_runs_changes_nothing(granting):
@@ -278,8 +287,7 @@ def test_a_held_back_write_that_fails_when_it_runs_changes_nothing(granting):
         engine.store.grant("sales", "ghost", "viewer", "admin", 0.0)
     with pytest.raises(StoreError, match="FOREIGN KEY constraint failed"):
         engine.end_batch(True)
-    with engine.store.read():
-        assert engine.store.acl_entry("sales", "ria") is None
+    assert ria_on_sales(engine) is None
     assert audit_count(engine) == before
     engine.execute(admin, ".kg acl grant sales ria viewer")      # and the store goes on working
-    assert engine.execute(admin, ".audit verify").rows[0][0].startswith("Audit log intact")
+    assert audit_intact(engine, admin)
