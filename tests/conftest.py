@@ -1,8 +1,10 @@
-"""Shared fixtures: cheap argon2 through the config, an engine on a temp store, a CLI runner."""
+"""Shared fixtures: cheap argon2 through the config, an engine on a temp store (SQLite and
+PostgreSQL alike), throw-away PostgreSQL and Redis servers, a CLI runner."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,8 @@ from backend.config import Config, SecurityConfig, with_values
 from backend.engine import Engine
 from backend.security import FakeClock
 from backend.store import Store
+
+import pgkit
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_PASSWORD = "s3cret-pass"
@@ -43,8 +47,75 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+STORE_KINDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One PostgreSQL server for the whole session; each test gets a database of its own."""
+    server = pgkit.start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = pgkit.start_redis()
+    yield server
+    server.stop()
+
+
+class StoreTarget:
+    """Where a test's store lives: a data directory, or a fresh PostgreSQL database (with its
+    server secrets file). open() may be called again, as another process would open it."""
+
+    def __init__(self, kind: str, tmp_path: Path, pg=None):
+        self.kind = kind
+        self.data_dir = tmp_path / "data"
+        self.secret_file = tmp_path / "server-secrets"
+        self.pg = pg
+        self._opened: list = []
+        if pg is not None:
+            self.dbname = pg.create_database()
+            self.url = pg.url(self.dbname)
+            self.secret_file.write_bytes(secrets.token_bytes(64))
+            self.secret_file.chmod(0o600)
+
+    def open(self, *, encryption_key: bytes | None = None):
+        if self.kind == "sqlite":
+            store = Store(self.data_dir, encryption_key=encryption_key)
+        else:
+            from backend.pgstore import PostgresStore
+
+            store = PostgresStore(self.url, encryption_key=encryption_key, secret_file=str(self.secret_file))
+        self._opened.append(store)
+        return store
+
+    def close(self) -> None:
+        for store in self._opened:
+            store.close()
+        if self.pg is not None:
+            self.pg.drop_database(self.dbname)
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_target(request, tmp_path: Path):
+    pg = request.getfixturevalue("pg_server") if request.param == "postgresql" else None
+    target = StoreTarget(request.param, tmp_path, pg)
+    yield target
+    target.close()
+
+
 @pytest.fixture
-def engine(tmp_path: Path, cheap_config: Config, clock: FakeClock):
+def engine(store_target: StoreTarget, cheap_config: Config, clock: FakeClock):
+    eng = Engine(store_target.open(), cheap_config, clock=clock)
+    eng.bootstrap(ADMIN_PASSWORD)
+    return eng
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path, cheap_config: Config, clock: FakeClock):
+    """For tests of what only a data directory has (files, modes, PRAGMAs)."""
     store = Store(tmp_path / "data")
     eng = Engine(store, cheap_config, clock=clock)
     eng.bootstrap(ADMIN_PASSWORD)

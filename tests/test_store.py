@@ -20,8 +20,9 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_owner_only_permissions(engine, admin):
-    engine.execute(admin, ".user create pat pat-passphrase")
+def test_owner_only_permissions(sqlite_engine):
+    engine = sqlite_engine
+    engine.execute(engine.login("admin", ADMIN_PASSWORD, source="local"), ".user create pat pat-passphrase")
     data = engine.store.dir
     assert mode(data) == 0o700
     files = list(data.iterdir())
@@ -29,7 +30,8 @@ def test_owner_only_permissions(engine, admin):
     assert all(mode(f) == 0o600 for f in files), {f.name: oct(mode(f)) for f in files}
 
 
-def test_wal_and_full_sync(engine):
+def test_wal_and_full_sync(sqlite_engine):
+    engine = sqlite_engine
     assert engine.store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert engine.store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2   # FULL
 
@@ -71,16 +73,23 @@ def tamper(engine, sql):
     engine.store.conn.execute(sql)
 
 
+# Rewrite a field of audit record 4 in place, as someone with write access to the database could.
+EDIT_RECORD_4 = {
+    "sqlite": "UPDATE audit SET data = json_set(data, '$[8]', 'role=admin') WHERE seq = 4",
+    "postgresql": "UPDATE audit SET data = jsonb_set(data::jsonb, '{8}', '\"role=admin\"')::text WHERE seq = 4",
+}
+
+
 def verify_error(engine, admin):
     with pytest.raises(CommandError) as exc:
         engine.execute(admin, ".audit verify")
     return exc.value.message
 
 
-def test_audit_detects_an_edited_record(audited):
+def test_audit_detects_an_edited_record(audited, store_target):
     engine, admin = audited
     # A record is [prev_hash, seq, time, actor, source, action, target, outcome, detail, hash].
-    tamper(engine, "UPDATE audit SET data = json_set(data, '$[8]', 'role=admin') WHERE seq = 4")
+    tamper(engine, EDIT_RECORD_4[store_target.kind])
     assert verify_error(engine, admin) == "Audit log broken at record 4: contents do not match its hash"
 
 
@@ -115,33 +124,43 @@ WRITER = """
 import sys
 from backend.config import Config, with_values
 from backend.engine import Engine
-from backend.store import Store
+kind, where, secret_file, password, tag = sys.argv[1:]
+if kind == "sqlite":
+    from backend.store import Store
+    store = Store(where)
+else:
+    from backend.pgstore import PostgresStore
+    store = PostgresStore(where, secret_file=secret_file)
 cfg = with_values(Config(), {"security.argon2_memory_kib": 8, "security.argon2_time_cost": 1})
-engine = Engine(Store(sys.argv[1]), cfg)
-session = engine.login("admin", sys.argv[2], source="local")
-tag = sys.argv[3]
+engine = Engine(store, cfg)
+session = engine.login("admin", password, source="local")
 for i in range(60):
     engine.execute(session, f".kg create {tag}-{i}")
 print("done", flush=True)
 """
 
 
-def test_two_processes_writing_at_once_lose_nothing(tmp_path, cheap_config):
+def writer_args(target) -> list[str]:
+    where = str(target.data_dir) if target.kind == "sqlite" else target.url
+    return [sys.executable, "-c", WRITER, target.kind, where, str(target.secret_file), ADMIN_PASSWORD]
+
+
+def test_two_processes_writing_at_once_lose_nothing(store_target, cheap_config):
     from backend.engine import Engine
 
-    data = tmp_path / "shared"
-    store = Store(data)
+    store = store_target.open()
     Engine(store, cheap_config).bootstrap(ADMIN_PASSWORD)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(data), ADMIN_PASSWORD, tag],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for tag in ("p", "q")]
+    procs = [subprocess.Popen([*writer_args(store_target), tag], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for tag in ("p", "q")]
     for proc in procs:
         out, errs = proc.communicate(timeout=120)
         assert proc.returncode == 0 and out.strip() == b"done", errs.decode()[-2000:]
     with store.read():
         names = {r["name"] for r in store.kgs()}
     assert {f"{t}-{i}" for t in "pq" for i in range(60)} <= names
-    assert store.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    if store_target.kind == "sqlite":
+        assert store.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     with store.read():
         assert store.verify_audit()[1] is None
 
@@ -185,7 +204,7 @@ def test_closing_while_another_thread_reads_is_safe(engine, admin):
             pass
 
 
-def test_a_readers_cache_never_serves_a_row_another_connection_changed(engine, admin, cheap_config):
+def test_a_readers_cache_never_serves_a_row_another_connection_changed(engine, admin, cheap_config, store_target):
     from backend.engine import Engine as OtherEngine
 
     engine.execute(admin, ".user create ria ria-passphrase viewer")
@@ -194,7 +213,7 @@ def test_a_readers_cache_never_serves_a_row_another_connection_changed(engine, a
         with engine.store.read():
             assert engine.store.user("ria")["role"] == "viewer"
             assert engine.store.acl_entry("default", "ria")["role"] == "viewer"
-    other = Store(engine.store.dir)                      # as another process would
+    other = store_target.open()                          # as another process would
     try:
         elsewhere = OtherEngine(other, cheap_config)
         session = elsewhere.login("admin", ADMIN_PASSWORD, source="local")
@@ -205,7 +224,7 @@ def test_a_readers_cache_never_serves_a_row_another_connection_changed(engine, a
     with engine.store.read():
         assert engine.store.user("ria")["role"] == "editor"
         assert engine.store.acl_entry("default", "ria")["role"] == "owner"
-    other = Store(engine.store.dir)
+    other = store_target.open()
     try:
         elsewhere = OtherEngine(other, cheap_config)
         session = elsewhere.login("admin", ADMIN_PASSWORD, source="local")
@@ -277,16 +296,25 @@ def test_a_rolled_back_atomic_batch_leaves_nothing_of_its_held_back_writes(grant
     assert audit_intact(engine, admin)
 
 
-def test_a_held_back_write_that_fails_when_it_runs_changes_nothing(granting):
+def test_a_held_back_write_that_fails_when_it_runs_changes_nothing(granting, store_target):
     engine, admin = granting
     before = audit_count(engine)
     engine.begin_batch(atomic=True)
     engine.execute(admin, ".kg acl grant sales ria editor")
-    with engine.store.write():
-        # No such user: the foreign key refuses the row, but only once it runs, at the commit.
-        engine.store.grant("sales", "ghost", "viewer", "admin", 0.0)
-    with pytest.raises(StoreError, match="FOREIGN KEY constraint failed"):
-        engine.end_batch(True)
+    if store_target.kind == "sqlite":
+        with engine.store.write():
+            # No such user: the foreign key refuses the row, but only once it runs, at the commit.
+            engine.store.grant("sales", "ghost", "viewer", "admin", 0.0)
+        with pytest.raises(StoreError, match="FOREIGN KEY constraint failed"):
+            engine.end_batch(True)
+    else:
+        # PostgreSQL refuses the row at once; the batch must then refuse to commit, not
+        # (as PostgreSQL answers COMMIT after a failure) roll back silently.
+        with pytest.raises(StoreError, match="foreign key"):
+            with engine.store.write():
+                engine.store.grant("sales", "ghost", "viewer", "admin", 0.0)
+        with pytest.raises(StoreError, match="nothing was committed"):
+            engine.end_batch(True)
     assert ria_on_sales(engine) is None
     assert audit_count(engine) == before
     engine.execute(admin, ".kg acl grant sales ria viewer")      # and the store goes on working
