@@ -76,6 +76,7 @@ class StoreTarget:
         self.pg = pg
         self._opened: list = []
         if pg is not None:
+            tmp_path.mkdir(parents=True, exist_ok=True)
             self.dbname = pg.create_database()
             self.url = pg.url(self.dbname)
             self.secret_file.write_bytes(secrets.token_bytes(64))

@@ -84,36 +84,38 @@ def test_missing_wrong_or_unwanted_key_exits_2_and_changes_no_byte(shell):
 
 
 @pytest.fixture
-def sealed(tmp_path, cheap_config):
-    store = Store(tmp_path / "sealed", encryption_key=KEY)
-    engine = Engine(store, cheap_config)
+def sealed(store_target, cheap_config):
+    engine = Engine(store_target.open(encryption_key=KEY), cheap_config)
     engine.bootstrap(ADMIN_PASSWORD)
     admin = engine.login("admin", ADMIN_PASSWORD, source="local")
     for name in ("ann", "ben"):
         engine.execute(admin, f".user create {name} {name}-passphrase viewer")
-    yield engine, admin
-    store.close()
+    # The driver's placeholder: what an attacker with write access to the tables would type.
+    mark = "?" if store_target.kind == "sqlite" else "%s"
+    return engine, admin, mark
 
 
 def test_swapped_sealed_values_are_detected_never_returned(sealed):
-    engine, admin = sealed
+    engine, admin, mark = sealed
     conn = engine.store.conn
     ann_ref, ben_ref = engine.store.codec.ref("user", "ann"), engine.store.codec.ref("user", "ben")
-    ann, ben = (conn.execute("SELECT data FROM users WHERE ref = ?", (r,)).fetchone()[0] for r in (ann_ref, ben_ref))
-    conn.execute("UPDATE users SET data = ? WHERE ref = ?", (ben, ann_ref))
+    select, update = (f"SELECT data FROM users WHERE ref = {mark}",
+                      f"UPDATE users SET data = {mark} WHERE ref = {mark}")
+    ann, ben = (bytes(conn.execute(select, (r,)).fetchone()[0]) for r in (ann_ref, ben_ref))
+    conn.execute(update, (ben, ann_ref))
     with pytest.raises(CommandError, match="failed authentication"):
         engine.execute(admin, ".user show ann")
-    conn.execute("UPDATE users SET data = ? WHERE ref = ?", (ann, ann_ref))
+    conn.execute(update, (ann, ann_ref))
     assert engine.execute(admin, ".user show ann").rows[0] == ["role", "viewer"]
     flipped = bytearray(ann)
     flipped[-1] ^= 1
-    conn.execute("UPDATE users SET data = ? WHERE ref = ?", (bytes(flipped), ann_ref))
+    conn.execute(update, (bytes(flipped), ann_ref))
     with pytest.raises(CommandError, match="failed authentication"):
         engine.execute(admin, ".user list")
 
 
 def test_audit_verify_reports_an_altered_sealed_record(sealed):
-    engine, admin = sealed
+    engine, admin, _ = sealed
     engine.store.conn.execute("UPDATE audit SET data = (SELECT data FROM audit WHERE seq = 2) WHERE seq = 3")
     with pytest.raises(CommandError, match="^Audit log broken at record 3: the sealed record was altered$"):
         engine.execute(admin, ".audit verify")

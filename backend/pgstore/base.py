@@ -141,8 +141,11 @@ class PgBase:
             raise self._fault(f"cannot open the store {self.shown_url}", exc) from None
 
     def _schema_exists(self) -> bool:
-        row = self._main.execute("SELECT to_regclass(%s)", (f"{schema.NAMESPACE}.meta",)).fetchone()
-        return row is not None and row[0] is not None
+        # A catalog query, not to_regclass(): that one may answer from a catalog snapshot taken
+        # before the advisory lock was granted, missing the tables another node just created.
+        row = self._main.execute("SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = %s AND tablename = 'meta'",
+                                 (schema.NAMESPACE,)).fetchone()
+        return row is not None
 
     def _create_schema(self, fingerprint: str) -> None:
         with self._main.transaction():

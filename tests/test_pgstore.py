@@ -1,0 +1,230 @@
+"""What only the PostgreSQL store has: URLs and libpq conventions, the server secrets file, the
+schema's version, several nodes bootstrapping and writing at once, NOTIFY, pg_dump of a sealed
+store. Everything the SQLite store does is tested on both stores by the `engine` fixture."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+
+import psycopg
+import pytest
+
+from backend.engine import Engine
+from backend.errors import AuthError, CommandError, StoreError
+from backend.pgstore import PostgresStore, redact_url
+from backend.pgstore.base import NOTIFY_CHANNEL
+from conftest import ADMIN_PASSWORD, ROOT, StoreTarget
+
+KEY = secrets.token_bytes(32)
+SESSION = [".user create zebulon-user zebulon-passphrase editor", ".kg create quasar-graph",
+           ".kg acl grant quasar-graph zebulon-user editor",
+           ".apikey create nebula-label role=viewer kg=quasar-graph user=zebulon-user",
+           ".user password zebulon-user zebulon-second-pass", ".audit"]
+PLAINTEXTS = ["zebulon-user", "quasar-graph", "nebula-label", "$argon2", "user.create", "acl.grant",
+              "bootstrap", "zebulon-passphrase", "zebulon-second-pass", ADMIN_PASSWORD]
+
+
+@pytest.fixture
+def target(pg_server, tmp_path):
+    t = StoreTarget("postgresql", tmp_path, pg_server)
+    yield t
+    t.close()
+
+
+@pytest.fixture
+def pg_engine(target):
+    engine = Engine(target.open(), _cheap())
+    engine.bootstrap(ADMIN_PASSWORD)
+    return engine, engine.login("admin", ADMIN_PASSWORD, source="local")
+
+
+def dump(target) -> bytes:
+    return target.pg.pg_dump(target.dbname)
+
+
+def test_urls_are_shown_without_their_password():
+    assert redact_url("postgresql://il:hunter2@db:5432/x?sslmode=require") == \
+        "postgresql://il:****@db:5432/x?sslmode=require"
+    assert redact_url("postgresql://il@db/x") == "postgresql://il@db/x"
+    assert redact_url("postgres://:p%40ss@db/x") == "postgres://:****@db/x"
+
+
+def test_a_wrong_password_fails_cleanly_and_is_never_shown(target):
+    url = target.url.replace(target.pg.password, "not-the-password-42")
+    with pytest.raises(StoreError) as exc:
+        PostgresStore(url, secret_file=str(target.secret_file))
+    message = str(exc.value)
+    assert "not-the-password-42" not in message and "****" in message and "\n" not in message
+    assert "password authentication failed" in message
+
+
+def test_libpq_conventions_pgpassword_and_pgpass(target, monkeypatch, tmp_path):
+    bare = target.pg.url(target.dbname, password=False)
+    monkeypatch.setenv("PGPASSWORD", target.pg.password)
+    PostgresStore(bare, secret_file=str(target.secret_file)).close()
+    monkeypatch.delenv("PGPASSWORD")
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"127.0.0.1:{target.pg.port}:*:*:{target.pg.password}\n")
+    passfile.chmod(0o600)
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    PostgresStore(bare, secret_file=str(target.secret_file)).close()
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "none"))
+    with pytest.raises(StoreError, match="password"):
+        PostgresStore(bare, secret_file=str(target.secret_file))
+
+
+def test_the_server_secrets_file_is_required_and_must_match(target, tmp_path):
+    with pytest.raises(StoreError, match="INPUTLAYER_SERVER_SECRET_FILE"):
+        PostgresStore(target.url, secret_file=None)
+    short = tmp_path / "short"
+    short.write_bytes(b"x" * 31)
+    with pytest.raises(StoreError, match="fewer than 32"):
+        PostgresStore(target.url, secret_file=str(short))
+    target.open().close()
+    other = tmp_path / "other"
+    other.write_bytes(secrets.token_bytes(64))
+    with pytest.raises(StoreError, match="not this store's"):
+        PostgresStore(target.url, secret_file=str(other))
+    assert str(target.secret_file.read_bytes()[:8]) not in dump(target).decode(errors="replace")
+
+
+def test_a_newer_schema_is_refused_untouched(target):
+    target.open().close()
+    with psycopg.connect(target.url, autocommit=True) as conn:
+        conn.execute("""UPDATE inputlayer.meta SET data = '{"version": 99, "encrypted": false, "key_id": ""}'
+                        WHERE name = 'format'""")
+    before = dump(target)
+    with pytest.raises(StoreError, match="format version 99, this program reads version 1"):
+        target.open()
+    assert dump(target) == before
+
+
+def test_a_foreign_schema_of_the_same_name_is_refused_untouched(target):
+    with psycopg.connect(target.url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA inputlayer")
+        conn.execute("CREATE TABLE inputlayer.accounts (id int)")
+    before = dump(target)
+    with pytest.raises(StoreError, match="not an InputLayer store"):
+        target.open()
+    assert dump(target) == before
+
+
+NODE = """
+import sys
+from backend.config import Config, with_values
+from backend.engine import Engine
+from backend.pgstore import PostgresStore
+url, secret_file, password, tag = sys.argv[1:]
+sys.stdin.readline()                                  # all nodes start on the same signal
+store = PostgresStore(url, secret_file=secret_file)
+engine = Engine(store, with_values(Config(), {"security.argon2_memory_kib": 8, "security.argon2_time_cost": 1}))
+created, _ = engine.bootstrap(password)
+print("bootstrapped" if created else "found", flush=True)
+session = engine.login("admin", password, source="local")
+for i in range(40):
+    engine.execute(session, f".kg create {tag}-{i}")
+    engine.execute(session, f".kg acl grant {tag}-{i} admin viewer")
+store.close()
+print("done", flush=True)
+"""
+
+
+def test_three_nodes_on_an_empty_database_bootstrap_once_and_chain_without_gaps(target):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    nodes = [subprocess.Popen([sys.executable, "-c", NODE, target.url, str(target.secret_file), ADMIN_PASSWORD, tag],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+             for tag in ("n1", "n2", "n3")]
+    for node in nodes:
+        assert node.stdin is not None
+        node.stdin.write(b"go\n")
+        node.stdin.flush()
+    outputs = []
+    for node in nodes:
+        out, errs = node.communicate(timeout=180)
+        assert node.returncode == 0, errs.decode()[-2000:]
+        outputs.append(out.decode().split())
+    assert sorted(o[0] for o in outputs) == ["bootstrapped", "found", "found"]
+    assert all(o[1] == "done" for o in outputs)
+    store = target.open()
+    with store.read():
+        assert [u["name"] for u in store.users()] == ["admin"]
+        assert len(store.kgs()) == 1 + 3 * 40
+        assert store.verify_audit() == (2 + 3 * (1 + 80), None)
+    seqs = [row[0] for row in store.conn.execute("SELECT seq FROM audit ORDER BY seq")]
+    assert seqs == list(range(1, len(seqs) + 1))
+    engine = Engine(store, _cheap())
+    admin = engine.login("admin", ADMIN_PASSWORD, source="local")
+    assert engine.execute(admin, ".audit verify").rows[0][0].startswith("Audit log intact")
+
+
+def _cheap():
+    from backend.config import Config, with_values
+    from conftest import CHEAP_ARGON2
+
+    return with_values(Config(), CHEAP_ARGON2)
+
+
+def test_encrypted_store_shows_nothing_in_pg_dump(pg_server, tmp_path):
+    def run_session(encryption_key):
+        target = StoreTarget("postgresql", tmp_path / ("sealed" if encryption_key else "plain"), pg_server)
+        engine = Engine(target.open(encryption_key=encryption_key), _cheap())
+        engine.bootstrap(ADMIN_PASSWORD)
+        admin = engine.login("admin", ADMIN_PASSWORD, source="local")
+        for line in SESSION:
+            engine.execute(admin, line)
+        text = dump(target).decode(errors="replace")
+        target.close()
+        return text
+
+    plain = run_session(None)
+    assert all(word in plain for word in PLAINTEXTS if word != ADMIN_PASSWORD and "passphrase" not in word
+               and "pass" not in word)          # the check can see names when they are there
+    sealed = run_session(KEY)
+    for word in PLAINTEXTS:
+        assert word not in sealed, f"{word!r} readable in pg_dump"
+
+
+def test_wrong_or_missing_key_is_refused_untouched(target):
+    Engine(target.open(encryption_key=KEY), _cheap()).bootstrap(ADMIN_PASSWORD)
+    before = dump(target)
+    with pytest.raises(StoreError, match="the store is encrypted"):
+        target.open()
+    with pytest.raises(StoreError, match="wrong encryption key"):
+        target.open(encryption_key=secrets.token_bytes(32))
+    assert dump(target) == before
+
+
+def test_each_change_notifies_in_its_own_transaction(pg_engine, target):
+    engine, admin = pg_engine
+    with psycopg.connect(target.url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        engine.execute(admin, ".user create nia nia-passphrase viewer")
+        with pytest.raises(AuthError):
+            engine.login("nia", "wrong-passphrase", source="local")        # an audit record only
+        engine.begin_batch(atomic=True)
+        engine.execute(admin, ".kg create never")
+        engine.end_batch(False)                                           # rolled back: no NOTIFY
+        engine.execute(admin, ".kg acl grant default nia editor")
+        payloads = [n.payload for n in listener.notifies(timeout=2, stop_after=2)]
+        assert payloads == ["users", "acl"]
+        assert list(listener.notifies(timeout=0.2)) == []
+
+
+def test_a_statement_failing_mid_command_leaves_nothing_behind(pg_engine):
+    engine, admin = pg_engine
+    conn = engine.store.conn
+    conn.execute("""CREATE FUNCTION inputlayer.refuse() RETURNS trigger LANGUAGE plpgsql AS
+                    $$ BEGIN RAISE EXCEPTION 'disk full (simulated)'; END $$""")
+    conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON inputlayer.audit FOR EACH ROW EXECUTE FUNCTION inputlayer.refuse()")
+    with pytest.raises(CommandError) as exc:
+        engine.execute(admin, ".user create fil fil-passphrase viewer")
+    assert exc.value.message == ("The store could not complete the command: cannot write to the store: "
+                                 "disk full (simulated). Nothing was changed.")
+    conn.execute("DROP TRIGGER refuse ON inputlayer.audit")
+    with engine.store.read():
+        assert engine.store.user("fil") is None
+        assert engine.store.verify_audit()[1] is None
+    assert engine.execute(admin, ".user create fil fil-passphrase viewer").rows
