@@ -44,6 +44,7 @@ class ShellConfig(NamedTuple):
 
 class Config(NamedTuple):
     data_dir: str = ""
+    store: str = ""    # a postgresql:// URL (or a data directory), instead of data_dir
     bootstrap_admin_password: str = ""
     server: ServerConfig = ServerConfig()
     security: SecurityConfig = SecurityConfig()
@@ -87,6 +88,7 @@ def _networks(value: Any) -> tuple[str, ...]:
 
 SCHEMA: dict[str, Callable[[Any], Any]] = {
     "data_dir": _string,
+    "store": _string,
     "bootstrap_admin_password": _string,
     "server.host": _string,
     "server.port": _int_range(0, 65535),
@@ -195,3 +197,11 @@ def default_data_dir(env: Mapping[str, str]) -> str:
 
 def resolve_data_dir(flag: str | None, env: Mapping[str, str], config: Config) -> str:
     return flag or env.get("INPUTLAYER_DATA_DIR") or config.data_dir or default_data_dir(env)
+
+
+def resolve_store(store_flag: str | None, data_dir_flag: str | None, env: Mapping[str, str],
+                  config: Config) -> str:
+    """Where the store is: a postgresql:// URL or a data directory. Flags, then environment,
+    then config file; at each level `store` before `data_dir` (argparse refuses both flags)."""
+    return (store_flag or data_dir_flag or env.get("INPUTLAYER_STORE") or env.get("INPUTLAYER_DATA_DIR")
+            or config.store or config.data_dir or default_data_dir(env))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend.config import load_config, parse_config, resolve_data_dir
+from backend.config import load_config, parse_config, resolve_data_dir, resolve_store
 from backend.errors import ConfigError
 
 
@@ -72,3 +72,17 @@ def test_file_location_and_precedence(tmp_path):
     assert load_config(None, {"HOME": str(tmp_path / "nobody")}).source == ""
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config(str(tmp_path / "missing.toml"), {})
+
+
+def test_the_store_comes_from_flags_then_environment_then_config():
+    url = "postgresql://il@db.example/inputlayer"
+    cfg = parse_config(f'store = "{url}"\ndata_dir = "/var/lib/il"', "test.toml")
+    assert cfg.store == url
+    assert resolve_store(None, None, {}, cfg) == url
+    assert resolve_store(None, None, {"INPUTLAYER_DATA_DIR": "env-dir"}, cfg) == "env-dir"
+    assert resolve_store(None, None, {"INPUTLAYER_STORE": "postgresql://env/x", "INPUTLAYER_DATA_DIR": "d"},
+                         cfg) == "postgresql://env/x"
+    assert resolve_store("postgresql://flag/x", None, {"INPUTLAYER_STORE": "postgresql://env/x"},
+                         cfg) == "postgresql://flag/x"
+    assert resolve_store(None, "flag-dir", {"INPUTLAYER_STORE": "postgresql://env/x"}, cfg) == "flag-dir"
+    assert resolve_store(None, None, {}, parse_config('data_dir = "/d"', "t.toml")) == "/d"

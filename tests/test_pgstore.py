@@ -11,12 +11,12 @@ import sys
 
 import psycopg
 import pytest
+from conftest import ADMIN_PASSWORD, ROOT, StoreTarget
 
 from backend.engine import Engine
 from backend.errors import AuthError, CommandError, StoreError
 from backend.pgstore import PostgresStore, redact_url
 from backend.pgstore.base import NOTIFY_CHANNEL
-from conftest import ADMIN_PASSWORD, ROOT, StoreTarget
 
 KEY = secrets.token_bytes(32)
 SESSION = [".user create zebulon-user zebulon-passphrase editor", ".kg create quasar-graph",
@@ -161,8 +161,9 @@ def test_three_nodes_on_an_empty_database_bootstrap_once_and_chain_without_gaps(
 
 
 def _cheap():
-    from backend.config import Config, with_values
     from conftest import CHEAP_ARGON2
+
+    from backend.config import Config, with_values
 
     return with_values(Config(), CHEAP_ARGON2)
 
@@ -228,3 +229,15 @@ def test_a_statement_failing_mid_command_leaves_nothing_behind(pg_engine):
         assert engine.store.user("fil") is None
         assert engine.store.verify_audit()[1] is None
     assert engine.execute(admin, ".user create fil fil-passphrase viewer").rows
+
+
+def test_the_throw_away_redis_answers(redis_server):
+    """The Redis of the cluster tests (scaleout.md) starts and stops like the PostgreSQL."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        assert client.ping() is True
+        assert client.config_get("save") == {"save": ""}
+    finally:
+        client.close()
