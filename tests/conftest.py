@@ -92,6 +92,13 @@ class StoreTarget:
         self._opened.append(store)
         return store
 
+    def cli_args(self) -> list[str]:
+        """How the shell and the server are pointed at this store."""
+        return ["--data-dir", str(self.data_dir)] if self.kind == "sqlite" else ["--store", self.url]
+
+    def cli_env(self) -> dict[str, str]:
+        return {} if self.kind == "sqlite" else {"INPUTLAYER_SERVER_SECRET_FILE": str(self.secret_file)}
+
     def close(self) -> None:
         for store in self._opened:
             store.close()

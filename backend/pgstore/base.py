@@ -24,11 +24,12 @@ from ..codec import Codec
 from ..errors import StoreError
 from ..store import GENESIS_HASH
 from . import schema
-from .url import connect_kwargs, redact_text, redact_url
+from .url import CONNECT_TIMEOUT_SECS, connect_kwargs, redact_text, redact_url
 
 NOTIFY_CHANNEL = "inputlayer_changes"
 READER_CACHE_ROWS = 10_000      # bounds the memory of a reader's row cache
 READERS_MAX = 8                 # pooled reading connections of one process
+LOCK_TIMEOUT = "30s"
 _UNKNOWN = object()             # not in a row cache (None there means: no such row)
 
 
@@ -99,7 +100,8 @@ class PgBase:
         try:
             self._prepare_schema(fingerprint)
             self._pool = ConnectionPool(url, min_size=1, max_size=READERS_MAX, kwargs=self._reader_kwargs(),
-                                        configure=self._configure_reader, open=True, name="inputlayer-readers")
+                                        configure=self._configure_reader, open=True, name="inputlayer-readers",
+                                        timeout=CONNECT_TIMEOUT_SECS)
         except BaseException:
             self._main.close()
             raise
@@ -125,8 +127,9 @@ class PgBase:
 
     def _connect(self) -> psycopg.Connection:
         try:
-            conn = psycopg.connect(self.url, autocommit=True, options=f"-c search_path={schema.NAMESPACE}",
-                                   **self._kwargs)
+            # lock_timeout: a change waits for another node's at most as long as SQLite's busy timeout.
+            conn = psycopg.connect(self.url, autocommit=True, **self._kwargs,
+                                   options=f"-c search_path={schema.NAMESPACE} -c lock_timeout={LOCK_TIMEOUT}")
         except psycopg.Error as exc:
             raise self._fault(f"cannot open the store {self.shown_url}", exc) from None
         conn.prepare_threshold = 0
