@@ -12,7 +12,14 @@ from typing import Mapping, Sequence
 
 from . import __version__
 from .bootstrap import bootstrap_banner, bootstrap_password
-from .config import Config, TLSConfig, load_config, resolve_data_dir, with_values
+from .config import (
+    Config,
+    TLSConfig,
+    load_config,
+    resolve_data_dir,
+    resolve_store,
+    with_values,
+)
 from .errors import ConfigError, StoreError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -29,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "health and metrics endpoints on the same port.")
     p.add_argument("--host", help="address to bind (default 127.0.0.1, or server.host)")
     p.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 8080, or server.port)")
-    p.add_argument("--data-dir", metavar="DIR", help="data directory (else INPUTLAYER_DATA_DIR, data_dir, XDG)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--data-dir", metavar="DIR", help="data directory (else INPUTLAYER_DATA_DIR, data_dir, XDG)")
+    where.add_argument("--store", metavar="URL",
+                       help="postgresql:// URL (or a data directory); else INPUTLAYER_STORE, store")
     p.add_argument("--config", metavar="TOML", help="config file (else INPUTLAYER_CONFIG)")
     p.add_argument("--tls-cert", metavar="PEM", help="TLS certificate chain (PEM); needs --tls-key")
     p.add_argument("--tls-key", metavar="PEM", help="TLS private key (PEM)")
@@ -88,10 +98,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     setup_logging(args.log_level)
     log = logging.getLogger("inputlayer.server")
 
-    from .codec import key_from_env
+    from .bootstrap import open_store
     from .engine import Engine
     from .server import Server, is_loopback, tls_context
-    from .store import Store
 
     try:
         config = server_config(args, load_config(args.config, env))
@@ -103,9 +112,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         sys.stderr.write(f"error: auth_mode \"disabled\" lets anyone in as an admin: it serves only a loopback "
                          f"address, not {config.server.host}\n")
         return 2
-    data_dir = resolve_data_dir(args.data_dir, env, config)
     try:
-        store = Store(data_dir, encryption_key=key_from_env(env))
+        store = open_store(resolve_store(args.store, args.data_dir, env, config), env)
     except StoreError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2

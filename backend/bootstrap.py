@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from .config import Config
+from .pgstore.url import is_postgres_url, redact_url
 
 
 def bootstrap_password(env: Mapping[str, str], config: Config) -> str | None:
@@ -23,3 +24,23 @@ def bootstrap_banner(generated_password: str) -> str:
             "Bootstrap: created user 'admin' (role admin) and knowledge graph 'default'.\n"
             f"Generated admin password: {generated_password}\n"
             "Store it now: it will not be shown again.\n" + "=" * 72 + "\n")
+
+
+def open_store(location: str, env: Mapping[str, str]):
+    """The store at `location` (a postgresql:// URL, else a data directory), sealed under
+    INPUTLAYER_ENCRYPTION_KEY when set. The PostgreSQL driver is imported only when needed."""
+    from .codec import key_from_env
+
+    key = key_from_env(env)
+    if is_postgres_url(location):
+        from .pgstore.store import PostgresStore
+
+        return PostgresStore(location, encryption_key=key, secret_file=env.get("INPUTLAYER_SERVER_SECRET_FILE"))
+    from .store import Store
+
+    return Store(location, encryption_key=key)
+
+
+def describe_store(location: str) -> str:
+    """`location` as messages and logs may show it: a URL's password never appears."""
+    return redact_url(location) if is_postgres_url(location) else location

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
+from .bootstrap import open_store
 from .config import Config
 from .engine import Engine, Session
 from .errors import CommandError
 from .result import Result
 from .security import Clock, system_clock
-from .store import Store
 
 
 class Backend(Protocol):
@@ -25,11 +26,13 @@ class Backend(Protocol):
 class LocalBackend:
     target = "local"
 
-    def __init__(self, data_dir: str, config: Config, *, encryption_key: bytes | None = None,
-                 shared_key: str | None = None, clock: Clock = system_clock):
-        self.store = Store(data_dir, encryption_key=encryption_key)
+    def __init__(self, location: str, config: Config, env: Mapping[str, str] | None = None, *,
+                 clock: Clock = system_clock):
+        """`location`: a data directory or a postgresql:// URL (see bootstrap.open_store)."""
+        env = env or {}
+        self.store = open_store(location, env)
         try:
-            self.engine = Engine(self.store, config, clock=clock, shared_key=shared_key)
+            self.engine = Engine(self.store, config, clock=clock, shared_key=env.get("INPUTLAYER_SHARED_KEY"))
         except BaseException:
             self.store.close()
             raise

@@ -7,7 +7,7 @@ import sys
 from typing import Sequence
 
 from backend import __version__
-from backend.config import Config, load_config, resolve_data_dir
+from backend.config import Config, load_config, resolve_store
 from backend.errors import AuthError, ConfigError, StoreError, TargetUnreachable
 
 from .environment import Environment, ExitStatus
@@ -35,6 +35,7 @@ def build_parser(columns: int = 80) -> argparse.ArgumentParser:
     target = p.add_mutually_exclusive_group()
     target.add_argument("--data-dir", metavar="DIR", help="local data directory (the embedded default)")
     target.add_argument("--url", help="remote server, ws://HOST:PORT/ws or wss://HOST:PORT/ws")
+    target.add_argument("--store", metavar="URL", help="local store: a postgresql:// URL or a data directory")
     p.add_argument("--user", metavar="NAME", help="log in as NAME (password from INPUTLAYER_PASSWORD or asked)")
     p.add_argument("-c", dest="command", metavar="COMMAND", action=_Ordered, help="run COMMAND (repeatable)")
     p.add_argument("-f", dest="file", metavar="FILE", action=_Ordered, help="run the commands in FILE")
@@ -60,7 +61,7 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
         return ExitStatus.ERROR
     interactive = env.stdin_isatty and env.stdout_isatty and not args.sources
     fmt = args.format or config.shell.format or ("table" if env.stdout_isatty else "plain")
-    url = args.url or (None if args.data_dir else env.env.get("INPUTLAYER_URL"))
+    url = args.url or (None if args.data_dir or args.store else env.env.get("INPUTLAYER_URL"))
     if args.single_transaction and url:
         env.err("error: --single-transaction needs a local data directory, not --url\n")
         return ExitStatus.ERROR
@@ -112,10 +113,8 @@ def open_backend(args, env: Environment, config: Config, url: str | None):
         from backend.client import RemoteBackend
         return RemoteBackend(url, ca_file=args.ca_file or env.env.get("INPUTLAYER_CA_FILE"), config=config)
     from backend.bootstrap import bootstrap_banner, bootstrap_password
-    from backend.codec import key_from_env
     from backend.local import LocalBackend
-    backend = LocalBackend(resolve_data_dir(args.data_dir, env.env, config), config,
-                           encryption_key=key_from_env(env.env), shared_key=env.env.get("INPUTLAYER_SHARED_KEY"))
+    backend = LocalBackend(resolve_store(args.store, args.data_dir, env.env, config), config, env.env)
     backend.bootstrap(bootstrap_password(env.env, config))
     if backend.generated_password:
         env.err(bootstrap_banner(backend.generated_password))

@@ -24,13 +24,12 @@ def acknowledged(output: bytes) -> list[str]:
             if line.startswith("Knowledge graph '") and line.endswith("' created.")]
 
 
-def test_kill_9_loses_no_acknowledged_change(tmp_path, config_file, cheap_config):
-    data = tmp_path / "data"
-    env = cli_env(config_file, INPUTLAYER_ADMIN_PASSWORD=ADMIN_PASSWORD)
+def test_kill_9_loses_no_acknowledged_change(store_target, config_file, cheap_config):
+    env = cli_env(config_file, INPUTLAYER_ADMIN_PASSWORD=ADMIN_PASSWORD, **store_target.cli_env())
     rng = random.Random(20261122)
     acked: list[str] = []
     for run in range(KILLS):
-        proc = subprocess.Popen([sys.executable, "-m", "repl", "--data-dir", str(data), "--on-error", "continue"],
+        proc = subprocess.Popen([sys.executable, "-m", "repl", *store_target.cli_args(), "--on-error", "continue"],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 env=env, cwd=ROOT)
         script = "".join(f".kg create r{run}-{i}\n.kg acl grant r{run}-{i} admin editor\n" for i in range(400))
@@ -48,16 +47,14 @@ def test_kill_9_loses_no_acknowledged_change(tmp_path, config_file, cheap_config
         rest, _ = proc.communicate(timeout=30)
         acked += acknowledged(seen + rest)
     assert len(acked) >= KILLS
-    store = Store(data)
-    try:
+    store = store_target.open()
+    if store_target.kind == "sqlite":
         assert store.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        with store.read():
-            present = {kg["name"] for kg in store.kgs()}
-            assert store.verify_audit()[1] is None
-        missing = [name for name in acked if name not in present]
-        assert missing == [], f"{len(missing)} acknowledged changes lost"
-    finally:
-        store.close()
+    with store.read():
+        present = {kg["name"] for kg in store.kgs()}
+        assert store.verify_audit()[1] is None
+    missing = [name for name in acked if name not in present]
+    assert missing == [], f"{len(missing)} acknowledged changes lost"
 
 
 def test_full_disk_fails_the_command_and_leaves_nothing_partial(tmp_path, cheap_config):

@@ -44,11 +44,12 @@ def directives(script: Path) -> dict[str, list[str]]:
     return found
 
 
-def run_session(script: Path, data_dir: Path, config_file: Path, target: list[str] | None = None) -> str:
+def run_session(script: Path, data_dir: Path, config_file: Path, target: list[str] | None = None,
+                target_env: dict[str, str] | None = None) -> str:
     """Run one example as a user would; return its stdout and stderr as one text, with the status."""
     how = directives(script)
     target = target or ["--data-dir", str(data_dir)]
-    env = cli_env(config_file, INPUTLAYER_ADMIN_PASSWORD=ADMIN_PASSWORD)
+    env = cli_env(config_file, INPUTLAYER_ADMIN_PASSWORD=ADMIN_PASSWORD, **(target_env or {}))
     for setup in how["setup"]:
         subprocess.run([sys.executable, "-m", "repl", *target, "-f", str(script.parent / setup)],
                        env=env, cwd=ROOT, check=True, capture_output=True, timeout=60)
@@ -69,8 +70,8 @@ def test_there_are_real_sessions():
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
-def test_session_output_matches(script: Path, tmp_path: Path, config_file: Path):
-    actual = run_session(script, tmp_path / "data", config_file)
+def test_session_output_matches(script: Path, tmp_path: Path, config_file: Path, store_target):
+    actual = run_session(script, tmp_path / "data", config_file, store_target.cli_args(), store_target.cli_env())
     expected_file = script.with_suffix(".out")
     if os.environ.get("UPDATE_EXAMPLES"):
         expected_file.write_text(actual)

@@ -129,7 +129,7 @@ if kind == "sqlite":
     from backend.store import Store
     store = Store(where)
 else:
-    from backend.pgstore import PostgresStore
+    from backend.pgstore.store import PostgresStore
     store = PostgresStore(where, secret_file=secret_file)
 cfg = with_values(Config(), {"security.argon2_memory_kib": 8, "security.argon2_time_cost": 1})
 engine = Engine(store, cfg)
@@ -165,9 +165,9 @@ def test_two_processes_writing_at_once_lose_nothing(store_target, cheap_config):
         assert store.verify_audit()[1] is None
 
 
-def test_a_change_in_one_process_is_seen_by_the_others_next_command(engine, admin, config_file):
-    env = cli_env(config_file, INPUTLAYER_ADMIN_PASSWORD=ADMIN_PASSWORD)
-    proc = subprocess.run([sys.executable, "-m", "repl", "--data-dir", str(engine.store.dir),
+def test_a_change_in_one_process_is_seen_by_the_others_next_command(engine, admin, config_file, store_target):
+    env = cli_env(config_file, INPUTLAYER_ADMIN_PASSWORD=ADMIN_PASSWORD, **store_target.cli_env())
+    proc = subprocess.run([sys.executable, "-m", "repl", *store_target.cli_args(),
                            "-c", ".user create from-outside outside-passphrase"],
                           env=env, cwd=ROOT, capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
