@@ -99,6 +99,19 @@ class StoreTarget:
     def cli_env(self) -> dict[str, str]:
         return {} if self.kind == "sqlite" else {"INPUTLAYER_SERVER_SECRET_FILE": str(self.secret_file)}
 
+    def state(self) -> str:
+        """A digest of everything stored: the files of a data directory, a PostgreSQL dump."""
+        import hashlib
+
+        if self.kind == "sqlite":
+            files = sorted(p for p in self.data_dir.iterdir() if p.is_file())
+            return hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files)).hexdigest()
+        return hashlib.sha256(self.pg.pg_dump(self.dbname)).hexdigest()
+
+    def sibling(self, name: str) -> "StoreTarget":
+        """Another, empty store of the same kind."""
+        return StoreTarget(self.kind, self.data_dir.parent / name, self.pg)
+
     def close(self) -> None:
         for store in self._opened:
             store.close()
@@ -150,6 +163,20 @@ def run_cli(args: list[str], *, stdin: str = "", env: dict[str, str], timeout: f
     """Run `python -m repl` (or `backend`) as a user would, with stdin piped."""
     return subprocess.run([sys.executable, "-m", program, *args], input=stdin.encode(), env=env,
                           capture_output=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture
+def store_shell(store_target: StoreTarget, config_file: Path):
+    """run(stdin, *args, **env) -> CompletedProcess, as `shell`, on `store_target` (either store)."""
+
+    def run(stdin: str = "", *args: str, target: StoreTarget = store_target, **extra_env: str):
+        extra_env = {"INPUTLAYER_ADMIN_PASSWORD": ADMIN_PASSWORD, **target.cli_env(), **extra_env}
+        proc = run_cli([*target.cli_args(), *args], stdin=stdin, env=cli_env(config_file, **extra_env))
+        proc.stdout, proc.stderr = proc.stdout.decode(), proc.stderr.decode()
+        return proc
+
+    run.target = store_target
+    return run
 
 
 @pytest.fixture

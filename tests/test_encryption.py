@@ -65,9 +65,10 @@ def test_no_plaintext_in_any_file(shell, cheap_config):
         store.close()
 
 
-def test_missing_wrong_or_unwanted_key_exits_2_and_changes_no_byte(shell):
+def test_missing_wrong_or_unwanted_key_exits_2_and_changes_no_byte(store_shell):
+    shell, target = store_shell, store_shell.target
     assert shell(SESSION, INPUTLAYER_ENCRYPTION_KEY=KEY_HEX).returncode == 0
-    before = files_digest(shell.data_dir)
+    before = target.state()
     missing = shell(".whoami\n")
     assert missing.returncode == 2
     assert missing.stderr.strip() == "error: the store is encrypted: set INPUTLAYER_ENCRYPTION_KEY to its key"
@@ -75,12 +76,14 @@ def test_missing_wrong_or_unwanted_key_exits_2_and_changes_no_byte(shell):
     assert wrong.returncode == 2 and "wrong encryption key" in wrong.stderr
     malformed = shell(".whoami\n", INPUTLAYER_ENCRYPTION_KEY="not-a-key")
     assert malformed.returncode == 2 and "64 hex digits" in malformed.stderr
-    assert files_digest(shell.data_dir) == before
-    plain_dir_run = shell(".whoami\n", "--data-dir", str(shell.data_dir.parent / "plain"))
-    assert plain_dir_run.returncode == 0
-    unwanted = shell(".whoami\n", "--data-dir", str(shell.data_dir.parent / "plain"),
-                     INPUTLAYER_ENCRYPTION_KEY=KEY_HEX)
-    assert unwanted.returncode == 2 and "the store is not encrypted" in unwanted.stderr
+    assert target.state() == before
+    plain = target.sibling("plain")
+    try:
+        assert shell(".whoami\n", target=plain).returncode == 0
+        unwanted = shell(".whoami\n", target=plain, INPUTLAYER_ENCRYPTION_KEY=KEY_HEX)
+        assert unwanted.returncode == 2 and "the store is not encrypted" in unwanted.stderr
+    finally:
+        plain.close()
 
 
 @pytest.fixture

@@ -242,3 +242,72 @@ def test_the_throw_away_redis_answers(redis_server):
         assert client.config_get("save") == {"save": ""}
     finally:
         client.close()
+
+
+def shell_run(target, config_file, *args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess:
+    from conftest import cli_env, run_cli
+
+    env = {"INPUTLAYER_ADMIN_PASSWORD": ADMIN_PASSWORD, **target.cli_env(), **env}
+    proc = run_cli([*args], stdin=stdin, env=cli_env(config_file, **env))
+    proc.stdout, proc.stderr = proc.stdout.decode(), proc.stderr.decode()
+    return proc
+
+
+def test_the_shell_never_shows_the_password_of_a_store_url(target, config_file):
+    wrong = target.url.replace(target.pg.password, "Sekr3t-in-url")
+    proc = shell_run(target, config_file, "--store", wrong, "-c", ".whoami")
+    assert proc.returncode == 2
+    assert "Sekr3t-in-url" not in proc.stdout + proc.stderr
+    assert proc.stderr.startswith("error: cannot open the store postgresql://pgadmin:****@127.0.0.1:")
+    both = shell_run(target, config_file, "--store", target.url, "--data-dir", "/tmp/x", "-c", ".whoami")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+    from_env = shell_run(target, config_file, "-c", ".whoami", INPUTLAYER_STORE=target.url)
+    assert from_env.returncode == 0 and from_env.stdout.startswith("admin\t")
+
+
+def test_a_node_without_the_servers_secrets_or_with_others_refuses_to_start(target, config_file, tmp_path):
+    from conftest import cli_env, run_cli
+
+    assert shell_run(target, config_file, *target.cli_args(), "-c", ".whoami").returncode == 0
+    env = cli_env(config_file, INPUTLAYER_ADMIN_PASSWORD=ADMIN_PASSWORD)
+    none = run_cli(["--store", target.url, "--port", "0"], env=env, program="backend")
+    assert none.returncode == 2
+    assert b"INPUTLAYER_SERVER_SECRET_FILE" in none.stderr and b"head -c 64 /dev/urandom" in none.stderr
+    other = tmp_path / "other-secrets"
+    other.write_bytes(secrets.token_bytes(64))
+    wrong = run_cli(["--store", target.url, "--port", "0"], env={**env, "INPUTLAYER_SERVER_SECRET_FILE": str(other)},
+                    program="backend")
+    assert wrong.returncode == 2 and b"not this store's" in wrong.stderr
+
+
+def test_two_nodes_and_a_shell_writing_at_once_keep_one_gapless_chain(target, config_file):
+    import threading
+
+    from conftest import cli_env
+    from serverkit import ServerProcess, logged_in
+
+    env = cli_env(config_file, INPUTLAYER_ADMIN_PASSWORD=ADMIN_PASSWORD, **target.cli_env())
+    nodes = [ServerProcess(target.cli_args(), env) for _ in range(2)]
+    try:
+        def write_through(node, tag):
+            with logged_in(node.url) as client:
+                for i in range(30):
+                    reply = client.execute(f".kg create {tag}-{i}")
+                    assert reply["type"] == "result", reply
+
+        writers = [threading.Thread(target=write_through, args=(node, f"node{n}")) for n, node in enumerate(nodes)]
+        for writer in writers:
+            writer.start()
+        script = "".join(f".kg create shell-{i}\n" for i in range(30))
+        assert shell_run(target, config_file, *target.cli_args(), stdin=script).returncode == 0
+        for writer in writers:
+            writer.join(120)
+    finally:
+        for node in nodes:
+            node.stop()
+    verify = shell_run(target, config_file, *target.cli_args(), "-c", ".audit verify", "-c", ".kg list")
+    assert verify.stdout.startswith("Audit log intact"), verify.stderr
+    assert len([line for line in verify.stdout.splitlines() if "-" in line.split("\t")[0]]) == 90
+    store = target.open()
+    seqs = [row[0] for row in store.conn.execute("SELECT seq FROM audit ORDER BY seq")]
+    assert seqs == list(range(1, len(seqs) + 1))
