@@ -15,9 +15,9 @@ from conftest import ADMIN_PASSWORD, ROOT, StoreTarget
 
 from backend.engine import Engine
 from backend.errors import AuthError, CommandError, StoreError
+from backend.pgstore.base import NOTIFY_CHANNEL
 from backend.pgstore.store import PostgresStore
 from backend.pgstore.url import redact_url
-from backend.pgstore.base import NOTIFY_CHANNEL
 
 KEY = secrets.token_bytes(32)
 SESSION = [".user create zebulon-user zebulon-passphrase editor", ".kg create quasar-graph",
