@@ -94,6 +94,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["rekey"]:
         return rekey_main(argv[1:], env)
+    if argv[:1] == ["copy-store"]:
+        return copy_store_main(argv[1:], env)
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     log = logging.getLogger("inputlayer.server")
@@ -138,6 +140,25 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return 2
     finally:
         store.close()
+
+
+def copy_store_main(argv: Sequence[str], env: Mapping[str, str]) -> int:
+    """`inputlayer-server copy-store FROM TO`: a whole store into another, empty one."""
+    p = _Parser(prog="inputlayer-server copy-store",
+                description="Copy a whole stopped store (a data directory or a postgresql:// URL) into "
+                            "another, empty one: rows, audit chain and server secrets.")
+    p.add_argument("source", metavar="FROM")
+    p.add_argument("target", metavar="TO")
+    args = p.parse_args(argv)
+    from .copystore import copy_store, summary
+
+    try:
+        counts = copy_store(args.source, args.target, env)
+    except StoreError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    sys.stdout.write(summary(counts) + "\n")
+    return 0
 
 
 def rekey_main(argv: Sequence[str], env: Mapping[str, str]) -> int:

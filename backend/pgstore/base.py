@@ -23,7 +23,7 @@ from psycopg_pool import ConnectionPool
 from ..codec import Codec
 from ..errors import StoreError
 from ..store import GENESIS_HASH
-from . import schema
+from . import schema, serversecrets
 from .url import CONNECT_TIMEOUT_SECS, connect_kwargs, redact_text, redact_url
 
 NOTIFY_CHANNEL = "inputlayer_changes"
@@ -94,7 +94,8 @@ class PgBase:
             self._kwargs = connect_kwargs(url)
         except ValueError as exc:
             raise StoreError(str(exc)) from None
-        self._secrets, fingerprint = schema.load_server_secrets(secret_file)
+        self._secrets = serversecrets.load(secret_file)
+        fingerprint = serversecrets.fingerprint(self._secrets)
         self.secret = self._secrets["hmac"].encode()
         self._main = self._connect()
         try:

@@ -7,11 +7,7 @@ an empty database at the same moment create it exactly once.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-import os
-from pathlib import Path
 
 from ..codec import Codec
 from ..errors import StoreError
@@ -19,9 +15,6 @@ from ..errors import StoreError
 NAMESPACE = "inputlayer"
 SCHEMA_VERSION = 1
 LOCK_KEY = 0x494C4144       # "ILAD": the advisory lock every change and the schema creation take
-MIN_SECRET_BYTES = 32
-SECRET_FILE_HINT = ("set INPUTLAYER_SERVER_SECRET_FILE to a file of at least 32 random bytes, the same "
-                    "on every node (make one with: head -c 64 /dev/urandom > FILE && chmod 600 FILE)")
 
 
 def ddl(data_type: str) -> list[str]:
@@ -58,24 +51,6 @@ def ddl(data_type: str) -> list[str]:
         f"CREATE TABLE audit (seq bigint PRIMARY KEY, data {d} NOT NULL)",
         "INSERT INTO generation VALUES (1, 0)",
     ]
-
-
-def load_server_secrets(path: str | os.PathLike | None) -> tuple[dict, str]:
-    """The secrets (HMAC of key digests, token signing) derived from the server secrets file,
-    and the file's fingerprint, which is all the store keeps of it."""
-    if not path:
-        raise StoreError(f"a PostgreSQL store needs the server secrets: {SECRET_FILE_HINT}")
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise StoreError(f"cannot read the server secrets file {path}: {exc.strerror or exc}") from None
-    if len(raw) < MIN_SECRET_BYTES:
-        raise StoreError(f"the server secrets file {path} holds {len(raw)} bytes, fewer than "
-                         f"{MIN_SECRET_BYTES}: {SECRET_FILE_HINT}")
-    derived = {name: hmac.new(raw, f"inputlayer server secret\0{name}".encode(), hashlib.sha256).hexdigest()
-               for name in ("hmac", "token")}
-    fingerprint = hashlib.sha256(b"inputlayer secrets fingerprint\0" + raw).hexdigest()
-    return derived, fingerprint
 
 
 def format_record(codec: Codec) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from ..codec import encode_json
 from ..errors import StoreError
 from ..store import AUDIT_FIELDS, GENESIS_HASH, _audit_payload, audit_hash
+from . import serversecrets
 from .base import PgBase
 
 ROW_TABLES = ("users", "kgs", "tokens")
@@ -337,7 +338,7 @@ class PostgresStore(PgBase):
     def import_rows(self, rows: dict) -> int:
         """Fill this (new, empty) store with export_rows() of another; inside write(). The
         secrets come from the server secrets file, so they must be the source's already."""
-        if rows["secrets"] != self._secrets:
+        if serversecrets.fingerprint(rows["secrets"]) != serversecrets.fingerprint(self._secrets):
             raise StoreError("the server secrets file does not hold the secrets of the store being copied")
         self._set_meta("audit_head", rows["audit_head"])
         for user in rows["users"]:
