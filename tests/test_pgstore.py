@@ -311,3 +311,14 @@ def test_two_nodes_and_a_shell_writing_at_once_keep_one_gapless_chain(target, co
     store = target.open()
     seqs = [row[0] for row in store.conn.execute("SELECT seq FROM audit ORDER BY seq")]
     assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_connections_the_server_dropped_are_replaced_by_themselves(pg_engine, target):
+    engine, admin = pg_engine
+    engine.execute(admin, ".user list")                       # a pooled reader and the writer, both in use
+    with psycopg.connect(target.url, autocommit=True) as killer:
+        killed = killer.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()
+    assert killed is not None and killed[0] >= 2
+    assert engine.execute(admin, ".user create ola ola-passphrase viewer").rows
+    assert "ola" in [row[0] for row in engine.execute(admin, ".user list").rows]

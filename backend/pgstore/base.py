@@ -7,13 +7,12 @@ it guards see the same rows, and the audit chain's one head is read and updated 
 a time (seq has no gaps). A change that touched rows also bumps `generation` and sends NOTIFY in
 its own transaction, so listeners hear of exactly what committed.
 
-Reads run on pooled connections in REPEATABLE READ READ ONLY transactions: one snapshot a command.
+Reads run on pooled connections, one snapshot a command (reads.py).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -22,34 +21,13 @@ from psycopg_pool import ConnectionPool
 
 from ..codec import Codec
 from ..errors import StoreError
-from ..store import GENESIS_HASH
 from . import schema, serversecrets
+from .reads import Snapshots, connection_lost
 from .url import CONNECT_TIMEOUT_SECS, connect_kwargs, redact_text, redact_url
 
 NOTIFY_CHANNEL = "inputlayer_changes"
-READER_CACHE_ROWS = 10_000      # bounds the memory of a reader's row cache
 READERS_MAX = 8                 # pooled reading connections of one process
 LOCK_TIMEOUT = "30s"
-_UNKNOWN = object()             # not in a row cache (None there means: no such row)
-
-
-class _Snapshot:
-    __slots__ = ("_entered", "_store")
-
-    def __init__(self, store: PgBase):
-        self._store = store
-
-    def __enter__(self) -> None:
-        self._entered = self._store._enter_read()
-
-    def __exit__(self, exc_type, exc, _tb) -> None:
-        if self._entered is not None:
-            try:
-                self._store._exit_read(self._entered)
-            except psycopg.Error as failed:
-                exc = exc or failed
-        if isinstance(exc, psycopg.Error):
-            raise self._store._fault("cannot read the store", exc) from None
 
 
 class _Change:
@@ -67,7 +45,7 @@ class _Change:
             raise self._store._fault("cannot write to the store", exc) from None
 
 
-class PgBase:
+class PgBase(Snapshots):
     """Transactions, snapshots and row caches; the rows themselves are in PostgresStore."""
 
     def __init__(self, url: str, *, encryption_key: bytes | None = None,
@@ -75,7 +53,6 @@ class PgBase:
         self.url = url
         self.shown_url = redact_url(url)
         self.codec = Codec(encryption_key)
-        self.data_type = "bytea" if self.codec.encrypted else "text"
         self._lock = threading.RLock()
         self._depth = 0
         self._owner: int | None = None
@@ -99,10 +76,13 @@ class PgBase:
         self.secret = self._secrets["hmac"].encode()
         self._main = self._connect()
         try:
-            self._prepare_schema(fingerprint)
+            schema.prepare(self._main, self.codec, self.shown_url, fingerprint)
             self._pool = ConnectionPool(url, min_size=1, max_size=READERS_MAX, kwargs=self._reader_kwargs(),
                                         configure=self._configure_reader, open=True, name="inputlayer-readers",
                                         timeout=CONNECT_TIMEOUT_SECS)
+        except psycopg.Error as exc:
+            self._main.close()
+            raise self._fault(f"cannot open the store {self.shown_url}", exc) from None
         except BaseException:
             self._main.close()
             raise
@@ -136,49 +116,9 @@ class PgBase:
         conn.prepare_threshold = 0
         return conn
 
-    def _prepare_schema(self, fingerprint: str) -> None:
-        try:
-            if not self._schema_exists():
-                self._create_schema(fingerprint)
-            self._check_schema(fingerprint)
-        except psycopg.Error as exc:
-            raise self._fault(f"cannot open the store {self.shown_url}", exc) from None
-
-    def _schema_exists(self) -> bool:
-        # A catalog query, not to_regclass(): that one may answer from a catalog snapshot taken
-        # before the advisory lock was granted, missing the tables another node just created.
-        row = self._main.execute("SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = %s AND tablename = 'meta'",
-                                 (schema.NAMESPACE,)).fetchone()
-        return row is not None
-
-    def _create_schema(self, fingerprint: str) -> None:
-        with self._main.transaction():
-            self._main.execute("SELECT pg_advisory_xact_lock(%s)", (schema.LOCK_KEY,))
-            if self._schema_exists():       # another node created it while this one waited
-                return
-            if self._main.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
-                                  (schema.NAMESPACE,)).fetchone():
-                raise StoreError(f"cannot open the store: {self.shown_url} has a schema "
-                                 f"'{schema.NAMESPACE}' that is not an InputLayer store")
-            for statement in schema.ddl(self.data_type):
-                self._main.execute(statement)  # type: ignore[call-overload]  # fixed text, no input
-            self._main.execute("INSERT INTO meta VALUES ('format', %s)", (self._plain(schema.format_record(self.codec)),))
-            self._set_meta("secrets_fingerprint", {"sha256": fingerprint})
-            self._set_meta("audit_head", {"seq": 0, "hash": GENESIS_HASH})
-
-    def _check_schema(self, fingerprint: str) -> None:
-        row = self._main.execute("SELECT data FROM meta WHERE name = 'format'").fetchone()
-        if row is None:
-            raise StoreError(f"cannot open the store: {self.shown_url} is damaged (no format record)")
-        text = row[0] if isinstance(row[0], str) else bytes(row[0]).decode()
-        schema.check_format(text, self.codec, self.shown_url)
-        if self._meta("secrets_fingerprint")["sha256"] != fingerprint:
-            raise StoreError("the server secrets file is not this store's: every node must use the same "
-                             "INPUTLAYER_SERVER_SECRET_FILE")
-
     def _plain(self, text: str) -> str | bytes:
-        """An unsealed value (the format record) in the type of the `data` columns."""
-        return text.encode() if self.codec.encrypted else text
+        """An unsealed value in the type of the `data` columns."""
+        return schema.plain(self.codec, text)
 
     @property
     def conn(self) -> psycopg.Connection:
@@ -287,14 +227,21 @@ class PgBase:
         self._forget()
         if self._closed:
             raise StoreError("the store is closed")
-        try:
-            if self._main.broken or self._main.closed:
-                self._main = self._connect()         # the server restarted, or the network dropped
-            self._main.execute("BEGIN")
-            self._main.execute("SELECT pg_advisory_xact_lock(%s)", (schema.LOCK_KEY,))
-        except psycopg.Error as exc:
-            self._rollback()
-            raise self._fault("cannot write to the store", exc) from None
+        for attempt in (1, 2):
+            try:
+                if self._main.broken or self._main.closed:
+                    self._main = self._connect()     # the server restarted, or the network dropped
+                self._main.execute("BEGIN")
+                self._main.execute("SELECT pg_advisory_xact_lock(%s)", (schema.LOCK_KEY,))
+                return
+            except psycopg.Error as exc:
+                lost = connection_lost(exc, self._main)
+                self._rollback()
+                if lost:
+                    self._main.close()
+                # Nothing was written yet: a connection found dead is replaced and tried once more.
+                if attempt == 2 or not lost:
+                    raise self._fault("cannot write to the store", exc) from None
 
     def _commit(self) -> None:
         try:
@@ -324,72 +271,7 @@ class PgBase:
         except psycopg.Error:
             self._main.close()          # a broken connection: reopened at the next change
 
-    # --- snapshots -----------------------------------------------------------------------
-
-    def read(self) -> _Snapshot:
-        """A consistent snapshot for a read-only command, on a pooled connection."""
-        return _Snapshot(self)
-
-    def _enter_read(self) -> psycopg.Connection | None:
-        tls = self._tls
-        if self._owner == threading.get_ident() or getattr(tls, "conn", None) is not None:
-            return None
-        with self._read_done:
-            if self._closed:
-                raise StoreError("the store is closed")
-            self._reading += 1
-        try:
-            reader = self._pool.getconn()
-        except BaseException as exc:
-            self._read_finished()
-            if isinstance(exc, psycopg.Error):   # psycopg_pool.PoolTimeout is one too
-                raise self._fault("cannot read the store", exc) from None
-            raise
-        try:
-            reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            stamp = reader.execute("SELECT n FROM generation").fetchone()
-            if stamp != getattr(tls, "seen_stamp", None):
-                tls.cache, tls.seen_stamp = {}, stamp
-        except BaseException:
-            self._pool.putconn(reader)
-            self._read_finished()
-            raise
-        tls.conn = reader
-        return reader
-
-    def _read_finished(self) -> None:
-        with self._read_done:
-            self._reading -= 1
-            self._read_done.notify_all()
-
-    def _exit_read(self, reader: psycopg.Connection) -> None:
-        self._tls.conn = None
-        try:
-            if reader.info.transaction_status != pq.TransactionStatus.IDLE:
-                reader.execute("COMMIT")
-        finally:
-            self._pool.putconn(reader)
-            self._read_finished()
-
     # --- caches and meta -----------------------------------------------------------------
-
-    def _memo(self, key: tuple, load: Callable, *args, writer_too: bool):
-        """`load(*args)`, remembered: by the writer within its transaction (only for lookups its
-        own writes keep up to date), by a reader while no commit has changed a row."""
-        if self._owner == threading.get_ident():
-            if not writer_too:
-                return load(*args)
-            cache = self._cache
-        elif getattr(self._tls, "conn", None) is not None:
-            cache = self._tls.cache
-            if len(cache) >= READER_CACHE_ROWS:
-                cache.clear()
-        else:
-            return load(*args)
-        value = cache.get(key, _UNKNOWN)
-        if value is _UNKNOWN:
-            value = cache[key] = load(*args)
-        return value
 
     def _meta(self, name: str) -> dict:
         row = self.conn.execute("SELECT data FROM meta WHERE name = %s", (name,)).fetchone()
@@ -415,4 +297,5 @@ class PgBase:
         if row is None:
             raise StoreError("the store is damaged: an expected row is missing")
         return row[0]
+
 

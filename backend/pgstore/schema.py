@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 
+import psycopg
+
 from ..codec import Codec
 from ..errors import StoreError
+from ..store import GENESIS_HASH
 
 NAMESPACE = "inputlayer"
 SCHEMA_VERSION = 1
@@ -69,3 +72,47 @@ def check_format(text: str, codec: Codec, where: str) -> None:
         raise StoreError("the store is not encrypted: unset INPUTLAYER_ENCRYPTION_KEY")
     if fmt["encrypted"] and fmt["key_id"] != codec.key_id:
         raise StoreError("wrong encryption key: INPUTLAYER_ENCRYPTION_KEY is not the key of this store")
+
+
+def plain(codec: Codec, text: str) -> str | bytes:
+    """An unsealed value (the format record) in the type of the `data` columns."""
+    return text.encode() if codec.encrypted else text
+
+
+def prepare(conn: psycopg.Connection, codec: Codec, shown_url: str, fingerprint: str) -> None:
+    """Create the schema if this database has none yet, then check it is one this program and
+    this key can read, kept for these server secrets (`fingerprint`)."""
+    if not _exists(conn):
+        _create(conn, codec, shown_url, fingerprint)
+    row = conn.execute("SELECT data FROM meta WHERE name = 'format'").fetchone()
+    if row is None:
+        raise StoreError(f"cannot open the store: {shown_url} is damaged (no format record)")
+    check_format(row[0] if isinstance(row[0], str) else bytes(row[0]).decode(), codec, shown_url)
+    row = conn.execute("SELECT data FROM meta WHERE name = 'secrets_fingerprint'").fetchone()
+    kept = row and codec.open("meta", "secrets_fingerprint", bytes(row[0]) if codec.encrypted else row[0])
+    if not kept or kept["sha256"] != fingerprint:
+        raise StoreError("the server secrets file is not this store's: every node must use the same "
+                         "INPUTLAYER_SERVER_SECRET_FILE")
+
+
+def _exists(conn: psycopg.Connection) -> bool:
+    # A catalog query, not to_regclass(): that one may answer from a catalog snapshot taken
+    # before the advisory lock was granted, missing the tables another node just created.
+    return conn.execute("SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = %s AND tablename = 'meta'",
+                        (NAMESPACE,)).fetchone() is not None
+
+
+def _create(conn: psycopg.Connection, codec: Codec, shown_url: str, fingerprint: str) -> None:
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+        if _exists(conn):               # another node created it while this one waited
+            return
+        if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (NAMESPACE,)).fetchone():
+            raise StoreError(f"cannot open the store: {shown_url} has a schema '{NAMESPACE}' that is "
+                             "not an InputLayer store")
+        for statement in ddl("bytea" if codec.encrypted else "text"):
+            conn.execute(statement)  # type: ignore[call-overload]  # fixed text, no input
+        meta: dict[str, dict] = {"secrets_fingerprint": {"sha256": fingerprint}, "audit_head": {"seq": 0, "hash": GENESIS_HASH}}
+        conn.execute("INSERT INTO meta VALUES ('format', %s)", (plain(codec, format_record(codec)),))
+        for name, value in meta.items():
+            conn.execute("INSERT INTO meta VALUES (%s, %s)", (name, codec.seal("meta", name, value)))
