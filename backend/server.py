@@ -43,7 +43,7 @@ from websockets.protocol import State
 
 from . import __version__
 from .config import Config, ServerConfig, TLSConfig
-from .codec import json_encoder
+from .store.codec import json_encoder
 from .engine import Engine, RateLimited, Session
 from .errors import AuthError, CommandError, ConfigError, PermissionDenied, SessionEnded, StoreError
 from .registry import Invocation, clip, match_command, parse_program

@@ -17,7 +17,7 @@ from backend.client import LEGACY
 from backend.config import Config, with_values
 from backend.engine import Engine
 from backend.server import Server, ServerOptions
-from backend.store import Store
+from backend.store import SQLiteStore
 
 from conftest import ADMIN_PASSWORD, ROOT, cli_env as server_env   # noqa: F401  (re-exported for server tests)
 
@@ -100,7 +100,7 @@ def running_server(data_dir, config: Config, **values):
 
 
 def make_engine(data_dir, config: Config, **kwargs) -> Engine:
-    engine = Engine(Store(data_dir), config, **kwargs)
+    engine = Engine(SQLiteStore(data_dir), config, **kwargs)
     engine.bootstrap(ADMIN_PASSWORD)
     return engine
 
