@@ -89,8 +89,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     log = logging.getLogger("inputlayer.server")
 
     from .store.codec import key_from_env
-    from .engine import Engine
-    from .server import Server, is_loopback, tls_context
+    from .netaddr import is_loopback
+    from .server import Server, tls_context
     from .store import SQLiteStore
 
     try:
@@ -111,11 +111,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return 2
     try:
         try:
-            engine = Engine(store, config, shared_key=env.get("INPUTLAYER_SHARED_KEY"))
+            server = Server(store, config, shared_key=env.get("INPUTLAYER_SHARED_KEY"), ssl_context=ssl_context)
         except ConfigError as exc:
             sys.stderr.write(f"error: {exc}\n")
             return 2
-        _, generated = engine.bootstrap(bootstrap_password(env, config))
+        _, generated = server.engine.bootstrap(bootstrap_password(env, config))
         if generated:
             sys.stderr.write(bootstrap_banner(generated))
             sys.stderr.flush()
@@ -123,7 +123,6 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             log.warning("listening on %s without TLS: traffic, passwords included, is readable on the "
                         "network unless a reverse proxy terminates TLS in front of this server",
                         config.server.host)
-        server = Server(engine, config, ssl_context=ssl_context)
         return asyncio.run(_serve(server))
     except StoreError as exc:
         sys.stderr.write(f"error: {exc}\n")

@@ -11,6 +11,7 @@ from typing import Callable, NamedTuple
 
 from .errors import CommandError
 from .lexer import Token, split_words, tokenize
+from .netaddr import normalize_address, normalize_network
 
 ROLES = ("admin", "editor", "viewer")          # global roles, weakest last
 KG_ROLES = ("owner", "editor", "viewer")       # KG levels, weakest last
@@ -78,11 +79,10 @@ def check_secret(text: str) -> str:
 
 
 def check_networks(text: str) -> tuple[str, ...]:
-    import ipaddress
     out = []
     for part in text.split(","):
         try:
-            out.append(str(ipaddress.ip_network(part, strict=False)))
+            out.append(normalize_network(part))
         except ValueError:
             raise CommandError(f"Invalid address range '{clip(part)}': use CIDR like 10.0.0.0/8 or 2001:db8::/32") from None
     return tuple(dict.fromkeys(out))
@@ -100,9 +100,8 @@ def check_rate(text: str) -> tuple[int, int]:
 
 
 def check_address(text: str) -> str:
-    import ipaddress
     try:
-        return str(ipaddress.ip_address(text))
+        return normalize_address(text)
     except ValueError:
         raise CommandError(f"Invalid address '{clip(text)}': use an IPv4 or IPv6 address") from None
 

@@ -109,8 +109,8 @@ def _preload_interactive() -> None:
 
 def open_backend(args, env: Environment, config: Config, url: str | None):
     if url:
-        from backend.client import RemoteBackend
-        return RemoteBackend(url, ca_file=args.ca_file or env.env.get("INPUTLAYER_CA_FILE"), config=config)
+        from backend.targets.remote import RemoteBackend
+        return RemoteBackend(url, ca_file=args.ca_file or env.env.get("INPUTLAYER_CA_FILE"))
     from backend.bootstrap import bootstrap_banner, bootstrap_password
     from backend.store.codec import key_from_env
     from backend.local import LocalBackend
