@@ -14,7 +14,7 @@ from typing import Callable, Protocol
 from . import __version__
 from .config import Config
 from .errors import AuthError, CommandError, ConfigError, PermissionDenied, SessionEnded, StoreError
-from .registry import COMMANDS, GROUPS, Invocation, clip, find_command, parse, parse_program
+from .language.registry import COMMANDS, GROUPS, Invocation, clip, find_command, parse, parse_program
 from .result import Result
 from .security import Clock, Lockout, PasswordHasher, RateLimiter, check_password_policy, iso, key_digest, \
     new_api_key, system_clock, well_formed_key

@@ -46,7 +46,7 @@ from .config import Config, ServerConfig, TLSConfig
 from .codec import json_encoder
 from .engine import Engine, RateLimited, Session
 from .errors import AuthError, CommandError, ConfigError, PermissionDenied, SessionEnded, StoreError
-from .registry import Invocation, clip, match_command, parse_program
+from .language.registry import Invocation, clip, match_command, parse_program
 from .result import Result
 
 log = logging.getLogger("inputlayer.server")

@@ -113,7 +113,7 @@ def open_backend(args, env: Environment, config: Config, url: str | None):
         return RemoteBackend(url, ca_file=args.ca_file or env.env.get("INPUTLAYER_CA_FILE"), config=config)
     from backend.bootstrap import bootstrap_banner, bootstrap_password
     from backend.codec import key_from_env
-    from backend.local import LocalBackend
+    from backend.targets.local import LocalBackend
     backend = LocalBackend(resolve_data_dir(args.data_dir, env.env, config), config,
                            encryption_key=key_from_env(env.env), shared_key=env.env.get("INPUTLAYER_SHARED_KEY"))
     backend.bootstrap(bootstrap_password(env.env, config))

@@ -12,8 +12,8 @@ from typing import Callable, Iterable
 from prompt_toolkit.completion import Completer, Completion
 from prompt_toolkit.document import Document
 
-from backend.lexer import tokenize
-from backend.registry import COMMANDS, GROUPS, KG_ROLES, ROLES, Command, Kind, find_command, match_command
+from backend.language.lexer import tokenize
+from backend.language.registry import COMMANDS, GROUPS, KG_ROLES, ROLES, Command, Kind, find_command, match_command
 from backend.result import Result
 
 # Where live names come from: the kind's `completes` value -> the command listing them

@@ -9,8 +9,8 @@ from prompt_toolkit.styles import Style
 from pygments.lexer import Lexer
 from pygments.token import Comment, Error, Keyword, Name, Operator, String, Text, _TokenType
 
-from backend.lexer import tokenize
-from backend.registry import GROUPS, match_command, secret_spans
+from backend.language.lexer import tokenize
+from backend.language.registry import GROUPS, match_command, secret_spans
 
 Secret = String.Secret
 # Pygments token -> how a kind of argument looks; unlisted kinds are plain names.

@@ -9,8 +9,8 @@ from typing import Mapping
 from prompt_toolkit.history import FileHistory
 
 from backend.config import Config
-from backend.lexer import tokenize
-from backend.registry import GROUPS, match_command, redact
+from backend.language.lexer import tokenize
+from backend.language.registry import GROUPS, match_command, redact
 
 MASK = "********"   # what a secret becomes in the history file
 

@@ -12,8 +12,8 @@ from prompt_toolkit.output import ColorDepth
 
 from backend.config import Config
 from backend.errors import AuthError, CommandError, SessionEnded, TargetUnreachable
-from backend.lexer import quote_word, tokenize
-from backend.registry import match_command, parse, secret_spans
+from backend.language.lexer import quote_word, tokenize
+from backend.language.registry import match_command, parse, secret_spans
 from backend.result import Result
 
 from .completer import CommandCompleter, LiveNames

@@ -15,7 +15,7 @@ from collections import deque
 from typing import Iterable, Iterator, NamedTuple
 
 from backend.errors import CommandError, SessionEnded, StoreError
-from backend.registry import COMMANDS
+from backend.language.registry import COMMANDS
 
 from .environment import Environment, ExitStatus
 from .output import render, render_json_error

@@ -8,8 +8,8 @@ import pytest
 from prompt_toolkit.document import Document
 
 from backend.errors import PermissionDenied
-from backend.local import LocalBackend
-from backend.registry import COMMANDS, find_command
+from backend.targets.local import LocalBackend
+from backend.language.registry import COMMANDS, find_command
 from backend.result import Result
 from repl.completer import LIVE_SOURCES, CommandCompleter, LiveNames
 

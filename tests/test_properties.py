@@ -12,8 +12,8 @@ from backend.codec import encode_json, json_encoder
 from backend.config import Config, with_values
 from backend.engine import Engine
 from backend.errors import CommandError
-from backend.lexer import split_words, tokenize
-from backend.registry import COMMANDS, parse
+from backend.language.lexer import split_words, tokenize
+from backend.language.registry import COMMANDS, parse
 from backend.result import Result
 from backend.store import TABLES, Store
 from conftest import ADMIN_PASSWORD, CHEAP_ARGON2

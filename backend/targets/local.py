@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .config import Config
-from .engine import Engine, Session
-from .errors import CommandError
-from .result import Result
-from .security import Clock, system_clock
-from .store import Store
+from ..config import Config
+from ..engine import Engine, Session
+from ..errors import CommandError
+from ..result import Result
+from ..security import Clock, system_clock
+from ..store import Store
 
 
 class Backend(Protocol):

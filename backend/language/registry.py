@@ -9,7 +9,7 @@ the history redaction are all derived from COMMANDS below; a new command is adde
 import re
 from typing import Callable, NamedTuple
 
-from .errors import CommandError
+from ..errors import CommandError
 from .lexer import Token, split_words, tokenize
 
 ROLES = ("admin", "editor", "viewer")          # global roles, weakest last
