@@ -46,7 +46,8 @@ from .config import Config, ServerConfig, TLSConfig
 from .codec import json_encoder
 from .engine import Engine, RateLimited, Session
 from .errors import AuthError, CommandError, ConfigError, PermissionDenied, SessionEnded, StoreError
-from .language.registry import Invocation, clip, match_command, parse_program
+from .language.parser import Invocation, parse_program
+from .language.registry import clip, match_command
 from .result import Result
 
 log = logging.getLogger("inputlayer.server")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from backend import __version__
 from backend.config import Config, load_config, resolve_data_dir
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
             env.err(problem + "\n")
             return ExitStatus.ERROR
         if interactive:
-            from .interactive import run_interactive   # prompt-toolkit only now
+            from .interactive import run_interactive  # prompt-toolkit only now
             return run_interactive(backend, env, config, fmt=fmt)
         lines = script_lines(args, env)
         return run_script(backend, lines, env, fmt=fmt, on_error=args.on_error,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import textwrap
-from typing import Mapping
+from collections.abc import Mapping
 
 from backend.result import Result
 

@@ -12,15 +12,15 @@ from prompt_toolkit.output import ColorDepth
 
 from backend.config import Config
 from backend.errors import AuthError, CommandError, SessionEnded, TargetUnreachable
-from backend.language.lexer import quote_word, tokenize
-from backend.language.registry import match_command, parse, secret_spans
+from backend.language.lexer import quote_word
+from backend.language.parser import MASK, Role, analyze, parse, secret_spans
 from backend.result import Result
 
 from .completer import CommandCompleter, LiveNames
 from .display import format_result, needs_pager, page
 from .environment import Environment, ExitStatus
 from .highlight import STYLE, CommandLexer, SecretMask
-from .history import MASK, PrivateHistory, history_path
+from .history import PrivateHistory, history_path
 from .output import printable
 from .script import is_quit, is_skipped
 
@@ -130,7 +130,7 @@ class Shell:
             return
         if result.switched_kg is not None:
             self.kg = result.switched_kg
-        cmd, _ = match_command(_words(line))
+        cmd = analyze(line, partial=True).command
         if cmd is not None and cmd.writes:
             self.live.refresh()
         self.show(result)
@@ -171,14 +171,14 @@ class Shell:
             self.error("Passwords do not match")
             return None
         word = quote_word(first)
-        if inv.args[secret.name] == MASK:
-            start, end = secret_spans(line)[0]
-            return line[:start] + word + line[end:]
+        parts = analyze(line).parts
+        given = next((p for p in parts if p.role is Role.ARGUMENT and p.name == secret.name), None)
+        if given is not None:                 # the mask of a recalled line
+            return line[:given.start] + word + line[given.end:]
         # Insert after the last argument bound before the secret (or after the command words).
-        _, used = match_command(_words(line))
-        tokens = [t for t in inv.tokens[used:] if t.quoted or "=" not in t.text or not cmd.options]
-        before = sum(inv.args.get(p.name) is not None for p in cmd.params[:cmd.params.index(secret)])
-        at = (tokens[before - 1] if before else inv.tokens[used - 1]).end
+        before = {p.name for p in cmd.params[:cmd.params.index(secret)]}
+        at = max(p.end for p in parts if p.role in (Role.COMMAND, Role.SUBCOMMAND)
+                 or p.role is Role.ARGUMENT and p.name in before)
         return line[:at] + " " + word + line[at:]
 
     # --- screen ----------------------------------------------------------------------------
@@ -204,11 +204,6 @@ class Shell:
         if self.env.colour:
             line = f"\x1b[31m{line}\x1b[0m"
         self.env.err(line + "\n")
-
-
-def _words(line: str) -> list[str]:
-    tokens = tokenize(line, partial=True)
-    return [tokens[0].text[1:]] + [t.text for t in tokens[1:]] if tokens else []
 
 
 def run_interactive(backend, env: Environment, config: Config, fmt: str = "table", *,

@@ -28,7 +28,7 @@ def printable(text: str) -> str:
 def display_width(text: str) -> int:
     if text.isascii():
         return len(text)
-    import unicodedata     # costs milliseconds at start-up; most tables are ASCII
+    import unicodedata  # costs milliseconds at start-up; most tables are ASCII
 
     return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 

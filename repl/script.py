@@ -12,7 +12,8 @@ import os
 import select
 import time
 from collections import deque
-from typing import Iterable, Iterator, NamedTuple
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 from backend.errors import CommandError, SessionEnded, StoreError
 from backend.language.registry import COMMANDS
@@ -243,8 +244,8 @@ class _Runner:
             while (line := self._next(lines)) is not None and not is_quit(line.text):
                 report, _ = self._run(line)
                 if self.failed:
-                    self._print(report + [("err", "error: the whole transaction was rolled back; "
-                                                  "nothing was changed\n")])
+                    rolled_back = "error: the whole transaction was rolled back; nothing was changed\n"
+                    self._print([*report, ("err", rolled_back)])
                     return ExitStatus.STOPPED
                 reports += report
             self.backend.end_batch(True)

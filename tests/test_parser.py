@@ -6,7 +6,8 @@ import pytest
 
 from backend.errors import CommandError
 from backend.language.lexer import quote_word, tokenize
-from backend.language.registry import COMMANDS, parse, redact
+from backend.language.parser import parse, redact
+from backend.language.registry import COMMANDS
 from backend.engine import missing_handlers
 
 

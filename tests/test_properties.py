@@ -13,7 +13,8 @@ from backend.config import Config, with_values
 from backend.engine import Engine
 from backend.errors import CommandError
 from backend.language.lexer import split_words, tokenize
-from backend.language.registry import COMMANDS, parse
+from backend.language.parser import parse
+from backend.language.registry import COMMANDS
 from backend.result import Result
 from backend.store import TABLES, Store
 from conftest import ADMIN_PASSWORD, CHEAP_ARGON2
