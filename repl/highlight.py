@@ -11,8 +11,8 @@ from prompt_toolkit.layout.processors import (
     TransformationInput,
 )
 from prompt_toolkit.styles import Style
-from pygments.lexer import Lexer
-from pygments.token import (
+from pygments.lexer import Lexer  # type: ignore[import-untyped]
+from pygments.token import (  # type: ignore[import-untyped]
     Comment,
     Error,
     Keyword,

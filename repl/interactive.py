@@ -15,6 +15,7 @@ from backend.errors import AuthError, CommandError, SessionEnded, TargetUnreacha
 from backend.language.lexer import quote_word
 from backend.language.parser import MASK, Role, analyze, parse, secret_spans
 from backend.result import Result
+from backend.targets.protocols import Backend, Reconnecting
 
 from .completer import CommandCompleter, LiveNames
 from .display import format_result, needs_pager, page
@@ -41,7 +42,7 @@ class SafeAutoSuggest(AutoSuggestFromHistory):
 
 
 class Shell:
-    def __init__(self, backend, env: Environment, config: Config, *, fmt: str = "table",
+    def __init__(self, backend: Backend, env: Environment, config: Config, *, fmt: str = "table",
                  input=None, output=None):
         self.backend = backend
         self.env = env
@@ -54,7 +55,7 @@ class Shell:
         self.kg = who.get("knowledge_graph", "")
         self.live = LiveNames(self._call, who)
         colour = "NO_COLOR" not in env.env
-        self.session = PromptSession(
+        self.session: PromptSession[str] = PromptSession(
             history=PrivateHistory(history_path(config, env.env)),
             completer=CommandCompleter(self.live, local=backend.target == "local"),
             complete_while_typing=False,
@@ -105,12 +106,13 @@ class Shell:
 
     def execute(self, line: str) -> None:
         try:
-            line = self._with_password(line)
+            completed = self._with_password(line)
         except (EOFError, KeyboardInterrupt):
             self.env.out("\n")
             return
-        if line is None:
+        if completed is None:
             return
+        line = completed
         if self.disconnected and not self._reconnect():
             return
         try:
@@ -136,11 +138,10 @@ class Shell:
         self.show(result)
 
     def _reconnect(self) -> bool:
-        reconnect = getattr(self.backend, "reconnect", None)
-        if reconnect is not None:
+        if isinstance(self.backend, Reconnecting):
             try:
                 with self.lock:
-                    reconnect()
+                    self.backend.reconnect()
             except TargetUnreachable as exc:
                 self.error(f"still unreachable: {exc}")
                 return False
@@ -206,6 +207,6 @@ class Shell:
         self.env.err(line + "\n")
 
 
-def run_interactive(backend, env: Environment, config: Config, fmt: str = "table", *,
+def run_interactive(backend: Backend, env: Environment, config: Config, fmt: str = "table", *,
                     input=None, output=None) -> int:
     return Shell(backend, env, config, fmt=fmt, input=input, output=output).run()
