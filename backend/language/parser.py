@@ -34,6 +34,7 @@ MASK = "********"   # what a secret becomes in the history file
 # pairs made here once, which matters in bulk scripts.
 _FIXED_ARITY = {c.words: tuple((p.name, p.kind.convert) for p in c.params)
                 for c in COMMANDS if not any(p.optional or p.rest for p in c.params)}
+_REQUIRED = {c.words: sum(not p.optional for p in c.params) for c in COMMANDS}
 
 
 class Role(Enum):
@@ -97,15 +98,12 @@ def _is_option(text: str, quoted: bool) -> bool:
     return not quoted and "=" in text
 
 
-def _arity_ok(params: tuple[Param, ...], count: int) -> bool:
-    return sum(not p.optional for p in params) <= count <= len(params)
-
-
-def _choose(params: tuple[Param, ...], values: list[str]) -> list[Param]:
+def _choose(cmd: Command, values: list[str]) -> list[Param]:
     """The parameter each value binds to, in order: every required one, and optional ones while
     values are spare. An optional secret followed by an optional role gives way when the one
     spare value is a role word: `.user create bob editor` asks for bob's password."""
-    spare = len(values) - sum(not p.optional for p in params)
+    params = cmd.params
+    spare = len(values) - _REQUIRED[cmd.words]
     chosen: list[Param] = []
     for i, p in enumerate(params):
         if not p.optional:
@@ -180,9 +178,9 @@ def _bind_params(cmd: Command, values: list[str], inv: Invocation) -> None:
     if params and params[-1].rest:
         inv.args[params[-1].name] = " ".join(values) if values else None
         return
-    if not _arity_ok(params, len(values)):
+    if not _REQUIRED[cmd.words] <= len(values) <= len(params):
         _arity_error(cmd, values)
-    for p, value in zip(_choose(params, values), values):
+    for p, value in zip(_choose(cmd, values), values):
         inv.args[p.name] = p.kind.convert(value)
     for p in params:
         inv.args.setdefault(p.name, None)
@@ -237,17 +235,18 @@ def analyze(line: str, *, partial: bool = False) -> Analysis:
             parts.append(Part(Role.EXTRA, tok.start, tok.end, tok.text))
         else:
             values.append(tok)
-    parts += _value_parts(cmd.params, values)
+    parts += _value_parts(cmd, values)
     parts.sort(key=lambda p: p.start)
     given = frozenset(t.text.split("=", 1)[0].lower() for t in options)
     return Analysis(tokens, cmd, group, parts, len(values), given)
 
 
-def _value_parts(params: tuple[Param, ...], values: list[Token]) -> list[Part]:
+def _value_parts(cmd: Command, values: list[Token]) -> list[Part]:
+    params = cmd.params
     if params and params[-1].rest:
         return [_argument(t, params[-1]) for t in values]
     texts = [t.text for t in values]
-    chosen = _choose(params, texts)
+    chosen = _choose(cmd, texts)
     secret = next((i for i, p in enumerate(params) if p.kind.secret), None)
     if secret is not None and not _binds(chosen, texts):
         # Unparseable as a whole (an unquoted password with blanks, say): every word from the
