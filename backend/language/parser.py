@@ -122,10 +122,10 @@ def _choose(cmd: Command, values: list[str]) -> list[Param]:
 def parse(line: str) -> Invocation:
     """Parse one dot-command line; raise CommandError with the user-facing message."""
     texts, quoted = split_words(line)
-    if not texts or not texts[0].startswith("."):
-        raise CommandError("Only administration commands are supported by this server.")
     cmd, used = match_line(texts)
     if cmd is None:
+        if not texts or not texts[0].startswith("."):
+            raise CommandError("Only administration commands are supported by this server.")
         group = texts[0][1:].lower()
         if group in GROUPS:
             raise CommandError(f"Usage: {group_usage(group)}")
