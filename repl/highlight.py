@@ -1,4 +1,4 @@
-"""Colours and masking of the line being typed, derived from the command registry."""
+"""Colours and masking of the line being typed, from the roles analyze() gives its words."""
 
 from __future__ import annotations
 
