@@ -11,7 +11,6 @@ import sys
 from typing import Mapping, Sequence
 
 from . import __version__
-from .bootstrap import bootstrap_banner, bootstrap_password
 from .config import (
     Config,
     TLSConfig,
@@ -100,9 +99,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     setup_logging(args.log_level)
     log = logging.getLogger("inputlayer.server")
 
-    from .bootstrap import open_store
-    from .engine import Engine
-    from .server import Server, is_loopback, tls_context
+    from .bootstrap import first_start, open_store
+    from .netaddr import is_loopback
+    from .server import Server, tls_context
 
     try:
         config = server_config(args, load_config(args.config, env))
@@ -121,19 +120,15 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return 2
     try:
         try:
-            engine = Engine(store, config, shared_key=env.get("INPUTLAYER_SHARED_KEY"))
+            server = Server(store, config, shared_key=env.get("INPUTLAYER_SHARED_KEY"), ssl_context=ssl_context)
         except ConfigError as exc:
             sys.stderr.write(f"error: {exc}\n")
             return 2
-        _, generated = engine.bootstrap(bootstrap_password(env, config))
-        if generated:
-            sys.stderr.write(bootstrap_banner(generated))
-            sys.stderr.flush()
+        first_start(server.engine, env, config, _show_banner)
         if ssl_context is None and not is_loopback(config.server.host):
             log.warning("listening on %s without TLS: traffic, passwords included, is readable on the "
                         "network unless a reverse proxy terminates TLS in front of this server",
                         config.server.host)
-        server = Server(engine, config, ssl_context=ssl_context)
         return asyncio.run(_serve(server))
     except StoreError as exc:
         sys.stderr.write(f"error: {exc}\n")
@@ -170,8 +165,8 @@ def rekey_main(argv: Sequence[str], env: Mapping[str, str]) -> int:
     p.add_argument("--data-dir", metavar="DIR")
     p.add_argument("--config", metavar="TOML")
     args = p.parse_args(argv)
-    from .codec import key_from_env
-    from .rekey import rekey
+    from .store.codec import key_from_env
+    from .store.rekey import rekey
 
     try:
         config = load_config(args.config, env)
@@ -189,6 +184,11 @@ def rekey_main(argv: Sequence[str], env: Mapping[str, str]) -> int:
     state = "encrypted under the new key" if new else "decrypted (plaintext)"
     sys.stdout.write(f"Store in {data_dir} {state}: {copied} rows re-written.\n")
     return 0
+
+
+def _show_banner(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
 
 
 async def _serve(server) -> int:

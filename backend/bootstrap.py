@@ -7,10 +7,14 @@ the config file, else a generated one that is printed once, to stderr, in this b
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Callable, Mapping
 
+from .store.codec import key_from_env
 from .config import Config
+from .engine import Engine
+from .security import Clock, system_clock
 from .pgstore.url import is_postgres_url, redact_url
+from .store import SQLiteStore, Store
 
 
 def bootstrap_password(env: Mapping[str, str], config: Config) -> str | None:
@@ -26,21 +30,38 @@ def bootstrap_banner(generated_password: str) -> str:
             "Store it now: it will not be shown again.\n" + "=" * 72 + "\n")
 
 
-def open_store(location: str, env: Mapping[str, str]):
+def open_store(location: str, env: Mapping[str, str]) -> Store:
     """The store at `location` (a postgresql:// URL, else a data directory), sealed under
     INPUTLAYER_ENCRYPTION_KEY when set. The PostgreSQL driver is imported only when needed."""
-    from .codec import key_from_env
-
     key = key_from_env(env)
     if is_postgres_url(location):
         from .pgstore.store import PostgresStore
 
         return PostgresStore(location, encryption_key=key, secret_file=env.get("INPUTLAYER_SERVER_SECRET_FILE"))
-    from .store import Store
-
-    return Store(location, encryption_key=key)
+    return SQLiteStore(location, encryption_key=key)
 
 
 def describe_store(location: str) -> str:
     """`location` as messages and logs may show it: a URL's password never appears."""
     return redact_url(location) if is_postgres_url(location) else location
+
+
+def open_engine(location: str, config: Config, env: Mapping[str, str], *,
+                clock: Clock = system_clock) -> tuple[Store, Engine]:
+    """The store at `location` (see open_store) and the engine over it; the store is closed
+    again when the engine cannot start."""
+    store = open_store(location, env)
+    try:
+        return store, Engine(store, config, clock=clock, shared_key=env.get("INPUTLAYER_SHARED_KEY"))
+    except BaseException:
+        store.close()
+        raise
+
+
+def first_start(engine: Engine, env: Mapping[str, str], config: Config, show: Callable[[str], None]) -> bool:
+    """Bootstrap an empty store by the rules above, handing a generated password's banner to
+    `show`; whether the store was empty."""
+    bootstrapped, generated = engine.bootstrap(bootstrap_password(env, config))
+    if generated:
+        show(bootstrap_banner(generated))
+    return bootstrapped

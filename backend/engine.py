@@ -13,8 +13,10 @@ from typing import Callable, Protocol
 
 from . import __version__
 from .config import Config
-from .errors import AuthError, CommandError, ConfigError, PermissionDenied, SessionEnded, StoreError
-from .registry import COMMANDS, GROUPS, Invocation, clip, find_command, parse, parse_program
+from .errors import AuthError, CommandError, ConfigError, LockedOut, PermissionDenied, SessionEnded, StoreError
+from .language.parser import Invocation, parse, parse_program
+from .language.registry import COMMANDS, GROUPS, clip, find_command
+from .netaddr import address_in
 from .result import Result
 from .security import Clock, Lockout, PasswordHasher, RateLimiter, check_password_policy, iso, key_digest, \
     new_api_key, system_clock, well_formed_key
@@ -129,7 +131,7 @@ class RateLimited(CommandError):
 class Engine:
     def __init__(self, store: Store, config: Config, *, clock: Clock = system_clock,
                  hasher: PasswordHasher | None = None, lockout: Lockout | None = None,
-                 directory: SessionDirectory | None = None, target: str = "local",
+                 directory: SessionDirectory | None = None, target: Callable[[], str] = lambda: "local",
                  shared_key: str | None = None):
         self.store = store
         self.config = config
@@ -355,7 +357,7 @@ class Engine:
             with self.store.write():
                 self.store.append_audit(self.clock(), target or "-", _src("ws", address), action, target,
                                         "locked", f"address locked for {left}s more")
-            raise AuthError(f"Too many failed attempts. Try again in {left}s")
+            raise LockedOut(f"Too many failed attempts. Try again in {left}s")
 
     def _auth_failed(self, address: str, source: str, action: str, target: str, reason: str):
         locked = self.lockout.record_failure(address) if address else False
@@ -655,7 +657,7 @@ class Engine:
                       [[session.username, rights.role, session.auth, session.knowledge_graph or ""]])
 
     def _cmd_status(self, session: Session, rights: Rights, inv: Invocation) -> Result:
-        rows = [["version", __version__], ["target", self.target],
+        rows = [["version", __version__], ["target", self.target()],
                 ["uptime", f"{int(self.clock() - self.started_at)}s"]]
         if self.directory is not None:
             rows.append(["sessions", str(len(self.directory.sessions()))])
@@ -971,15 +973,7 @@ def _address_allowed(key: dict, address: str) -> bool:
     """A key with `ips=` works only from those networks; the local shell counts as loopback."""
     if not key.get("ips"):
         return True
-    import ipaddress
-
-    try:
-        ip = ipaddress.ip_address(address or LOCAL_ADDRESS)
-    except ValueError:
-        return False
-    if getattr(ip, "ipv4_mapped", None):
-        ip = ip.ipv4_mapped
-    return any(ip in ipaddress.ip_network(net) for net in key["ips"])
+    return address_in(address or LOCAL_ADDRESS, key["ips"])
 
 
 def _same_digest(stored: str | None, digest: str) -> bool:

@@ -14,7 +14,7 @@ import pytest
 from backend.config import Config, SecurityConfig, with_values
 from backend.engine import Engine
 from backend.security import FakeClock
-from backend.store import Store
+from backend.store import SQLiteStore
 
 import pgkit
 
@@ -84,7 +84,7 @@ class StoreTarget:
 
     def open(self, *, encryption_key: bytes | None = None):
         if self.kind == "sqlite":
-            store = Store(self.data_dir, encryption_key=encryption_key)
+            store = SQLiteStore(self.data_dir, encryption_key=encryption_key)
         else:
             from backend.pgstore.store import PostgresStore
 
@@ -137,7 +137,7 @@ def engine(store_target: StoreTarget, cheap_config: Config, clock: FakeClock):
 @pytest.fixture
 def sqlite_engine(tmp_path: Path, cheap_config: Config, clock: FakeClock):
     """For tests of what only a data directory has (files, modes, PRAGMAs)."""
-    store = Store(tmp_path / "data")
+    store = SQLiteStore(tmp_path / "data")
     eng = Engine(store, cheap_config, clock=clock)
     eng.bootstrap(ADMIN_PASSWORD)
     yield eng

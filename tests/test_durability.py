@@ -13,7 +13,7 @@ import pytest
 
 from backend.engine import Engine
 from backend.errors import CommandError
-from backend.store import Store
+from backend.store import SQLiteStore
 from conftest import ADMIN_PASSWORD, ROOT, cli_env
 
 KILLS = 20
@@ -58,7 +58,7 @@ def test_kill_9_loses_no_acknowledged_change(store_target, config_file, cheap_co
 
 
 def test_full_disk_fails_the_command_and_leaves_nothing_partial(tmp_path, cheap_config):
-    store = Store(tmp_path / "d")
+    store = SQLiteStore(tmp_path / "d")
     engine = Engine(store, cheap_config)
     engine.bootstrap(ADMIN_PASSWORD)
     admin = engine.login("admin", ADMIN_PASSWORD, source="local")

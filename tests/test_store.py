@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from backend.errors import AuthError, CommandError, StoreError
-from backend.store import DEFERRED_WRITES_MAX, Store
+from backend.store import SQLiteStore
+from backend.store.sqlite import DEFERRED_WRITES_MAX
 from conftest import ADMIN_PASSWORD, ROOT, cli_env
 
 
@@ -42,7 +43,7 @@ def test_foreign_and_corrupt_files_are_refused_untouched(tmp_path):
     (garbage / "inputlayer.db").write_bytes(b"this is not a database" * 100)
     before = (garbage / "inputlayer.db").read_bytes()
     with pytest.raises(StoreError, match="not a valid database"):
-        Store(garbage)
+        SQLiteStore(garbage)
     assert (garbage / "inputlayer.db").read_bytes() == before
 
     foreign = tmp_path / "foreign"
@@ -53,7 +54,7 @@ def test_foreign_and_corrupt_files_are_refused_untouched(tmp_path):
     conn.close()
     before = (foreign / "inputlayer.db").read_bytes()
     with pytest.raises(StoreError, match="not an InputLayer store"):
-        Store(foreign)
+        SQLiteStore(foreign)
     assert (foreign / "inputlayer.db").read_bytes() == before
 
 
@@ -126,8 +127,8 @@ from backend.config import Config, with_values
 from backend.engine import Engine
 kind, where, secret_file, password, tag = sys.argv[1:]
 if kind == "sqlite":
-    from backend.store import Store
-    store = Store(where)
+    from backend.store import SQLiteStore
+    store = SQLiteStore(where)
 else:
     from backend.pgstore.store import PostgresStore
     store = PostgresStore(where, secret_file=secret_file)

@@ -19,7 +19,7 @@ import psycopg
 from psycopg import pq
 from psycopg_pool import ConnectionPool
 
-from ..codec import Codec
+from ..store.codec import Codec
 from ..errors import StoreError
 from . import schema, serversecrets
 from .reads import Snapshots, connection_lost

@@ -11,9 +11,9 @@ import json
 
 import psycopg
 
-from ..codec import Codec
+from ..store.codec import Codec
 from ..errors import StoreError
-from ..store import GENESIS_HASH
+from ..store.interface import GENESIS_HASH
 
 NAMESPACE = "inputlayer"
 SCHEMA_VERSION = 1

@@ -14,7 +14,7 @@ import hmac
 import os
 from pathlib import Path
 
-from ..codec import encode_json
+from ..store.codec import encode_json
 from ..errors import StoreError
 
 MIN_SECRET_BYTES = 32

@@ -10,9 +10,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from ..codec import encode_json
+from ..store.codec import encode_json
 from ..errors import StoreError
-from ..store import AUDIT_FIELDS, GENESIS_HASH, _audit_payload, audit_hash
+from ..store.interface import AUDIT_FIELDS, GENESIS_HASH, audit_hash, audit_payload
 from . import serversecrets
 from .base import PgBase
 
@@ -263,7 +263,7 @@ class PostgresStore(PgBase):
         head = self._current_head()
         seq = head["seq"] + 1
         record = (seq, now, actor, source, action, target, outcome, detail)
-        text, digest = _audit_payload(head["hash"], record)
+        text, digest = audit_payload(head["hash"], record)
         self._main.execute("INSERT INTO audit VALUES (%s, %s)", (seq, self.codec.seal_text("audit", str(seq), text)))
         self._audit_head = {"seq": seq, "hash": digest}
         self._head_unsaved = True

@@ -2,46 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Protocol
+from collections.abc import Callable, Mapping
 
-from .bootstrap import open_store
-from .config import Config
-from .engine import Engine, Session
-from .errors import CommandError
-from .result import Result
-from .security import Clock, system_clock
-
-
-class Backend(Protocol):
-    """What the shell talks to. The remote backend has the same surface."""
-    target: str            # shown in the prompt: `local` or `host:port`
-
-    def login(self, username: str, password: str) -> None: ...
-    def authenticate(self, api_key: str) -> None: ...
-    def execute(self, line: str) -> Result: ...
-    def close(self) -> None: ...
+from ..bootstrap import first_start, open_engine
+from ..config import Config
+from ..engine import Session
+from ..errors import CommandError
+from ..result import Result
+from ..security import Clock, system_clock
 
 
 class LocalBackend:
+    """A Backend with the Batching and Bootstrapping capabilities (targets.protocols)."""
     target = "local"
 
     def __init__(self, location: str, config: Config, env: Mapping[str, str] | None = None, *,
                  clock: Clock = system_clock):
-        """`location`: a data directory or a postgresql:// URL (see bootstrap.open_store)."""
-        env = env or {}
-        self.store = open_store(location, env)
-        try:
-            self.engine = Engine(self.store, config, clock=clock, shared_key=env.get("INPUTLAYER_SHARED_KEY"))
-        except BaseException:
-            self.store.close()
-            raise
+        """`location`: a data directory or a postgresql:// URL (bootstrap.open_store); `env`
+        gives INPUTLAYER_ENCRYPTION_KEY, INPUTLAYER_SERVER_SECRET_FILE, INPUTLAYER_SHARED_KEY."""
+        self.store, self.engine = open_engine(location, config, env or {}, clock=clock)
         self.session: Session | None = None
         self.bootstrapped = False
-        self.generated_password: str | None = None
 
     def bootstrap(self, admin_password: str | None) -> None:
-        self.bootstrapped, self.generated_password = self.engine.bootstrap(admin_password)
+        self.bootstrapped, _ = self.engine.bootstrap(admin_password)
+
+    def first_start(self, env: Mapping[str, str], config: Config, show: Callable[[str], None]) -> None:
+        """The programs' bootstrap (bootstrap.first_start): the password from `env` or config."""
+        self.bootstrapped = first_start(self.engine, env, config, show)
 
     def login(self, username: str, password: str) -> None:
         self.session = self.engine.login(username, password, source="local")
