@@ -99,7 +99,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     setup_logging(args.log_level)
     log = logging.getLogger("inputlayer.server")
 
-    from .bootstrap import first_start, open_store
+    from .bootstrap import first_start
+    from .store.locate import open_store
     from .netaddr import is_loopback
     from .server import Server, tls_context
 
@@ -145,7 +146,7 @@ def copy_store_main(argv: Sequence[str], env: Mapping[str, str]) -> int:
     p.add_argument("source", metavar="FROM")
     p.add_argument("target", metavar="TO")
     args = p.parse_args(argv)
-    from .copystore import copy_store, summary
+    from .store.copy import copy_store, summary
 
     try:
         counts = copy_store(args.source, args.target, env)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from .store.codec import key_from_env
 from .config import Config
 from .engine import Engine
 from .security import Clock, system_clock
-from .pgstore.url import is_postgres_url, redact_url
-from .store import SQLiteStore, Store
+from .store import Store
+from .store.locate import open_store
 
 
 def bootstrap_password(env: Mapping[str, str], config: Config) -> str | None:
@@ -28,22 +27,6 @@ def bootstrap_banner(generated_password: str) -> str:
             "Bootstrap: created user 'admin' (role admin) and knowledge graph 'default'.\n"
             f"Generated admin password: {generated_password}\n"
             "Store it now: it will not be shown again.\n" + "=" * 72 + "\n")
-
-
-def open_store(location: str, env: Mapping[str, str]) -> Store:
-    """The store at `location` (a postgresql:// URL, else a data directory), sealed under
-    INPUTLAYER_ENCRYPTION_KEY when set. The PostgreSQL driver is imported only when needed."""
-    key = key_from_env(env)
-    if is_postgres_url(location):
-        from .pgstore.store import PostgresStore
-
-        return PostgresStore(location, encryption_key=key, secret_file=env.get("INPUTLAYER_SERVER_SECRET_FILE"))
-    return SQLiteStore(location, encryption_key=key)
-
-
-def describe_store(location: str) -> str:
-    """`location` as messages and logs may show it: a URL's password never appears."""
-    return redact_url(location) if is_postgres_url(location) else location
 
 
 def open_engine(location: str, config: Config, env: Mapping[str, str], *,

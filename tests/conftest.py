@@ -86,7 +86,7 @@ class StoreTarget:
         if self.kind == "sqlite":
             store = SQLiteStore(self.data_dir, encryption_key=encryption_key)
         else:
-            from backend.pgstore.store import PostgresStore
+            from backend.store.postgres.store import PostgresStore
 
             store = PostgresStore(self.url, encryption_key=encryption_key, secret_file=str(self.secret_file))
         self._opened.append(store)

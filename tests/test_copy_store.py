@@ -9,8 +9,8 @@ import stat
 import pytest
 from conftest import ADMIN_PASSWORD, StoreTarget, cli_env, run_cli
 
-from backend.copystore import copy_store
 from backend.errors import StoreError
+from backend.store.copy import copy_store
 
 SESSION = """.user create zia zia-passphrase editor
 .kg create orbit
@@ -75,7 +75,7 @@ def test_a_non_empty_target_or_other_secrets_are_refused(tmp_path, config_file, 
 
 
 def test_a_failed_copy_leaves_the_target_empty(tmp_path, config_file, pg_target, monkeypatch):
-    from backend.pgstore.store import PostgresStore
+    from backend.store.postgres.store import PostgresStore
 
     data = tmp_path / "data"
     assert shell(config_file, ["--data-dir", str(data)], SESSION)[0] == 0

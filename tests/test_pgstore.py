@@ -15,9 +15,9 @@ from conftest import ADMIN_PASSWORD, ROOT, StoreTarget
 
 from backend.engine import Engine
 from backend.errors import AuthError, CommandError, StoreError
-from backend.pgstore.base import NOTIFY_CHANNEL
-from backend.pgstore.store import PostgresStore
-from backend.pgstore.url import redact_url
+from backend.store.postgres.base import NOTIFY_CHANNEL
+from backend.store.postgres.store import PostgresStore
+from backend.store.postgres.url import redact_url
 
 KEY = secrets.token_bytes(32)
 SESSION = [".user create zebulon-user zebulon-passphrase editor", ".kg create quasar-graph",
@@ -117,7 +117,7 @@ NODE = """
 import sys
 from backend.config import Config, with_values
 from backend.engine import Engine
-from backend.pgstore.store import PostgresStore
+from backend.store.postgres.store import PostgresStore
 url, secret_file, password, tag = sys.argv[1:]
 sys.stdin.readline()                                  # all nodes start on the same signal
 store = PostgresStore(url, secret_file=secret_file)

@@ -130,7 +130,7 @@ if kind == "sqlite":
     from backend.store import SQLiteStore
     store = SQLiteStore(where)
 else:
-    from backend.pgstore.store import PostgresStore
+    from backend.store.postgres.store import PostgresStore
     store = PostgresStore(where, secret_file=secret_file)
 cfg = with_values(Config(), {"security.argon2_memory_kib": 8, "security.argon2_time_cost": 1})
 engine = Engine(store, cfg)

@@ -18,7 +18,7 @@ class LocalBackend:
 
     def __init__(self, location: str, config: Config, env: Mapping[str, str] | None = None, *,
                  clock: Clock = system_clock):
-        """`location`: a data directory or a postgresql:// URL (bootstrap.open_store); `env`
+        """`location`: a data directory or a postgresql:// URL (store.locate.open_store); `env`
         gives INPUTLAYER_ENCRYPTION_KEY, INPUTLAYER_SERVER_SECRET_FILE, INPUTLAYER_SHARED_KEY."""
         self.store, self.engine = open_engine(location, config, env or {}, clock=clock)
         self.session: Session | None = None

@@ -14,8 +14,8 @@ import hmac
 import os
 from pathlib import Path
 
-from ..store.codec import encode_json
-from ..errors import StoreError
+from ...errors import StoreError
+from ..codec import encode_json
 
 MIN_SECRET_BYTES = 32
 NAMES = ("hmac", "token")

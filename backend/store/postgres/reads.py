@@ -15,7 +15,7 @@ import psycopg
 from psycopg import pq
 from psycopg_pool import ConnectionPool
 
-from ..errors import StoreError
+from ...errors import StoreError
 
 READER_CACHE_ROWS = 10_000      # bounds the memory of a reader's row cache
 _UNKNOWN = object()             # not in a row cache (None there means: no such row)

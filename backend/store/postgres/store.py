@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import Any
 
-from ..store.codec import encode_json
-from ..errors import StoreError
-from ..store.interface import AUDIT_FIELDS, GENESIS_HASH, audit_hash, audit_payload
+from ...errors import StoreError
+from ..codec import encode_json
+from ..interface import AUDIT_FIELDS, GENESIS_HASH, audit_hash, audit_payload
 from . import serversecrets
 from .base import PgBase
 
@@ -317,7 +318,7 @@ class PostgresStore(PgBase):
 
     # --- whole-store copy ----------------------------------------------------------------
 
-    def export_rows(self) -> dict:
+    def export_rows(self) -> dict[str, Any]:
         """Every stored value, opened: what a copy to another store takes."""
         kg_names = {ref: self.codec.open("kgs", ref, self._stored(data))["name"]
                     for ref, data in self.conn.execute("SELECT ref, data FROM kgs")}
@@ -335,7 +336,7 @@ class PostgresStore(PgBase):
             "audit": list(self._audit_rows("ASC")),
         }
 
-    def import_rows(self, rows: dict) -> int:
+    def import_rows(self, rows: dict[str, Any]) -> int:
         """Fill this (new, empty) store with export_rows() of another; inside write(). The
         secrets come from the server secrets file, so they must be the source's already."""
         if serversecrets.fingerprint(rows["secrets"]) != serversecrets.fingerprint(self._secrets):

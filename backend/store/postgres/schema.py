@@ -11,9 +11,9 @@ import json
 
 import psycopg
 
-from ..store.codec import Codec
-from ..errors import StoreError
-from ..store.interface import GENESIS_HASH
+from ...errors import StoreError
+from ..codec import Codec
+from ..interface import GENESIS_HASH
 
 NAMESPACE = "inputlayer"
 SCHEMA_VERSION = 1

@@ -19,8 +19,8 @@ import psycopg
 from psycopg import pq
 from psycopg_pool import ConnectionPool
 
-from ..store.codec import Codec
-from ..errors import StoreError
+from ...errors import StoreError
+from ..codec import Codec
 from . import schema, serversecrets
 from .reads import Snapshots, connection_lost
 from .url import CONNECT_TIMEOUT_SECS, connect_kwargs, redact_text, redact_url

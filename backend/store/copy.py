@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from .bootstrap import describe_store, open_store
-from .errors import StoreError
-from .pgstore import serversecrets
-from .pgstore.url import is_postgres_url
+from ..errors import StoreError
+from .locate import describe_store, open_store
+from .postgres import serversecrets
+from .postgres.url import is_postgres_url
 
 # What the summary line counts, in its order.
 COUNTED = (("users", "users"), ("kgs", "knowledge graphs"), ("acl", "ACL entries"),
