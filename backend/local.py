@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Protocol
 
 from .config import Config
-from .engine import Engine, Session
+from .engine import Clock, Engine, Session, system_clock
 from .errors import CommandError
 from .result import Result
-from .security import Clock, system_clock
 from .store import Store
 
 

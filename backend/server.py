@@ -44,7 +44,7 @@ from websockets.protocol import State
 from . import __version__
 from .config import Config, ServerConfig, TLSConfig
 from .codec import json_encoder
-from .engine import Engine, RateLimited, Session
+from .engine import Engine, RateLimited, Session, UnrecordedDenial
 from .errors import AuthError, CommandError, ConfigError, PermissionDenied, SessionEnded, StoreError
 from .registry import Invocation, clip, match_command, parse_program
 from .result import Result
@@ -480,15 +480,13 @@ class ServerOptions:
 class Server:
     def __init__(self, engine: Engine, config: Config, *, ssl_context: ssl.SSLContext | None = None,
                  options: ServerOptions | None = None):
-        self.engine = engine
         self.store = engine.store
         self.config = config
         self.cfg: ServerConfig = config.server
         self.ssl_context = ssl_context
         self.options = options or ServerOptions()
         self.directory = Directory(self)
-        if engine.directory is None:
-            engine.directory = self.directory
+        self.engine = engine.serving(self.directory, lambda: f"{self.host}:{self.port}")
         self.metrics = Metrics()
         self.clients: set[Client] = set()
         self.trusted = _networks(self.cfg.trusted_proxies)
@@ -534,7 +532,6 @@ class Server:
         family, _, _, _, address = infos[0]
         self._socket = socket.create_server(address[:2], family=family, backlog=1024)
         self.host, self.port = self.cfg.host, self._socket.getsockname()[1]
-        self.engine.target = f"{self.host}:{self.port}"
 
     async def start_serving(self) -> None:
         ws_logger = logging.getLogger("inputlayer.websockets")
@@ -846,7 +843,7 @@ class Server:
             await self.end_session(client, exc.reason)
             return
         except PermissionDenied as exc:
-            if getattr(exc, "audit_record", None):
+            if isinstance(exc, UnrecordedDenial):
                 # Refused on the event loop: its audit record (an fsync) is written off it, and
                 # before the reply, so the client never sees a refusal that is not yet recorded.
                 await self._run(self._exec_pool, self.engine.record_denial, exc.audit_record)

@@ -19,8 +19,8 @@ from backend.bootstrap import bootstrap_banner
 from backend.client import RemoteBackend
 from backend.config import with_values
 from backend.errors import TargetUnreachable
-from backend.security import FakeClock
 from backend.server import GroupWriter, Metrics, client_address, _networks
+from fakes import FakeClock
 from serverkit import ADMIN_PASSWORD, Client, ServerProcess, Servers, logged_in, make_engine, server_env
 
 
