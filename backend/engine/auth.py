@@ -17,7 +17,15 @@ from .clock import Clock
 from .keys import key_digest, well_formed_key
 from .limits import Lockout
 from .passwords import PasswordHasher
-from .policy import REFUSED_KEY_STATES, Session, address_allowed, audit_source, key_state, level_of, rights_of
+from .policy import (
+    REFUSED_KEY_STATES,
+    Session,
+    address_allowed,
+    audit_source,
+    key_state,
+    level_of,
+    rights_of,
+)
 
 INVALID_CREDENTIALS = "Invalid credentials"
 KEY_TOUCH_INTERVAL = 60      # last_used_at is written at most once a minute per key
@@ -114,11 +122,11 @@ class Authenticator:
         with self.store.write():
             for session in sessions:
                 now = session.connected_at
-                row = self.store.key_by_id(session.key_id)
+                row = self.store.key_by_id(session.key_id) if session.key_id is not None else None
                 if row is not None and (not row["last_used_at"] or now - row["last_used_at"] >= KEY_TOUCH_INTERVAL):
                     self.store.touch_key(row["id"], now)
                 self.store.append_audit(now, session.username, session.audit_source, "auth.api_key",
-                                        session.key_label, "ok", "method=api_key")
+                                        session.key_label or "", "ok", "method=api_key")
 
     def trusted_session(self, username: str, *, source: str = "local") -> Session:
         """A password session for a user this very process just bootstrapped."""
@@ -204,6 +212,7 @@ class Authenticator:
                 return "REVOKED_TOKEN" if ended.reason == "token revoked" else f"INVALID_TOKEN: {ended.reason}"
             if session.key_id is not None:
                 key = self.store.key_by_id(session.key_id)
+                assert key is not None       # rights_of() just found it
                 session.key_label = key["label"]
                 if not address_allowed(key, session.address):
                     return "INVALID_TOKEN: address not allowed for the issuing key"

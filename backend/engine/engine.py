@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import copy
 import sqlite3
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..config import Config
 from ..errors import CommandError, PermissionDenied, SessionEnded, StoreError
@@ -22,7 +23,16 @@ from .clock import Clock, system_clock
 from .handlers import EXTRA_CHECKS, HANDLERS, Call, Env, audit_target, with_credential
 from .limits import Lockout, RateLimiter
 from .passwords import PasswordHasher, check_password_policy
-from .policy import ACTION_LEVEL, LEVEL_RANK, Rights, Session, SessionDirectory, authorize, level_of, rights_of
+from .policy import (
+    ACTION_LEVEL,
+    LEVEL_RANK,
+    Rights,
+    Session,
+    SessionDirectory,
+    authorize,
+    level_of,
+    rights_of,
+)
 
 SECRET_COMMANDS = {c.words for c in COMMANDS if any(p.kind.secret for p in c.params)}
 AuditRecord = tuple[float, str, str, str, str, str, str]
@@ -225,13 +235,14 @@ class Engine:
     def _hash_ahead(self, session: Session, inv: Invocation) -> str | None:
         """Check rights and policy, then hash the password before taking the store's lock, so
         argon2 never holds up other commands."""
-        password = inv.args.get("password")
+        args: dict[str, Any] = inv.args
+        password = args.get("password")
         if password is None:
             return None
         with self._store.read():
             rights = rights_of(self._store, session, self._clock())
             self._authorize(session, rights, inv)
-        problem = check_password_policy(inv.args["name"], password, self._config.security.min_password_length)
+        problem = check_password_policy(args["name"], password, self._config.security.min_password_length)
         if problem:
             raise CommandError(problem)
         return self._hasher.hash(password)
@@ -256,9 +267,10 @@ class Engine:
             except CommandError:
                 continue
             self._parsed_ahead[line] = inv      # a repeated line keeps one: the next one re-parses
-            password = inv.args.get("password") if inv.command.words in SECRET_COMMANDS else None
+            args: dict[str, Any] = inv.args
+            password = args.get("password") if inv.command.words in SECRET_COMMANDS else None
             if password is not None and not check_password_policy(
-                    inv.args["name"], password, self._config.security.min_password_length):
+                    args["name"], password, self._config.security.min_password_length):
                 self._hasher.hash_ahead(password)
 
     def discard_prepared(self) -> None:

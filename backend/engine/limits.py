@@ -7,6 +7,7 @@ import threading
 from ..config import SecurityConfig
 from .clock import Clock
 
+
 class _AddressState:
     __slots__ = ("failures", "locked_until")
 

@@ -37,7 +37,8 @@ class PasswordHasher:
     @functools.cached_property
     def _hasher(self) -> Any:
         # argon2 is imported on first use: an API-key login in script mode never needs it.
-        from argon2 import PasswordHasher as Argon2Hasher, Type
+        from argon2 import PasswordHasher as Argon2Hasher
+        from argon2 import Type
 
         cfg = self._cfg
         return Argon2Hasher(time_cost=cfg.argon2_time_cost, memory_cost=cfg.argon2_memory_kib,
@@ -83,7 +84,7 @@ class PasswordHasher:
             return False
         # The C verifier straight from argon2-cffi's own bindings: importing argon2-cffi itself
         # costs ~10 ms (its dataclasses), and every password log-in in script mode verifies.
-        from _argon2_cffi_bindings import ffi, lib
+        from _argon2_cffi_bindings import ffi, lib  # type: ignore[import-untyped]
 
         outcome = lib.argon2_verify(ffi.new("char[]", encoded), ffi.new("char[]", secret), len(secret),
                                     lib.Argon2_id)

@@ -26,8 +26,21 @@ REFUSED_KEY_STATES = ("revoked", "expired", "rotated-out")
 
 class Session:
     """One authenticated connection (or one shell run) and the KG it is bound to."""
-    __slots__ = ("username", "method", "source", "address", "key_id", "key_label", "key_digest",
-                 "password_version", "token_claims", "knowledge_graph", "connected_at", "id", "login_role")
+    __slots__ = (
+        "address",
+        "connected_at",
+        "id",
+        "key_digest",
+        "key_id",
+        "key_label",
+        "knowledge_graph",
+        "login_role",
+        "method",
+        "password_version",
+        "source",
+        "token_claims",
+        "username",
+    )
 
     def __init__(self, username: str, method: str, source: str, address: str = "", *,
                  key_id: int | None = None, key_label: str | None = None, key_digest: str | None = None,
@@ -83,7 +96,7 @@ class SessionDirectory(Protocol):
 
 class Rights:
     """The caller's rights now, computed from the store for every command."""
-    __slots__ = ("username", "user_role", "role", "key_cap", "scope", "key_id", "rate")
+    __slots__ = ("key_cap", "key_id", "rate", "role", "scope", "user_role", "username")
 
     def __init__(self, username: str, user_role: str, role: str, key_cap: str | None,
                  scope: frozenset[str] | None, key_id: int | None = None, rate: tuple[int, int] | None = None):
@@ -134,7 +147,7 @@ def address_allowed(key: dict[str, Any], address: str) -> bool:
     """A key with `ips=` works only from those networks; the local shell counts as loopback."""
     if not key.get("ips"):
         return True
-    import ipaddress      # only keys with `ips=` need it: start-up stays fast
+    import ipaddress  # only keys with `ips=` need it: start-up stays fast
 
     try:
         ip = ipaddress.ip_address(address or LOCAL_ADDRESS)
@@ -164,7 +177,7 @@ def rights_of(store: Store, session: Session, now: float) -> Rights:
             raise SessionEnded("password changed")
         rights = Rights(session.username, user["role"], user["role"], None, None)
     else:
-        rights = _key_rights(store, session, user["role"], now)
+        rights = _key_rights(store, session, session.key_id, user["role"], now)
     if claims is not None:
         # A token narrows its issuer's current rights to those it was issued with.
         rights.key_cap = lower_role(rights.key_cap or rights.user_role, claims["role"])
@@ -175,8 +188,8 @@ def rights_of(store: Store, session: Session, now: float) -> Rights:
     return rights
 
 
-def _key_rights(store: Store, session: Session, user_role: str, now: float) -> Rights:
-    row = store.key_by_id(session.key_id)
+def _key_rights(store: Store, session: Session, key_id: int, user_role: str, now: float) -> Rights:
+    row = store.key_by_id(key_id)
     if row is None or row["revoked_at"] is not None:
         raise SessionEnded("API key revoked")
     state = key_state(row, now, session.key_digest)
@@ -193,6 +206,7 @@ def level_of(store: Store, rights: Rights, kg: str) -> str | None:
     """The caller's level on `kg` now (None: no access). Assumes `kg` exists."""
     if not rights.in_scope(kg):
         return None
+    level: str | None
     if rights.user_role == "admin":
         level = "owner"
     else:
@@ -210,13 +224,14 @@ def authorize(store: Store, session: Session, rights: Rights, inv: Invocation) -
     unless the command's Rule admits the caller now. Fills in the current KG when the
     command's KG argument was left out."""
     rule = inv.command.rule
+    args: dict[str, Any] = inv.args
     if rule.kind == "anyone":
         return
     if rule.kind == "admin":
         if rights.role != "admin":
             raise PermissionDenied(rule.denied)
     elif rule.kind == "admin_or_self":
-        if rights.role != "admin" and inv.args.get(rule.self_param or "") != session.username:
+        if rights.role != "admin" and args.get(rule.self_param or "") != session.username:
             raise PermissionDenied(rule.denied)
     elif rule.kind == "kg_creator":
         if ROLE_RANK[rights.role] < ROLE_RANK["editor"]:
@@ -227,10 +242,10 @@ def authorize(store: Store, session: Session, rights: Rights, inv: Invocation) -
     elif rule.kind == "kg":
         _authorize_kg(store, session, rights, inv)
     elif rule.kind == "token_issuer":
-        record = store.token(inv.args["jti"])
+        record = store.token(args["jti"])
         if rights.role == "admin":
             if record is None:
-                raise CommandError(f"Token '{inv.args['jti']}' not found")
+                raise CommandError(f"Token '{args['jti']}' not found")
         elif record is None or record["username"] != session.username:
             raise PermissionDenied(rule.denied)
     else:
@@ -239,11 +254,12 @@ def authorize(store: Store, session: Session, rights: Rights, inv: Invocation) -
 
 def _authorize_kg(store: Store, session: Session, rights: Rights, inv: Invocation) -> None:
     rule = inv.command.rule
+    args: dict[str, Any] = inv.args
     kg_param = rule.kg_param or ""
-    kg = inv.args.get(kg_param) or session.knowledge_graph
+    kg = args.get(kg_param) or session.knowledge_graph
     if kg is None:
         raise CommandError("No knowledge graph selected. Name one, or switch with .kg use <name>.")
-    inv.args[kg_param] = kg
+    args[kg_param] = kg
     if store.kg(kg) is None:
         if rights.sees_all(kg):
             raise CommandError(f"Knowledge graph '{kg}' not found")
@@ -253,6 +269,6 @@ def _authorize_kg(store: Store, session: Session, rights: Rights, inv: Invocatio
         raise PermissionDenied("Access denied")
     if LEVEL_RANK[level] >= LEVEL_RANK[rule.level or "owner"]:
         return
-    if rule.self_param and inv.args.get(rule.self_param) == session.username:
+    if rule.self_param and args.get(rule.self_param) == session.username:
         return
     raise PermissionDenied(rule.denied)

@@ -10,16 +10,15 @@ from .base import Call, Env, handles
 
 @handles("kg acl list")
 def acl_list(env: Env, call: Call) -> Result:
-    inv = call.inv
     return Result(["username", "role", "granted_by", "granted_at"],
                   [[e["username"], e["role"], e["granted_by"], iso(e["granted_at"])]
-                   for e in env.store.acl_for_kg(inv.args["kg"])])
+                   for e in env.store.acl_for_kg(call.args["kg"])])
 
 
 @handles("kg acl grant")
 def acl_grant(env: Env, call: Call) -> Result:
-    session, inv = call.session, call.inv
-    kg, user, role = inv.args["kg"], inv.args["user"], inv.args["role"]
+    session = call.session
+    kg, user, role = call.args["kg"], call.args["user"], call.args["role"]
     env.existing_user(user)
     env.store.grant(kg, user, role, session.username, env.clock())
     env.audit(call, f"kg={kg}; role={role}", target=user)
@@ -28,8 +27,7 @@ def acl_grant(env: Env, call: Call) -> Result:
 
 @handles("kg acl revoke")
 def acl_revoke(env: Env, call: Call) -> Result:
-    inv = call.inv
-    kg, user = inv.args["kg"], inv.args["user"]
+    kg, user = call.args["kg"], call.args["user"]
     env.existing_user(user)
     if env.store.acl_entry(kg, user) is None:
         raise CommandError(f"No ACL entry found for user '{user}' on '{kg}'")
@@ -40,8 +38,7 @@ def acl_revoke(env: Env, call: Call) -> Result:
 
 @handles("kg acl check")
 def acl_check(env: Env, call: Call) -> Result:
-    inv = call.inv
-    kg, name = inv.args["kg"], inv.args["user"]
+    kg, name = call.args["kg"], call.args["user"]
     user = env.existing_user(name)
     if user["role"] == "admin":
         access, because = "owner", "global role admin"

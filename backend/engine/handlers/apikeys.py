@@ -16,41 +16,40 @@ DEFAULT_GRACE = 24 * 3600
 
 @handles("apikey create")
 def apikey_create(env: Env, call: Call) -> Result:
-    session, inv = call.session, call.inv
-    label = inv.args["label"]
-    owner = inv.options.get("user") or session.username
+    session = call.session
+    label = call.args["label"]
+    owner = call.options.get("user") or session.username
     owner_row = env.existing_user(owner)
-    role = inv.options.get("role") or owner_row["role"]
+    role = call.options.get("role") or owner_row["role"]
     if ROLE_RANK[role] > ROLE_RANK[owner_row["role"]]:
         raise CommandError(f"Role '{role}' exceeds the owner's role '{owner_row['role']}'")
-    kgs = tuple(inv.options.get("kg") or ())
+    kgs = tuple(call.options.get("kg") or ())
     for kg in kgs:
         if env.store.kg(kg) is None:
             raise CommandError(f"Knowledge graph '{kg}' not found")
     existing = env.store.key(label)
     if existing is not None and existing["revoked_at"] is None:
         raise CommandError(f"API key with label '{label}' already exists")
-    lifetime = inv.options.get("expires")
+    lifetime = call.options.get("expires")
     if lifetime == 0:
         raise CommandError("Invalid duration '0s': a key's expiry must be in the future")
     now = env.clock()
     expires_at = None if lifetime is None else now + lifetime
     secret = new_api_key()
-    ips, rate = inv.options.get("ips", ()), inv.options.get("rate")
+    ips, rate = call.options.get("ips", ()), call.options.get("rate")
     env.store.add_key(label, owner, role, kgs, key_digest(env.store.secret, secret), now, expires_at,
-                       ips=ips, rate=rate)
+                      ips=ips, rate=rate)
     shown_kgs = ",".join(sorted(kgs)) if kgs else "*"
     limits = (f"; ips={','.join(ips)}" if ips else "") + (f"; rate={rate[0]}/{rate[1]}s" if rate else "")
     env.audit(call, f"owner={owner}; role={role}; kgs={shown_kgs}; "
-                              f"expires={iso(expires_at) or 'never'}{limits}")
+                    f"expires={iso(expires_at) or 'never'}{limits}")
     return Result(["api_key", "label", "owner", "role", "kgs", "expires_at"],
                   [[secret, label, owner, role, shown_kgs, iso(expires_at)]])
 
 
 @handles("apikey list")
 def apikey_list(env: Env, call: Call) -> Result:
-    inv = call.inv
-    owner = inv.options.get("user")
+    owner = call.options.get("user")
     if owner is not None:
         env.existing_user(owner)
     rows = []
@@ -64,8 +63,7 @@ def apikey_list(env: Env, call: Call) -> Result:
 
 @handles("apikey revoke")
 def apikey_revoke(env: Env, call: Call) -> Result:
-    inv = call.inv
-    label = inv.args["label"]
+    label = call.args["label"]
     row = _live_key(env, label)
     env.store.revoke_key(row["id"], env.clock())
     env.audit(call, f"owner={row['owner']}")
@@ -74,10 +72,9 @@ def apikey_revoke(env: Env, call: Call) -> Result:
 
 @handles("apikey rotate")
 def apikey_rotate(env: Env, call: Call) -> Result:
-    inv = call.inv
-    label = inv.args["label"]
+    label = call.args["label"]
     row = _live_key(env, label)
-    grace = inv.options.get("grace", DEFAULT_GRACE)
+    grace = call.options.get("grace", DEFAULT_GRACE)
     if grace is None:
         raise CommandError("Invalid grace 'never': the old secret must stop working at some point")
     now = env.clock()

@@ -10,11 +10,10 @@ from .base import Call, Env, handles
 
 @handles("audit")
 def audit(env: Env, call: Call) -> Result:
-    inv = call.inv
-    since = inv.options.get("since")
-    records = env.store.audit_records(limit=inv.options.get("limit", 50), actor=inv.options.get("user"),
-                                       action=inv.options.get("action"),
-                                       since=None if since is None else env.clock() - since)
+    since = call.options.get("since")
+    records = env.store.audit_records(limit=call.options.get("limit", 50), actor=call.options.get("user"),
+                                      action=call.options.get("action"),
+                                      since=None if since is None else env.clock() - since)
     return Result(["seq", "time", "actor", "source", "action", "target", "outcome", "detail"],
                   [[str(r["seq"]), iso(r["time"]), r["actor"], r["source"], r["action"], r["target"],
                     r["outcome"], r["detail"]] for r in records])
@@ -36,8 +35,7 @@ def lockout_list(env: Env, call: Call) -> Result:
 
 @handles("lockout clear")
 def lockout_clear(env: Env, call: Call) -> Result:
-    inv = call.inv
-    address = inv.args["address"]
+    address = call.args["address"]
     if not env.lockout.clear(address):
         raise CommandError(f"No lockout for {address}")
     env.audit(call)

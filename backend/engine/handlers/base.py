@@ -6,7 +6,8 @@ that names no command fails there), and dispatch is `HANDLERS[command]`.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from ...errors import CommandError
 from ...registry import COMMANDS, Command, Invocation
@@ -24,10 +25,19 @@ class Call(NamedTuple):
     inv: Invocation
     password_hash: str | None = None   # the new password, hashed before the store's lock was taken
 
+    @property
+    def args(self) -> dict[str, Any]:
+        """The arguments, each already converted by its Kind (a str, a tuple, a duration...)."""
+        return self.inv.args
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self.inv.options
+
 
 class Env:
     """What handlers work with: the same for every command an engine runs."""
-    __slots__ = ("store", "clock", "lockout", "directory", "target", "started_at")
+    __slots__ = ("clock", "directory", "lockout", "started_at", "store", "target")
 
     def __init__(self, store: Store, clock: Clock, lockout: Lockout, directory: SessionDirectory | None,
                  target: Callable[[], str], started_at: float):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ...display import iso
 from ...errors import CommandError
 from ...result import Result
 from ..policy import level_of
@@ -31,8 +30,8 @@ def kg_list(env: Env, call: Call) -> Result:
 
 @handles("kg create")
 def kg_create(env: Env, call: Call) -> Result:
-    session, rights, inv = call.session, call.rights, call.inv
-    name = inv.args["name"]
+    session, rights = call.session, call.rights
+    name = call.args["name"]
     if name.startswith("_"):
         raise CommandError(f"Invalid name '{name}': names starting with '_' are reserved for the system")
     if env.store.kg(name) is not None:
@@ -48,15 +47,14 @@ def kg_create(env: Env, call: Call) -> Result:
 
 @handles("kg use")
 def kg_use(env: Env, call: Call) -> Result:
-    inv = call.inv
-    name = inv.args["name"]
+    name = call.args["name"]
     return Result.message(f"Switched to knowledge graph: {name}", switched_kg=name)
 
 
 @handles("kg drop")
 def kg_drop(env: Env, call: Call) -> Result:
-    session, inv = call.session, call.inv
-    name = inv.args["name"]
+    session = call.session
+    name = call.args["name"]
     if name == session.knowledge_graph:
         raise CommandError("Cannot drop current knowledge graph. Switch to another first.")
     entries = len(env.store.acl_for_kg(name))

@@ -11,8 +11,7 @@ from .base import Call, Env, handles
 
 @handles("help")
 def show_help(env: Env, call: Call) -> Result:
-    inv = call.inv
-    topic = inv.args.get("command")
+    topic = call.args.get("command")
     if not topic:
         return Result(["command", "description"], [[c.usage, c.summary] for c in COMMANDS])
     cmd = find_command(topic)

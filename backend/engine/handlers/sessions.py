@@ -11,6 +11,7 @@ from .base import Call, Env, handles
 @handles("session list")
 def session_list(env: Env, call: Call) -> Result:
     session, rights = call.session, call.rights
+    assert env.directory is not None     # server-only: the engine runs it only with one
     live = env.directory.sessions()
     if rights.role != "admin":
         live = [s for s in live if s.username == session.username]
@@ -21,8 +22,8 @@ def session_list(env: Env, call: Call) -> Result:
 
 @handles("session kill")
 def session_kill(env: Env, call: Call) -> Result:
-    inv = call.inv
-    sid = inv.args["session_id"]
+    sid = call.args["session_id"]
+    assert env.directory is not None     # server-only: the engine runs it only with one
     if not env.directory.kill(sid, "killed by an administrator"):
         raise CommandError(f"Session '{sid}' not found")
     env.audit(call)

@@ -15,10 +15,10 @@ MAX_TOKEN_TTL = 24 * 3600
 
 @handles("token issue")
 def token_issue(env: Env, call: Call) -> Result:
-    session, rights, inv = call.session, call.rights, call.inv
+    session, rights = call.session, call.rights
     import jwt
 
-    ttl = inv.options.get("ttl", DEFAULT_TOKEN_TTL)
+    ttl = call.options.get("ttl", DEFAULT_TOKEN_TTL)
     if not ttl or ttl > MAX_TOKEN_TTL:
         raise CommandError("Invalid ttl: a token lives from 1s to 24h")
     now = env.clock()
@@ -41,9 +41,10 @@ def token_issue(env: Env, call: Call) -> Result:
 
 @handles("token revoke")
 def token_revoke(env: Env, call: Call) -> Result:
-    inv = call.inv
-    jti = inv.args["jti"]
-    if env.store.token(jti)["revoked_at"] is not None:
+    jti = call.args["jti"]
+    record = env.store.token(jti)
+    assert record is not None            # the token_issuer rule found it
+    if record["revoked_at"] is not None:
         raise CommandError(f"Token '{jti}' is already revoked")
     env.store.revoke_token(jti, env.clock())
     env.audit(call)

@@ -26,8 +26,7 @@ def user_list(env: Env, call: Call) -> Result:
 
 @handles("user create")
 def user_create(env: Env, call: Call) -> Result:
-    inv = call.inv
-    name, role = inv.args["name"], inv.args["role"] or "viewer"
+    name, role = call.args["name"], call.args["role"] or "viewer"
     if env.store.user(name) is not None:
         raise CommandError(f"User '{name}' already exists")
     if call.password_hash is None:
@@ -40,8 +39,7 @@ def user_create(env: Env, call: Call) -> Result:
 
 @handles("user drop")
 def user_drop(env: Env, call: Call) -> Result:
-    inv = call.inv
-    name = inv.args["name"]
+    name = call.args["name"]
     user = env.existing_user(name)
     if user["role"] == "admin" and env.store.admin_count() == 1:
         raise CommandError("Cannot drop the last admin")
@@ -54,8 +52,8 @@ def user_drop(env: Env, call: Call) -> Result:
 
 @handles("user password", check=_password_sessions_only)
 def user_password(env: Env, call: Call) -> Result:
-    session, inv = call.session, call.inv
-    name = inv.args["name"]
+    session = call.session
+    name = call.args["name"]
     env.existing_user(name)
     if call.password_hash is None:
         raise CommandError("Password required: give the new password after the user name, or leave "
@@ -63,15 +61,14 @@ def user_password(env: Env, call: Call) -> Result:
     env.store.set_password(name, call.password_hash, new_version=True)
     if name == session.username and session.method == "password":
         # The session that changed the password stays; the user's others end.
-        session.password_version = env.store.user(name)["password_version"]
+        session.password_version = env.existing_user(name)["password_version"]
     env.audit(call, "password changed")
     return Result.message(f"Password updated for '{name}'.")
 
 
 @handles("user role")
 def user_role(env: Env, call: Call) -> Result:
-    inv = call.inv
-    name, role = inv.args["name"], inv.args["role"]
+    name, role = call.args["name"], call.args["role"]
     user = env.existing_user(name)
     if user["role"] == "admin" and role != "admin" and env.store.admin_count() == 1:
         raise CommandError("Cannot change the role of the last admin")
@@ -82,8 +79,7 @@ def user_role(env: Env, call: Call) -> Result:
 
 @handles("user show")
 def user_show(env: Env, call: Call) -> Result:
-    inv = call.inv
-    user = env.existing_user(inv.args["name"])
+    user = env.existing_user(call.args["name"])
     rows = [["role", user["role"]], ["created_at", iso(user["created_at"])],
             ["last_login_at", iso(user["last_login_at"])]]
     rows += [["grant", f"{g['kg']}: {g['role']}"] for g in env.store.acl_for_user(user["name"])]
