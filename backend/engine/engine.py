@@ -59,6 +59,8 @@ class UnrecordedDenial(PermissionDenied):
 
 
 class Engine:
+    """Authenticates, authorizes and runs commands; one per store, shared by its sessions."""
+
     def __init__(self, store: Store, config: Config, *, clock: Clock = system_clock,
                  hasher: PasswordHasher | None = None, lockout: Lockout | None = None,
                  directory: SessionDirectory | None = None, target: Callable[[], str] = lambda: "local",
@@ -82,6 +84,7 @@ class Engine:
         twin._batch_denials, twin._parsed_ahead = [], {}
         return twin
 
+    # Read-only: the server and the tests reach the parts the engine was built with.
     @property
     def store(self) -> Store:
         return self._store
