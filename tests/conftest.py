@@ -11,8 +11,8 @@ import pytest
 
 from backend.config import Config, SecurityConfig, with_values
 from backend.engine import Engine
-from backend.security import FakeClock
 from backend.store import SQLiteStore
+from fakes import FakeClock
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_PASSWORD = "s3cret-pass"

@@ -26,7 +26,7 @@ from ..engine import Engine
 from ..errors import SessionEnded
 from ..netaddr import client_address, networks
 from ..protocol import CHUNK_ROWS, GOING_AWAY, INTERNAL_ERROR, STREAM_THRESHOLD
-from ..security import Clock, Lockout, system_clock
+from ..engine import Clock, Lockout, system_clock
 from ..store import Store
 from . import connection as connections
 from .connection import Connection, describe

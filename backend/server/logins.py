@@ -12,7 +12,7 @@ from typing import Any
 from ..engine import Engine, Session
 from ..errors import AuthError, LockedOut
 from ..protocol import Authenticate, Login
-from ..security import Lockout
+from ..engine import Lockout
 from .metrics import Metrics
 from .pools import run_in
 
