@@ -8,7 +8,6 @@ are handed in, so every rule is testable with a fake clock.
 
 from __future__ import annotations
 
-import copy
 import sqlite3
 from collections.abc import Callable
 from typing import Any

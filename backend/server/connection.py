@@ -16,6 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from .. import __version__
 from ..engine import Session, UnrecordedDenial
 from ..errors import CommandError, PermissionDenied, SessionEnded, StoreError
+from ..language.parser import parse_program
 from ..protocol import (
     Action,
     Close,
@@ -26,7 +27,6 @@ from ..protocol import (
     error,
     reply_frames,
 )
-from ..language.parser import parse_program
 from ..result import Result
 from .programs import Planned, combine, program_shape
 
