@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from . import __version__
 from .config import (
@@ -100,9 +100,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     log = logging.getLogger("inputlayer.server")
 
     from .bootstrap import first_start
-    from .store.locate import open_store
     from .netaddr import is_loopback
     from .server import Server, tls_context
+    from .store.locate import open_store
 
     try:
         config = server_config(args, load_config(args.config, env))

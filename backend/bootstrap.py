@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from .config import Config
-from .engine import Engine
-from .security import Clock, system_clock
+from .engine import Clock, Engine, system_clock
 from .store import Store
 from .store.locate import open_store
 

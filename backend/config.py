@@ -3,8 +3,9 @@
 # No `from __future__ import annotations`: NamedTuple would compile each field's annotation
 # string at every start-up: about 1 ms for this module's tuples.
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 from .errors import ConfigError
 from .netaddr import normalize_network

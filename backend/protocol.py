@@ -15,9 +15,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .store.codec import json_encoder
 from .language.registry import clip
 from .result import Result
+from .store.codec import json_encoder
 
 STREAM_THRESHOLD = 1 << 20          # a reply whose JSON is larger than this is streamed
 CHUNK_ROWS = 500                    # at most this many rows in one result_chunk

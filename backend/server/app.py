@@ -22,11 +22,10 @@ from websockets.protocol import State
 
 from .. import __version__
 from ..config import Config, ServerConfig
-from ..engine import Engine
+from ..engine import Clock, Engine, Lockout, system_clock
 from ..errors import SessionEnded
 from ..netaddr import client_address, networks
 from ..protocol import CHUNK_ROWS, GOING_AWAY, INTERNAL_ERROR, STREAM_THRESHOLD
-from ..security import Clock, Lockout, system_clock
 from ..store import Store
 from . import connection as connections
 from .connection import Connection, describe

@@ -14,8 +14,9 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from .. import __version__
-from ..engine import Session
+from ..engine import Session, UnrecordedDenial
 from ..errors import CommandError, PermissionDenied, SessionEnded, StoreError
+from ..language.parser import parse_program
 from ..protocol import (
     Action,
     Close,
@@ -26,7 +27,6 @@ from ..protocol import (
     error,
     reply_frames,
 )
-from ..language.parser import parse_program
 from ..result import Result
 from .programs import Planned, combine, program_shape
 
@@ -180,11 +180,10 @@ async def execute(app: Server, conn: Connection, program: str) -> None:
 async def _refused(app: Server, conn: Connection, session: Session, name: str, started: float,
                    exc: Exception) -> None:
     if isinstance(exc, PermissionDenied):
-        record = getattr(exc, "audit_record", None)
-        if record:
+        if isinstance(exc, UnrecordedDenial):
             # Refused on the event loop: its audit record (an fsync) is written off it, and
             # before the reply, so the client never sees a refusal that is not yet recorded.
-            await app.run(app.engine.record_denial, record)
+            await app.run(app.engine.record_denial, exc.audit_record)
         _finish(app, session, name, "denied", started)
         await conn.send(error(exc.message))
     elif isinstance(exc, CommandError):

@@ -6,10 +6,9 @@ from collections.abc import Callable, Mapping
 
 from ..bootstrap import first_start, open_engine
 from ..config import Config
-from ..engine import Session
+from ..engine import Clock, Session, system_clock
 from ..errors import CommandError
 from ..result import Result
-from ..security import Clock, system_clock
 
 
 class LocalBackend:

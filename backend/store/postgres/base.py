@@ -149,7 +149,7 @@ class PgBase(Snapshots):
                 return None
             if self._depth:
                 name = f"sp{self._depth}"
-                self._main.execute(f"SAVEPOINT {name}")  # type: ignore[call-overload]
+                self._main.execute(f"SAVEPOINT {name}")
                 self._savepoints[name] = (self._audit_head, self._head_unsaved)
                 self._depth += 1
                 return name
@@ -184,12 +184,12 @@ class PgBase(Snapshots):
         try:
             if failed:
                 head = self._savepoints.pop(name)
-                self._main.execute(f"ROLLBACK TO {name}")  # type: ignore[call-overload]
+                self._main.execute(f"ROLLBACK TO {name}")
                 self._cache.clear()
                 self._audit_head, self._head_unsaved = head     # its appends are undone too
             else:
                 self._savepoints.pop(name)
-            self._main.execute(f"RELEASE {name}")  # type: ignore[call-overload]
+            self._main.execute(f"RELEASE {name}")
         except psycopg.Error as exc:
             raise self._fault("cannot write to the store", exc) from None
 

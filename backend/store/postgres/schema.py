@@ -111,7 +111,7 @@ def _create(conn: psycopg.Connection, codec: Codec, shown_url: str, fingerprint:
             raise StoreError(f"cannot open the store: {shown_url} has a schema '{NAMESPACE}' that is "
                              "not an InputLayer store")
         for statement in ddl("bytea" if codec.encrypted else "text"):
-            conn.execute(statement)  # type: ignore[call-overload]  # fixed text, no input
+            conn.execute(statement)
         meta: dict[str, dict] = {"secrets_fingerprint": {"sha256": fingerprint}, "audit_head": {"seq": 0, "hash": GENESIS_HASH}}
         conn.execute("INSERT INTO meta VALUES ('format', %s)", (plain(codec, format_record(codec)),))
         for name, value in meta.items():

@@ -33,12 +33,12 @@ class PostgresStore(PgBase):
 
     def _load_row(self, table: str, ref: str) -> dict | None:
         assert table in ROW_TABLES
-        row = self.conn.execute(f"SELECT data FROM {table} WHERE ref = %s", (ref,)).fetchone()  # type: ignore[call-overload]
+        row = self.conn.execute(f"SELECT data FROM {table} WHERE ref = %s", (ref,)).fetchone()
         return None if row is None else self.codec.open(table, ref, self._stored(row[0]))
 
     def _all(self, table: str, sort_key: str) -> list[dict]:
         assert table in ROW_TABLES
-        rows = self.conn.execute(f"SELECT ref, data FROM {table}")  # type: ignore[call-overload]
+        rows = self.conn.execute(f"SELECT ref, data FROM {table}")
         return sorted((self.codec.open(table, ref, self._stored(data)) for ref, data in rows),
                       key=lambda r: r[sort_key])
 
@@ -278,7 +278,7 @@ class PostgresStore(PgBase):
     def _audit_rows(self, order: str) -> Iterator[dict]:
         assert order in ("ASC", "DESC")
         cursor = self.conn.cursor()
-        for seq, data in cursor.execute(f"SELECT seq, data FROM audit ORDER BY seq {order}"):  # type: ignore[call-overload]
+        for seq, data in cursor.execute(f"SELECT seq, data FROM audit ORDER BY seq {order}"):
             prev_hash, *record, digest = self.codec.open("audit", str(seq), self._stored(data))
             yield {**dict(zip(AUDIT_FIELDS, record)), "prev_hash": prev_hash, "hash": digest, "row_seq": seq}
 
