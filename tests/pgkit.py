@@ -159,6 +159,11 @@ def start_postgres() -> PostgresServer:
     if bindir is None:
         missing("postgresql", "no initdb in /usr/lib/postgresql/*/bin or on PATH")
     assert bindir is not None
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            missing("postgresql", "no `postgres` user to run it as, which the package creates")
     server = PostgresServer(bindir)
     try:
         server.start()
