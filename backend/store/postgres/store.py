@@ -12,8 +12,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from ...errors import StoreError
+from ..chain import matching_records, verify_chain
 from ..codec import encode_json
-from ..interface import AUDIT_FIELDS, GENESIS_HASH, audit_hash, audit_payload
+from ..interface import AUDIT_FIELDS, audit_payload
 from . import serversecrets
 from .base import PgBase
 
@@ -285,36 +286,11 @@ class PostgresStore(PgBase):
     def audit_records(self, *, limit: int, actor: str | None, action: str | None,
                       since: float | None) -> list[dict]:
         """Newest first; `actor` matches the actor or the target, `action` a name or a prefix."""
-        found = []
-        for rec in self._audit_rows("DESC"):
-            if since is not None and rec["time"] < since:
-                break
-            if actor is not None and actor not in (rec["actor"], rec["target"]):
-                continue
-            if action is not None and rec["action"] != action and not rec["action"].startswith(action + "."):
-                continue
-            found.append(rec)
-            if len(found) == limit:
-                break
-        return found
+        return matching_records(self._audit_rows("DESC"), limit=limit, actor=actor, action=action, since=since)
 
     def verify_audit(self) -> tuple[int, str | None]:
         """(records checked, None) or (count, what is wrong) at the first record that fails."""
-        prev_hash, expected, count = GENESIS_HASH, 1, 0
-        try:
-            for rec in self._audit_rows("ASC"):
-                if rec["row_seq"] != expected or rec["seq"] != expected:
-                    return count, f"Audit log broken at record {expected}: record missing or out of order"
-                if rec["prev_hash"] != prev_hash:
-                    return count, f"Audit log broken at record {expected}: chain does not link to the record before"
-                if audit_hash(prev_hash, tuple(rec[f] for f in AUDIT_FIELDS)) != rec["hash"]:
-                    return count, f"Audit log broken at record {expected}: contents do not match its hash"
-                prev_hash, expected, count = rec["hash"], expected + 1, count + 1
-        except StoreError:
-            return count, f"Audit log broken at record {expected}: the sealed record was altered"
-        if self._current_head() != {"seq": count, "hash": prev_hash}:
-            return count, f"Audit log broken at record {count + 1}: the latest records were removed"
-        return count, None
+        return verify_chain(self._audit_rows("ASC"), self._current_head)
 
     # --- whole-store copy ----------------------------------------------------------------
 

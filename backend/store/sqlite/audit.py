@@ -7,8 +7,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from ...errors import StoreError
-from ..interface import AUDIT_FIELDS, GENESIS_HASH, audit_hash, audit_payload
+from ..chain import matching_records, verify_chain
+from ..interface import AUDIT_FIELDS, audit_payload
 from .rows import Rows
 
 
@@ -38,34 +38,8 @@ class AuditChain(Rows):
     def audit_records(self, *, limit: int, actor: str | None, action: str | None,
                       since: float | None) -> list[dict]:
         """Newest first; `actor` matches the actor or the target, `action` a name or a prefix."""
-        found = []
-        for rec in self._audit_rows("DESC"):
-            if since is not None and rec["time"] < since:
-                break
-            if actor is not None and actor not in (rec["actor"], rec["target"]):
-                continue
-            if action is not None and rec["action"] != action and not rec["action"].startswith(action + "."):
-                continue
-            found.append(rec)
-            if len(found) == limit:
-                break
-        return found
+        return matching_records(self._audit_rows("DESC"), limit=limit, actor=actor, action=action, since=since)
 
     def verify_audit(self) -> tuple[int, str | None]:
         """(records checked, None) or (count, what is wrong) at the first record that fails."""
-        prev_hash, expected_seq, count = GENESIS_HASH, 1, 0
-        try:
-            for rec in self._audit_rows("ASC"):
-                if rec["row_seq"] != expected_seq or rec["seq"] != expected_seq:
-                    return count, f"Audit log broken at record {expected_seq}: record missing or out of order"
-                if rec["prev_hash"] != prev_hash:
-                    return count, f"Audit log broken at record {expected_seq}: chain does not link to the record before"
-                if audit_hash(prev_hash, tuple(rec[f] for f in AUDIT_FIELDS)) != rec["hash"]:
-                    return count, f"Audit log broken at record {expected_seq}: contents do not match its hash"
-                prev_hash, expected_seq, count = rec["hash"], expected_seq + 1, count + 1
-        except StoreError:
-            return count, f"Audit log broken at record {expected_seq}: the sealed record was altered"
-        head = self._current_head()
-        if head != {"seq": count, "hash": prev_hash}:
-            return count, f"Audit log broken at record {count + 1}: the latest records were removed"
-        return count, None
+        return verify_chain(self._audit_rows("ASC"), self._current_head)

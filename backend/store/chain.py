@@ -1,0 +1,47 @@
+"""The audit chain's rules that hold whatever database keeps it: which records a query selects,
+and what makes a chain intact. Each store only reads its records (oldest or newest first) and
+its head; both stores share these, so `.audit` and `.audit verify` agree on either."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from ..errors import StoreError
+from .interface import AUDIT_FIELDS, GENESIS_HASH, audit_hash
+
+
+def matching_records(newest_first: Iterable[dict], *, limit: int, actor: str | None, action: str | None,
+                     since: float | None) -> list[dict]:
+    """`actor` matches the actor or the target, `action` a name or a prefix."""
+    found = []
+    for rec in newest_first:
+        if since is not None and rec["time"] < since:
+            break
+        if actor is not None and actor not in (rec["actor"], rec["target"]):
+            continue
+        if action is not None and rec["action"] != action and not rec["action"].startswith(action + "."):
+            continue
+        found.append(rec)
+        if len(found) == limit:
+            break
+    return found
+
+
+def verify_chain(oldest_first: Iterable[dict], head: Callable[[], dict]) -> tuple[int, str | None]:
+    """(records checked, None) or (count, what is wrong) at the first record that fails. Reading
+    a record may raise StoreError: a sealed record that fails to open was altered."""
+    prev_hash, expected_seq, count = GENESIS_HASH, 1, 0
+    try:
+        for rec in oldest_first:
+            if rec["row_seq"] != expected_seq or rec["seq"] != expected_seq:
+                return count, f"Audit log broken at record {expected_seq}: record missing or out of order"
+            if rec["prev_hash"] != prev_hash:
+                return count, f"Audit log broken at record {expected_seq}: chain does not link to the record before"
+            if audit_hash(prev_hash, tuple(rec[f] for f in AUDIT_FIELDS)) != rec["hash"]:
+                return count, f"Audit log broken at record {expected_seq}: contents do not match its hash"
+            prev_hash, expected_seq, count = rec["hash"], expected_seq + 1, count + 1
+    except StoreError:
+        return count, f"Audit log broken at record {expected_seq}: the sealed record was altered"
+    if head() != {"seq": count, "hash": prev_hash}:
+        return count, f"Audit log broken at record {count + 1}: the latest records were removed"
+    return count, None
