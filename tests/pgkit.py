@@ -17,11 +17,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
 
 SUPERUSER = "pgadmin"
+PORT_ATTEMPTS = 3               # a free port may be taken between finding it and binding it
 INSTALL_HINT = {"postgresql": "apt-get install postgresql", "redis": "apt-get install redis-server"}
 
 
@@ -82,10 +84,17 @@ class PostgresServer:
                   "--pwfile", str(pwfile), "--auth-host=scram-sha-256", "--auth-local=trust",
                   "-E", "UTF8", "--no-instructions")
         pwfile.unlink()
-        options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=on "
-                   "-c synchronous_commit=on -c max_connections=300 -c shared_buffers=32MB")
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"), "-l", str(self.root / "log"),
-                  "-w", "-t", "60", "-o", options, "start")
+        for attempt in range(PORT_ATTEMPTS):
+            options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=on "
+                       "-c synchronous_commit=on -c max_connections=300 -c shared_buffers=32MB")
+            try:
+                self._run(str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"), "-l", str(self.root / "log"),
+                          "-w", "-t", "60", "-o", options, "start")
+                return
+            except RuntimeError as exc:
+                if attempt == PORT_ATTEMPTS - 1 or "already in use" not in str(exc):
+                    raise
+                self.port = free_port()      # another program took the free port meanwhile
 
     def _owner(self) -> tuple[str, str] | tuple[int, int]:
         stat = self.root.stat()
@@ -141,7 +150,10 @@ class RedisServer:
             if "Ready to accept connections" in line:
                 break
         else:
+            self.proc.wait(30)
             raise RuntimeError("redis-server did not start:\n" + "".join(seen[-20:]))
+        # Keep reading its log, or a full pipe would one day block the server.
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
 
     @property
     def url(self) -> str:
@@ -150,8 +162,6 @@ class RedisServer:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(30)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 def start_postgres() -> PostgresServer:
@@ -178,4 +188,10 @@ def start_redis() -> RedisServer:
     if binary is None:
         missing("redis", "no redis-server on PATH")
     assert binary is not None
-    return RedisServer(binary)
+    for attempt in range(PORT_ATTEMPTS):
+        try:
+            return RedisServer(binary)
+        except RuntimeError as exc:
+            if attempt == PORT_ATTEMPTS - 1 or "already in use" not in str(exc):
+                raise
+    raise AssertionError("unreachable")
