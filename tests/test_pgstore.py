@@ -322,3 +322,12 @@ def test_connections_the_server_dropped_are_replaced_by_themselves(pg_engine, ta
     assert killed is not None and killed[0] >= 2
     assert engine.execute(admin, ".user create ola ola-passphrase viewer").rows
     assert "ola" in [row[0] for row in engine.execute(admin, ".user list").rows]
+
+
+def test_a_damaged_store_fails_a_command_with_one_clear_line(pg_engine):
+    engine, admin = pg_engine
+    engine.store.conn.execute("DROP TABLE inputlayer.generation")
+    with pytest.raises(CommandError) as exc:
+        engine.execute(admin, ".user list")
+    assert exc.value.message == ('The store could not complete the command: cannot read the store: '
+                                 'relation "generation" does not exist. Nothing was changed.')

@@ -94,8 +94,10 @@ class PgBase(Snapshots):
     # --- connections ---------------------------------------------------------------------
 
     def _fault(self, doing: str, exc: BaseException) -> StoreError:
-        """A driver error as one line, with no password in it."""
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        """A driver error as one line, with no password in it: the server's own message when
+        there is one (without the statement or position), else the driver's first line."""
+        diag = getattr(exc, "diag", None)
+        text = (diag and diag.message_primary) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return StoreError(f"{doing}: {redact_text(text, self.url)}")
 
     def _reader_kwargs(self) -> dict:

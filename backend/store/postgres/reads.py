@@ -74,9 +74,11 @@ class Snapshots:
             stamp = reader.execute("SELECT n FROM generation").fetchone()
             if stamp != getattr(tls, "seen_stamp", None):
                 tls.cache, tls.seen_stamp = {}, stamp
-        except BaseException:
+        except BaseException as exc:
             self._pool.putconn(reader)
             self._read_finished()
+            if isinstance(exc, psycopg.Error):
+                raise self._fault("cannot read the store", exc) from None
             raise
         tls.conn = reader
         return reader
