@@ -15,7 +15,6 @@ from .config import (
     Config,
     TLSConfig,
     load_config,
-    resolve_data_dir,
     resolve_store,
     with_values,
 )
@@ -163,11 +162,14 @@ def rekey_main(argv: Sequence[str], env: Mapping[str, str]) -> int:
     p = _Parser(prog="inputlayer-server rekey",
                 description="Re-encrypt a stopped store under INPUTLAYER_NEW_ENCRYPTION_KEY (unset: "
                             "decrypt it), reading it with INPUTLAYER_ENCRYPTION_KEY (unset: it is plaintext).")
-    p.add_argument("--data-dir", metavar="DIR")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--data-dir", metavar="DIR")
+    where.add_argument("--store", metavar="URL")
     p.add_argument("--config", metavar="TOML")
     args = p.parse_args(argv)
     from .store.codec import key_from_env
-    from .store.rekey import rekey
+    from .store.locate import describe_store
+    from .store.rekey import rekey_store
 
     try:
         config = load_config(args.config, env)
@@ -177,13 +179,13 @@ def rekey_main(argv: Sequence[str], env: Mapping[str, str]) -> int:
             sys.stderr.write("error: nothing to do: set INPUTLAYER_NEW_ENCRYPTION_KEY to encrypt the store, "
                              "or INPUTLAYER_ENCRYPTION_KEY (alone) to decrypt it\n")
             return 2
-        data_dir = resolve_data_dir(args.data_dir, env, config)
-        copied = rekey(data_dir, old, new)
+        location = resolve_store(args.store, args.data_dir, env, config)
+        copied = rekey_store(location, env, old, new)
     except (ConfigError, StoreError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
     state = "encrypted under the new key" if new else "decrypted (plaintext)"
-    sys.stdout.write(f"Store in {data_dir} {state}: {copied} rows re-written.\n")
+    sys.stdout.write(f"Store in {describe_store(location)} {state}: {copied} rows re-written.\n")
     return 0
 
 

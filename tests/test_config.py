@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend.config import load_config, parse_config, resolve_data_dir, resolve_store
+from backend.config import load_config, parse_config, resolve_store
 from backend.errors import ConfigError
 
 
@@ -62,9 +62,9 @@ def test_file_location_and_precedence(tmp_path):
     assert load_config(str(flag_file), env).data_dir == "from-flag-file"
     cfg = load_config(None, env)
     assert cfg.data_dir == "from-env-file"
-    assert resolve_data_dir("flag-dir", {"INPUTLAYER_DATA_DIR": "env-dir"}, cfg) == "flag-dir"
-    assert resolve_data_dir(None, {"INPUTLAYER_DATA_DIR": "env-dir"}, cfg) == "env-dir"
-    assert resolve_data_dir(None, {}, cfg) == "from-env-file"
+    assert resolve_store(None, "flag-dir", {"INPUTLAYER_DATA_DIR": "env-dir"}, cfg) == "flag-dir"
+    assert resolve_store(None, None, {"INPUTLAYER_DATA_DIR": "env-dir"}, cfg) == "env-dir"
+    assert resolve_store(None, None, {}, cfg) == "from-env-file"
     xdg = tmp_path / "xdg" / "inputlayer"
     xdg.mkdir(parents=True)
     (xdg / "config.toml").write_text("[shell]\nformat = \"csv\"")

@@ -331,3 +331,46 @@ def test_a_damaged_store_fails_a_command_with_one_clear_line(pg_engine):
         engine.execute(admin, ".user list")
     assert exc.value.message == ('The store could not complete the command: cannot read the store: '
                                  'relation "generation" does not exist. Nothing was changed.')
+
+
+def test_rekey_on_to_a_new_key_and_off_keeps_keys_working_and_the_chain_intact(target, config_file):
+    from conftest import cli_env, run_cli
+
+    setup = shell_run(target, config_file, *target.cli_args(), stdin="\n".join(SESSION) + "\n")
+    assert setup.returncode == 0, setup.stderr
+    key = next(line.split("\t")[0] for line in setup.stdout.splitlines() if line.startswith("il_"))
+    first, second = secrets.token_hex(32), secrets.token_hex(32)
+
+    def rekey(**keys: str):
+        env = cli_env(config_file, **target.cli_env(), **keys)
+        proc = run_cli(["rekey", "--store", target.url], env=env, program="backend")
+        return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+    code, out, err = rekey(INPUTLAYER_NEW_ENCRYPTION_KEY=first)
+    assert code == 0 and "encrypted under the new key" in out and target.pg.password not in out, err
+    sealed = dump(target).decode(errors="replace")
+    assert "zebulon-user" not in sealed and "nebula-label" not in sealed
+    assert rekey(INPUTLAYER_ENCRYPTION_KEY=second, INPUTLAYER_NEW_ENCRYPTION_KEY=first)[0] == 2  # wrong old key
+    assert dump(target).decode(errors="replace") == sealed
+    assert rekey(INPUTLAYER_ENCRYPTION_KEY=first, INPUTLAYER_NEW_ENCRYPTION_KEY=second)[0] == 0
+    check = shell_run(target, config_file, *target.cli_args(), "-c", ".whoami", INPUTLAYER_API_KEY=key,
+                      INPUTLAYER_ENCRYPTION_KEY=second)
+    assert check.returncode == 0 and check.stdout.startswith("zebulon-user"), check.stderr
+    assert rekey(INPUTLAYER_ENCRYPTION_KEY=second)[0] == 0
+    plain = shell_run(target, config_file, *target.cli_args(), "-c", ".audit verify", "-c", ".user list")
+    assert plain.stdout.startswith("Audit log intact") and "zebulon-user" in plain.stdout, plain.stderr
+
+
+def test_a_failed_rekey_leaves_the_store_under_its_old_key(pg_engine, target, monkeypatch):
+    engine, admin = pg_engine
+    engine.execute(admin, ".user create ria ria-passphrase viewer")
+    before = dump(target)
+
+    def broken(self, rows):
+        raise StoreError("disk full (simulated)")
+    monkeypatch.setattr(PostgresStore, "import_rows", broken)
+    with pytest.raises(StoreError, match="simulated"):
+        engine.store.rekey(KEY)
+    monkeypatch.undo()
+    assert dump(target) == before
+    assert "ria" in [row[0] for row in engine.execute(admin, ".user list").rows]    # and it still works

@@ -2,16 +2,32 @@
 
 Everything is read and checked under the old key, written to a new file beside the old one,
 flushed, then renamed over it: interrupted at any point, the directory holds either the old
-store (opens with the old key) or the new one (opens with the new key), never a mix.
+store (opens with the old key) or the new one (opens with the new key), never a mix. A
+PostgreSQL store does the same in one transaction (PostgresStore.rekey).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import StoreError
+from .postgres.url import is_postgres_url
 from .sqlite import DB_FILE, SQLiteStore
+
+
+def rekey_store(location: str, env: Mapping[str, str], old_key: bytes | None, new_key: bytes | None) -> int:
+    """rekey() of a data directory, or of the PostgreSQL store a postgresql:// URL names."""
+    if not is_postgres_url(location):
+        return rekey(location, old_key, new_key)
+    from .postgres.store import PostgresStore
+
+    store = PostgresStore(location, encryption_key=old_key, secret_file=env.get("INPUTLAYER_SERVER_SECRET_FILE"))
+    try:
+        return store.rekey(new_key)
+    finally:
+        store.close()
 
 
 def rekey(data_dir: str | os.PathLike, old_key: bytes | None, new_key: bytes | None) -> int:

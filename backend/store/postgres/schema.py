@@ -83,7 +83,10 @@ def prepare(conn: psycopg.Connection, codec: Codec, shown_url: str, fingerprint:
     """Create the schema if this database has none yet, then check it is one this program and
     this key can read, kept for these server secrets (`fingerprint`)."""
     if not _exists(conn):
-        _create(conn, codec, shown_url, fingerprint)
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+            if not _exists(conn):           # else another node created it while this one waited
+                create(conn, codec, shown_url, fingerprint)
     row = conn.execute("SELECT data FROM meta WHERE name = 'format'").fetchone()
     if row is None:
         raise StoreError(f"cannot open the store: {shown_url} is damaged (no format record)")
@@ -102,17 +105,15 @@ def _exists(conn: psycopg.Connection) -> bool:
                         (NAMESPACE,)).fetchone() is not None
 
 
-def _create(conn: psycopg.Connection, codec: Codec, shown_url: str, fingerprint: str) -> None:
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
-        if _exists(conn):               # another node created it while this one waited
-            return
-        if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (NAMESPACE,)).fetchone():
-            raise StoreError(f"cannot open the store: {shown_url} has a schema '{NAMESPACE}' that is "
-                             "not an InputLayer store")
-        for statement in ddl("bytea" if codec.encrypted else "text"):
-            conn.execute(statement)
-        meta: dict[str, dict] = {"secrets_fingerprint": {"sha256": fingerprint}, "audit_head": {"seq": 0, "hash": GENESIS_HASH}}
-        conn.execute("INSERT INTO meta VALUES ('format', %s)", (plain(codec, format_record(codec)),))
-        for name, value in meta.items():
-            conn.execute("INSERT INTO meta VALUES (%s, %s)", (name, codec.seal("meta", name, value)))
+def create(conn: psycopg.Connection, codec: Codec, shown_url: str, fingerprint: str) -> None:
+    """The schema, empty, in the caller's transaction."""
+    if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (NAMESPACE,)).fetchone():
+        raise StoreError(f"cannot open the store: {shown_url} has a schema '{NAMESPACE}' that is "
+                         "not an InputLayer store")
+    for statement in ddl("bytea" if codec.encrypted else "text"):
+        conn.execute(statement)
+    meta: dict[str, dict] = {"secrets_fingerprint": {"sha256": fingerprint},
+                             "audit_head": {"seq": 0, "hash": GENESIS_HASH}}
+    conn.execute("INSERT INTO meta VALUES ('format', %s)", (plain(codec, format_record(codec)),))
+    for name, value in meta.items():
+        conn.execute("INSERT INTO meta VALUES (%s, %s)", (name, codec.seal("meta", name, value)))

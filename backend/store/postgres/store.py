@@ -13,9 +13,9 @@ from typing import Any
 
 from ...errors import StoreError
 from ..chain import matching_records, verify_chain
-from ..codec import encode_json
+from ..codec import Codec, encode_json
 from ..interface import AUDIT_FIELDS, audit_payload
-from . import serversecrets
+from . import schema, serversecrets
 from .base import PgBase
 
 ROW_TABLES = ("users", "kgs", "tokens")
@@ -341,3 +341,26 @@ class PostgresStore(PgBase):
             value = encode_json([rec["prev_hash"], *(rec[f] for f in AUDIT_FIELDS), rec["hash"]])
             self._main.execute("INSERT INTO audit VALUES (%s, %s)", (seq, self.codec.seal_text("audit", str(seq), value)))
         return sum(len(rows[t]) for t in ("users", "kgs", "acl", "api_keys", "api_key_kgs", "tokens", "audit"))
+
+    def rekey(self, new_key: bytes | None) -> int:
+        """Re-seal everything under `new_key` (None: plaintext) in one transaction: the schema is
+        dropped and made anew under the new key and refilled, so a failure (or a crash) leaves
+        the store as it was, under its old key. Returns the number of rows copied."""
+        old_codec = self.codec
+        try:
+            with self.write():
+                rows = self.export_rows()
+                problem = self.verify_audit()[1]
+                if problem:
+                    raise StoreError(f"refusing to rekey: {problem}")
+                generation = self._scalar("SELECT n FROM generation")
+                self._main.execute(f"DROP SCHEMA {schema.NAMESPACE} CASCADE")
+                self.codec = Codec(new_key)
+                schema.create(self._main, self.codec, self.shown_url, serversecrets.fingerprint(self._secrets))
+                # Readers elsewhere compare this counter: it must move on, never start over.
+                self._main.execute("UPDATE generation SET n = %s", (generation,))
+                copied = self.import_rows(rows)
+        except BaseException:
+            self.codec = old_codec          # the transaction rolled back: the old key still holds
+            raise
+        return copied
