@@ -374,3 +374,21 @@ def test_a_failed_rekey_leaves_the_store_under_its_old_key(pg_engine, target, mo
     monkeypatch.undo()
     assert dump(target) == before
     assert "ria" in [row[0] for row in engine.execute(admin, ".user list").rows]    # and it still works
+
+
+def test_a_user_dropped_through_one_node_loses_its_session_on_the_other(target, config_file):
+    from conftest import cli_env
+    from serverkit import ServerProcess, logged_in
+    from test_protocol import assert_ended
+
+    env = cli_env(config_file, INPUTLAYER_ADMIN_PASSWORD=ADMIN_PASSWORD, **target.cli_env())
+    nodes = [ServerProcess(target.cli_args(), env) for _ in range(2)]
+    try:
+        with logged_in(nodes[0].url) as admin:
+            assert admin.execute(".user create bob pw-123456 viewer")["type"] == "result"
+            bob = logged_in(nodes[1].url, "bob", "pw-123456")
+            assert admin.execute(".user drop bob")["type"] == "result"
+        assert_ended(bob, "user dropped", within=1.0)
+    finally:
+        for node in nodes:
+            node.stop()
