@@ -32,10 +32,7 @@ def build_parser(columns: int = 80) -> argparse.ArgumentParser:
     # argparse makes a formatter for every argument; given no width, each imports shutil.
     p = _Parser(prog="inputlayer", description="Administration shell for InputLayer knowledge-graph servers.",
                 formatter_class=lambda prog: argparse.HelpFormatter(prog, width=columns - 2))
-    target = p.add_mutually_exclusive_group()
-    target.add_argument("--data-dir", metavar="DIR", help="local data directory (the embedded default)")
-    target.add_argument("--url", help="remote server, ws://HOST:PORT/ws or wss://HOST:PORT/ws")
-    p.add_argument("--user", metavar="NAME", help="log in as NAME (password from INPUTLAYER_PASSWORD or asked)")
+    add_connection_options(p)
     p.add_argument("-c", dest="command", metavar="COMMAND", action=_Ordered, help="run COMMAND (repeatable)")
     p.add_argument("-f", dest="file", metavar="FILE", action=_Ordered, help="run the commands in FILE")
     p.add_argument("--format", choices=("table", "plain", "json", "csv"), help="output format")
@@ -43,15 +40,28 @@ def build_parser(columns: int = 80) -> argparse.ArgumentParser:
                    help="in script mode: stop at the first failed command (default) or continue")
     p.add_argument("-1", "--single-transaction", action="store_true",
                    help="local target: commit all commands together or none")
-    p.add_argument("--ca-file", metavar="PEM", help="extra trusted CA for wss://")
-    p.add_argument("--config", metavar="TOML", help="config file")
     p.add_argument("--version", action="version", version=f"inputlayer {__version__}")
     p.set_defaults(sources=None)
     return p
 
 
+def add_connection_options(p: argparse.ArgumentParser) -> None:
+    """Target and credential options: the shell's, and those of export, plan and apply."""
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--data-dir", metavar="DIR", help="local data directory (the embedded default)")
+    target.add_argument("--url", help="remote server, ws://HOST:PORT/ws or wss://HOST:PORT/ws")
+    p.add_argument("--user", metavar="NAME", help="log in as NAME (password from INPUTLAYER_PASSWORD or asked)")
+    p.add_argument("--ca-file", metavar="PEM", help="extra trusted CA for wss://")
+    p.add_argument("--config", metavar="TOML", help="config file")
+
+
 def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
     env = env or Environment()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verb_at = policy_verb(argv)
+    if verb_at is not None:
+        from .policy import run_policy
+        return run_policy(argv, verb_at, env)
     args = build_parser(env.columns).parse_args(argv)
     try:
         config = load_config(args.config, env.env)
@@ -148,6 +158,25 @@ def log_in(backend, args, env: Environment, interactive: bool) -> str | None:
             return NO_CREDENTIALS
     except AuthError as exc:
         return f"error: authentication failed: {exc.message}"
+    return None
+
+
+# Options of the shell that take a value: a word after one of them is not a verb.
+VALUE_OPTIONS = {"--data-dir", "--url", "--user", "-c", "-f", "--format", "--on-error", "--ca-file",
+                 "--config", "-o", "--output"}
+POLICY_VERBS = ("export", "plan", "apply")
+
+
+def policy_verb(argv: list[str]) -> int | None:
+    """The index of `export`, `plan` or `apply` when it is the first word that is not an option."""
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            return None
+        if not word.startswith("-"):
+            return i if word in POLICY_VERBS else None
+        i += 2 if word in VALUE_OPTIONS else 1
     return None
 
 
