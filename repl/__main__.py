@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
 from backend import __version__
-from backend.config import Config, load_config, resolve_data_dir
+from backend.config import Config, config_target, load_config, resolve_data_dir, select_profile
 from backend.errors import AuthError, ConfigError, StoreError, TargetUnreachable
 
 from .environment import Environment, ExitStatus
@@ -47,6 +48,7 @@ def build_parser(columns: int = 80) -> argparse.ArgumentParser:
 
 def add_connection_options(p: argparse.ArgumentParser) -> None:
     """Target and credential options: the shell's, and those of export, plan and apply."""
+    p.add_argument("--profile", metavar="NAME", help="connection profile from the config file (else INPUTLAYER_PROFILE)")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--data-dir", metavar="DIR", help="local data directory (the embedded default)")
     target.add_argument("--url", help="remote server, ws://HOST:PORT/ws or wss://HOST:PORT/ws")
@@ -65,6 +67,7 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     args = build_parser(env.columns).parse_args(argv)
     try:
         config = load_config(args.config, env.env)
+        apply_profile(args, env, config)
     except ConfigError as exc:
         env.err(f"error: {exc}\n")
         return ExitStatus.ERROR
@@ -89,11 +92,13 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
         if problem:
             env.err(problem + "\n")
             return ExitStatus.ERROR
+        from .settings import ShellSide
+        shell = ShellSide(backend, config_target(args.config, env.env))
         if interactive:
             from .interactive import run_interactive   # prompt-toolkit only now
-            return run_interactive(backend, env, config, fmt=fmt)
+            return run_interactive(shell, env, config, fmt=fmt)
         lines = script_lines(args, env)
-        return run_script(backend, lines, env, fmt=fmt, on_error=args.on_error,
+        return run_script(shell, lines, env, fmt=fmt, on_error=args.on_error,
                           single_transaction=args.single_transaction)
     except _Unreadable as exc:
         env.err(f"error: {exc}\n")
@@ -106,6 +111,20 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
         return ExitStatus.STOPPED
     finally:
         backend.close()
+
+
+def apply_profile(args, env: Environment, config: Config) -> None:
+    """Fill in from the selected profile what flags and environment variables leave open."""
+    profile = select_profile(config, args.profile, env.env)
+    variables = env.env
+    if not (args.url or args.data_dir or variables.get("INPUTLAYER_URL") or variables.get("INPUTLAYER_DATA_DIR")):
+        args.url = profile.url or None
+        args.data_dir = os.path.expanduser(profile.data_dir) if profile.data_dir else None
+    if not (args.user or variables.get("INPUTLAYER_USER")):
+        args.user = profile.user or None
+    if not (args.ca_file or variables.get("INPUTLAYER_CA_FILE")) and profile.ca_file:
+        args.ca_file = os.path.expanduser(profile.ca_file)
+    args.format = args.format or profile.format or None
 
 
 def _preload_interactive() -> None:
@@ -162,7 +181,7 @@ def log_in(backend, args, env: Environment, interactive: bool) -> str | None:
 
 
 # Options of the shell that take a value: a word after one of them is not a verb.
-VALUE_OPTIONS = {"--data-dir", "--url", "--user", "-c", "-f", "--format", "--on-error", "--ca-file",
+VALUE_OPTIONS = {"--profile", "--data-dir", "--url", "--user", "-c", "-f", "--format", "--on-error", "--ca-file",
                  "--config", "-o", "--output"}
 POLICY_VERBS = ("export", "plan", "apply")
 

@@ -49,11 +49,14 @@ def build_parser(verb: str, columns: int = 80) -> argparse.ArgumentParser:
 
 def run_policy(argv: list[str], at: int, env: Environment) -> int:
     """Run the verb at argv[at], with the options around it."""
+    from .__main__ import apply_profile
+
     verb = argv[at]
     args = build_parser(verb, env.columns).parse_args(argv[:at] + argv[at + 1:])
     policy = None
     try:
         config = load_config(args.config, env.env)
+        apply_profile(args, env, config)
         if verb != "export":
             policy = parse_policy(_read(args.file), os.path.basename(args.file))
     except (ConfigError, _Unreadable) as exc:
