@@ -145,3 +145,30 @@ def test_company_policy_applies_to_a_fresh_store_and_its_change_plans_as_recorde
     check_example("acme-next.prune.out", run_example(il, "plan", str(POLICIES / "acme-next.toml"), "--prune"))
     assert il("apply", str(POLICIES / "acme-next.toml"), "--prune", "--yes")[0] == 0
     assert run_example(il, "plan", str(POLICIES / "acme-next.toml"), "--prune") == "No changes.\n[exit status 0]\n"
+
+
+def test_at_a_terminal_apply_asks_first(tmp_path, config_file):
+    from repl.__main__ import main
+    from repl.environment import fake_environment
+
+    policy = write(tmp_path, '[users.admin]\nrole = "admin"\n[kgs.default]\n[kgs.new]\n')
+    args = ["--data-dir", str(tmp_path / "data"), "apply", policy]
+    variables = {"INPUTLAYER_CONFIG": str(config_file), "INPUTLAYER_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    declined = fake_environment(b"n\n", variables, tty=True)
+    assert main(args, declined) == 0
+    assert declined.stdout.getvalue() == ("+ kg new\nPlan: 1 to add, 0 to change, 0 to remove.\n"
+                                          "Apply these changes? [y/N] Nothing was changed.\n")
+    accepted = fake_environment(b"y\n", variables, tty=True)
+    assert main(args, accepted) == 0
+    assert accepted.stdout.getvalue().endswith("Apply these changes? [y/N] Knowledge graph 'new' created.\n"
+                                               "Switched to knowledge graph: new\n")
+    unasked = fake_environment(b"", variables, tty=True)
+    assert main(args, unasked) == 0 and unasked.stdout.getvalue() == "No changes.\n"
+
+
+def test_a_key_limited_to_some_kgs_cannot_read_the_whole_store(il):
+    secret = il("-c", ".apikey create ops role=admin kg=default", "--format", "plain")[1].split("\t")[0]
+    status, out, err = il("export", INPUTLAYER_API_KEY=secret)
+    assert (status, out) == (3, "")
+    assert err == ("error: Permission denied: this API key is limited to some knowledge graphs; "
+                   "export, plan and apply need the whole store\n")
