@@ -10,7 +10,7 @@ from pathlib import Path
 
 from backend.config import load_config
 from backend.errors import CommandError, ConfigError, StoreError, TargetUnreachable
-from backend.policy import Plan, PolicyError, make_plan, parse_policy, render_policy
+from backend.policy import Plan, PolicyError, make_plan, read_policy, render_policy
 from backend.policy.read import read_caller, read_state
 from backend.security import iso
 
@@ -58,7 +58,7 @@ def run_policy(argv: list[str], at: int, env: Environment) -> int:
         config = load_config(args.config, env.env)
         apply_profile(args, env, config)
         if verb != "export":
-            policy = parse_policy(_read(args.file), os.path.basename(args.file))
+            policy = read_policy(_read(args.file), os.path.basename(args.file))
     except (ConfigError, _Unreadable) as exc:
         env.err(f"error: {exc}\n")
         return ExitStatus.ERROR
@@ -67,6 +67,8 @@ def run_policy(argv: list[str], at: int, env: Environment) -> int:
         return ExitStatus.ERROR
     backend = _connect(args, env, config)
     if backend is None:
+        if policy is not None and policy.problems:
+            env.err("".join(f"{line}\n" for line in policy.failure().lines))
         return ExitStatus.ERROR
     try:
         return _Verb(backend, args, env, verb).run(policy)
@@ -125,6 +127,9 @@ class _Verb:
             caller = read_caller(self.backend.execute)
             state = read_state(self.backend.execute, caller)
         except CommandError as exc:
+            if policy is not None and policy.problems:    # the file's own problems come first
+                self.env.err("".join(f"{line}\n" for line in policy.failure().lines))
+                return ExitStatus.ERROR
             self.env.err(f"error: {exc.message}\n")
             return ExitStatus.STOPPED
         if self.verb == "export":

@@ -252,3 +252,18 @@ def test_a_changed_key_is_altered_in_place():
 def test_the_same_state_plans_nothing():
     assert plan(render_policy(BASE)).report() == "No changes.\n"
     assert plan(render_policy(BASE), prune=True).report() == "No changes.\n"
+
+
+def test_the_files_problems_and_the_stores_come_out_together():
+    from backend.policy import read_policy
+
+    text = ('[users.admin]\nrole = "admin"\n[users.dan]\nrole = "boss"\n'
+            '[kgs.sales]\nacl = { dan = "viewer", ghost = "viewer" }\n[users.eve]\nrole = "viewer"\n')
+    policy = read_policy(text, "policy.toml")
+    with pytest.raises(PolicyError) as caught:
+        make_plan(policy, BASE, prune=False, caller="admin", current_kg=None, env={}, now_text=NOW)
+    assert caught.value.lines == [
+        "policy.toml:4: Unknown role 'boss'. Valid roles: admin, editor, viewer",
+        "policy.toml:6: user 'ghost' is neither in the file nor in the store",    # not dan: he is declared
+        "policy.toml:7: user 'eve' does not exist yet: give it password_env to create it",
+    ]

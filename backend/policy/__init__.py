@@ -5,9 +5,9 @@ same dot-commands on every target (repl/policy.py).
 """
 
 from .model import ApiKey, State
-from .parse import Policy, PolicyError, parse_policy
+from .parse import Policy, PolicyError, parse_policy, read_policy
 from .plan import Change, Plan, make_plan
 from .render import render_policy
 
 __all__ = ["ApiKey", "Change", "Plan", "Policy", "PolicyError", "State", "make_plan", "parse_policy",
-           "render_policy"]
+           "read_policy", "render_policy"]

@@ -43,13 +43,20 @@ class PolicyError(Exception):
 
 @dataclass
 class Policy:
-    state: State
+    state: State                       # what the file declares, without the entries it got wrong
     password_env: dict[str, str]       # user -> variable holding the password of a new user
     source: str                        # the file name, for messages
     lines: dict[Path, int] = field(default_factory=dict)
+    problems: list[tuple[int, str]] = field(default_factory=list)    # (line, message)
+    declared: dict[str, set[str]] = field(default_factory=dict)      # table -> every name in it
 
     def where(self, *path: str) -> str:
         return f"{self.source}:{line_of(self.lines, tuple(path))}"
+
+    def failure(self, more: list[tuple[int, str]] = ()) -> PolicyError:
+        """All problems, the file's own and `more`, as one error in line order."""
+        found = sorted([*self.problems, *more], key=lambda problem: problem[0])
+        return PolicyError([f"{self.source}:{line}: {message}" for line, message in found])
 
 
 class _Checker:
@@ -57,6 +64,7 @@ class _Checker:
         self.source = source
         self.lines = lines
         self.errors: list[tuple[int, str]] = []
+        self.declared: dict[str, set[str]] = {table: set() for table in TABLES}
 
     def error(self, path: Path, message: str) -> None:
         self.errors.append((line_of(self.lines, path), message))
@@ -90,6 +98,7 @@ class _Checker:
         if not isinstance(raw, dict):
             self.error(path, f"'{path[0]}' must be a table of tables ([{path[0]}.<name>])")
             return {}
+        self.declared[path[0]] = set(raw)
         return {name: value for name, value in raw.items() if self.value(path + (name,), name, check_name)}
 
 
@@ -153,7 +162,16 @@ def _required(check: _Checker, path: Path, table: dict, key: str, convert: Calla
 
 
 def parse_policy(text: str, source: str) -> Policy:
-    """The policy in `text`, or PolicyError listing every problem (nothing is half-read)."""
+    """The policy in `text`, or PolicyError listing every problem."""
+    policy = read_policy(text, source)
+    if policy.problems:
+        raise policy.failure()
+    return policy
+
+
+def read_policy(text: str, source: str) -> Policy:
+    """The policy in `text` with the problems found in it, so that those the store shows
+    (make_plan) can be told in the same run; PolicyError only when it is not TOML at all."""
     try:
         document = tomlkit.parse(text).unwrap()
     except ParseError as exc:
@@ -168,8 +186,7 @@ def parse_policy(text: str, source: str) -> Policy:
     _users(check, policy, document.get("users", {}))
     _kgs(check, policy, document.get("kgs", {}))
     _keys(check, policy, document.get("api_keys", {}))
-    if check.errors:
-        raise PolicyError([f"{source}:{line}: {message}" for line, message in sorted(check.errors, key=lambda e: e[0])])
+    policy.problems, policy.declared = check.errors, check.declared
     return policy
 
 

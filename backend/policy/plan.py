@@ -10,7 +10,8 @@ from backend.lexer import quote_word
 from backend.registry import ROLES
 
 from .model import ALL_KGS, NEVER, ApiKey, State
-from .parse import Policy, PolicyError
+from .parse import Policy
+from .positions import line_of
 
 ROLE_RANK = {role: len(ROLES) - i for i, role in enumerate(ROLES)}
 SIGN_WORDS = {"+": "add", "~": "change", "-": "remove"}
@@ -54,7 +55,7 @@ class _Planner:
                  env: Mapping[str, str], now_text: str):
         self.policy, self.want, self.have = policy, policy.state, current
         self.prune, self.caller, self.env, self.now_text = prune, caller, env, now_text
-        self.errors: list[tuple[str, str]] = []
+        self.errors: list[tuple[int, str]] = []
         self.plan = Plan()
         # Who is left when the apply is done: the file's users, and the store's that stay.
         kept_users = set(current.users) - set(self.want.users)
@@ -64,14 +65,18 @@ class _Planner:
         self.final_kgs = set(self.want.kgs) | (set() if prune else set(current.kgs))
 
     def error(self, path: tuple[str, ...], message: str) -> None:
-        self.errors.append((self.policy.where(*path), message))
+        self.errors.append((line_of(self.policy.lines, path), message))
 
     def add(self, sign: str, text: str, *commands: str) -> None:
         self.plan.changes.append(Change(sign, text, commands))
 
     def known_user(self, path: tuple[str, ...], user: str) -> bool:
+        """Whether `user` is there when the apply is done; else says why not (unless the file
+        declares it wrongly, which is already reported)."""
         if user in self.final_users:
             return True
+        if user in self.policy.declared.get("users", ()):
+            return False
         if user in self.have.users:
             self.error(path, f"user '{user}' is not in the file, and --prune drops it")
         else:
@@ -88,20 +93,17 @@ def make_plan(policy: Policy, current: State, *, prune: bool, caller: str, curre
     _kgs(p)
     _grants(p)
     _keys(p)
-    _admins_left(p)
+    if not policy.problems:       # a user the file got wrong would count as dropped
+        _admins_left(p)
     if prune:
         _prune(p, current_kg)
     else:
         _note_kept(p)
     if caller_role is not None:
         p.plan.changes.append(caller_role)      # last: the caller may lose the rights the rest needs
-    if p.errors:
-        raise PolicyError([f"{where}: {message}" for where, message in sorted(p.errors, key=_by_line)])
+    if p.errors or policy.problems:
+        raise policy.failure(p.errors)
     return p.plan
-
-
-def _by_line(error: tuple[str, str]) -> int:
-    return int(error[0].rsplit(":", 1)[1])
 
 
 def _users(p: _Planner) -> Change | None:
@@ -166,7 +168,7 @@ def _keys(p: _Planner) -> None:
         if not p.known_user(path + ("owner",), key.owner):
             continue
         for kg in key.kgs or ():
-            if kg not in p.final_kgs:
+            if kg not in p.final_kgs and kg not in p.policy.declared.get("kgs", ()):
                 p.error(path + ("kgs",), f"knowledge graph '{kg}' is "
                         + ("not in the file" if p.prune and kg in p.have.kgs else "neither in the file nor in the store"))
         old = p.have.keys.get(label)
