@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -53,7 +53,7 @@ class Policy:
     def where(self, *path: str) -> str:
         return f"{self.source}:{line_of(self.lines, tuple(path))}"
 
-    def failure(self, more: list[tuple[int, str]] = ()) -> PolicyError:
+    def failure(self, more: Sequence[tuple[int, str]] = ()) -> PolicyError:
         """All problems, the file's own and `more`, as one error in line order."""
         found = sorted([*self.problems, *more], key=lambda problem: problem[0])
         return PolicyError([f"{self.source}:{line}: {message}" for line, message in found])
