@@ -267,3 +267,20 @@ def test_the_files_problems_and_the_stores_come_out_together():
         "policy.toml:6: user 'ghost' is neither in the file nor in the store",    # not dan: he is declared
         "policy.toml:7: user 'eve' does not exist yet: give it password_env to create it",
     ]
+
+
+def test_reading_a_state_refuses_what_no_store_would_hold():
+    from backend.errors import CommandError
+    from backend.policy.read import Caller, read_state
+    from backend.result import Result
+
+    def target(evil: str):
+        answers = {".user list": Result(["username", "role", "created_at", "last_login_at"],
+                                        [["admin", "admin", "", ""], [evil, "viewer", "", ""]]),
+                   ".kg list": Result(["name", "access"], []), ".apikey list": Result(["label"], [])}
+        return answers.__getitem__
+
+    caller = Caller("admin", "admin", "password", None)
+    assert read_state(target("bob"), caller).users == {"admin": "admin", "bob": "viewer"}
+    with pytest.raises(CommandError, match="Invalid name"):
+        read_state(target("\x1b]0;owned\x07"), caller)
