@@ -32,6 +32,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(columns: int = 80) -> argparse.ArgumentParser:
     # argparse makes a formatter for every argument; given no width, each imports shutil.
     p = _Parser(prog="inputlayer", description="Administration shell for InputLayer knowledge-graph servers.",
+                epilog="Access as code: inputlayer export [-o FILE] | plan FILE [--prune] | "
+                       "apply FILE [--prune] [--yes] (see inputlayer plan --help).",
                 formatter_class=lambda prog: argparse.HelpFormatter(prog, width=columns - 2))
     add_connection_options(p)
     p.add_argument("-c", dest="command", metavar="COMMAND", action=_Ordered, help="run COMMAND (repeatable)")
