@@ -76,7 +76,7 @@ def run_policy(argv: list[str], at: int, env: Environment) -> int:
         env.err(f"error: {exc}\n")
         return ExitStatus.ERROR
     except KeyboardInterrupt:
-        env.err("interrupted: nothing was changed\n")
+        env.err("interrupted\n")
         return ExitStatus.STOPPED
     finally:
         backend.close()
