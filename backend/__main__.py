@@ -8,10 +8,9 @@ import logging
 import os
 import signal
 import sys
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from . import __version__
-from .bootstrap import bootstrap_banner, bootstrap_password
 from .config import Config, TLSConfig, load_config, resolve_data_dir, with_values
 from .errors import ConfigError, StoreError
 
@@ -88,10 +87,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     setup_logging(args.log_level)
     log = logging.getLogger("inputlayer.server")
 
-    from .codec import key_from_env
-    from .engine import Engine
-    from .server import Server, is_loopback, tls_context
-    from .store import Store
+    from .bootstrap import first_start, open_store
+    from .netaddr import is_loopback
+    from .server import Server, tls_context
 
     try:
         config = server_config(args, load_config(args.config, env))
@@ -105,25 +103,21 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return 2
     data_dir = resolve_data_dir(args.data_dir, env, config)
     try:
-        store = Store(data_dir, encryption_key=key_from_env(env))
+        store = open_store(data_dir, env)
     except StoreError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
     try:
         try:
-            engine = Engine(store, config, shared_key=env.get("INPUTLAYER_SHARED_KEY"))
+            server = Server(store, config, shared_key=env.get("INPUTLAYER_SHARED_KEY"), ssl_context=ssl_context)
         except ConfigError as exc:
             sys.stderr.write(f"error: {exc}\n")
             return 2
-        _, generated = engine.bootstrap(bootstrap_password(env, config))
-        if generated:
-            sys.stderr.write(bootstrap_banner(generated))
-            sys.stderr.flush()
+        first_start(server.engine, env, config, _show_banner)
         if ssl_context is None and not is_loopback(config.server.host):
             log.warning("listening on %s without TLS: traffic, passwords included, is readable on the "
                         "network unless a reverse proxy terminates TLS in front of this server",
                         config.server.host)
-        server = Server(engine, config, ssl_context=ssl_context)
         return asyncio.run(_serve(server))
     except StoreError as exc:
         sys.stderr.write(f"error: {exc}\n")
@@ -141,8 +135,8 @@ def rekey_main(argv: Sequence[str], env: Mapping[str, str]) -> int:
     p.add_argument("--data-dir", metavar="DIR")
     p.add_argument("--config", metavar="TOML")
     args = p.parse_args(argv)
-    from .codec import key_from_env
-    from .rekey import rekey
+    from .store.codec import key_from_env
+    from .store.rekey import rekey
 
     try:
         config = load_config(args.config, env)
@@ -160,6 +154,11 @@ def rekey_main(argv: Sequence[str], env: Mapping[str, str]) -> int:
     state = "encrypted under the new key" if new else "decrypted (plaintext)"
     sys.stdout.write(f"Store in {data_dir} {state}: {copied} rows re-written.\n")
     return 0
+
+
+def _show_banner(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
 
 
 async def _serve(server) -> int:

@@ -2,12 +2,13 @@
 
 # No `from __future__ import annotations`: NamedTuple would compile each field's annotation
 # string at every start-up: about 1 ms for this module's tuples.
-import ipaddress
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 from .errors import ConfigError
+from .netaddr import normalize_network
 
 
 class TLSConfig(NamedTuple):
@@ -89,7 +90,7 @@ def _networks(value: Any) -> tuple[str, ...]:
     out = []
     for item in value:
         try:
-            out.append(str(ipaddress.ip_network(str(item), strict=False)))
+            out.append(normalize_network(str(item)))
         except ValueError:
             raise ValueError(f"'{item}' is not an address or CIDR range") from None
     return tuple(out)

@@ -29,6 +29,10 @@ class AuthError(Exception):
         return str(self.args[0])
 
 
+class LockedOut(AuthError):
+    """Refused without a credential check: the address is locked out (security.md, Lockout)."""
+
+
 class StoreError(Exception):
     """The store cannot be opened or written (exit status 2 at start-up)."""
 

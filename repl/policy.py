@@ -12,7 +12,7 @@ from backend.config import load_config
 from backend.errors import CommandError, ConfigError, StoreError, TargetUnreachable
 from backend.policy import Plan, PolicyError, make_plan, read_policy, render_policy
 from backend.policy.read import read_caller, read_state
-from backend.security import iso
+from backend.display import iso
 
 from .environment import Environment, ExitStatus
 from .output import render

@@ -14,7 +14,7 @@ from backend.config_edit import (
     write_private,
 )
 from backend.errors import CommandError, ConfigError
-from backend.registry import Invocation, parse
+from backend.language.parser import Invocation, parse
 from backend.result import Result
 
 

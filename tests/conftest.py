@@ -11,8 +11,8 @@ import pytest
 
 from backend.config import Config, SecurityConfig, with_values
 from backend.engine import Engine
-from backend.security import FakeClock
-from backend.store import Store
+from backend.store import SQLiteStore
+from fakes import FakeClock
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_PASSWORD = "s3cret-pass"
@@ -45,7 +45,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def engine(tmp_path: Path, cheap_config: Config, clock: FakeClock):
-    store = Store(tmp_path / "data")
+    store = SQLiteStore(tmp_path / "data")
     eng = Engine(store, cheap_config, clock=clock)
     eng.bootstrap(ADMIN_PASSWORD)
     yield eng

@@ -13,22 +13,24 @@ from contextlib import contextmanager
 
 from websockets.sync.client import connect
 
-from backend.client import LEGACY
 from backend.config import Config, with_values
-from backend.engine import Engine
 from backend.server import Server, ServerOptions
-from backend.store import Store
+from backend.store import SQLiteStore
+from backend.targets.remote import LEGACY
 
 from conftest import ADMIN_PASSWORD, ROOT, cli_env as server_env   # noqa: F401  (re-exported for server tests)
 
 
 class ServerThread:
-    """A Server on 127.0.0.1, port 0, running on its own event loop in a thread."""
+    """A Server on 127.0.0.1, port 0, over a bootstrapped store, running on its own event loop
+    in a thread."""
 
-    def __init__(self, engine: Engine, config: Config, *, options: ServerOptions | None = None,
+    def __init__(self, store: Store, config: Config, *, clock=None, options: ServerOptions | None = None,
                  ssl_context=None):
-        self.engine = engine
-        self.server = Server(engine, config, options=options, ssl_context=ssl_context)
+        kwargs = {"clock": clock} if clock else {}
+        self.server = Server(store, config, options=options, ssl_context=ssl_context, **kwargs)
+        self.engine = self.server.engine
+        self.engine.bootstrap(ADMIN_PASSWORD)
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, daemon=True)
@@ -77,15 +79,15 @@ class Servers:
     def __init__(self):
         self.started: list[ServerThread] = []
 
-    def start(self, engine: Engine, config: Config, **kwargs) -> ServerThread:
-        server = ServerThread(engine, config, **kwargs)
+    def start(self, data_dir, config: Config, **kwargs) -> ServerThread:
+        server = ServerThread(SQLiteStore(data_dir), config, **kwargs)
         self.started.append(server)
         return server
 
     def stop_all(self) -> None:
         for server in self.started:
             server.stop()
-            server.engine.store.close()
+            server.server.store.close()
 
 
 @contextmanager
@@ -94,15 +96,9 @@ def running_server(data_dir, config: Config, **values):
     config = with_values(config, {"server.port": 0, **values})
     servers = Servers()
     try:
-        yield servers.start(make_engine(data_dir, config), config)
+        yield servers.start(data_dir, config)
     finally:
         servers.stop_all()
-
-
-def make_engine(data_dir, config: Config, **kwargs) -> Engine:
-    engine = Engine(Store(data_dir), config, **kwargs)
-    engine.bootstrap(ADMIN_PASSWORD)
-    return engine
 
 
 class Client:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.store import Store
+from backend.store import SQLiteStore
 from conftest import ADMIN_PASSWORD, ROOT, cli_env, run_cli
 from test_examples import KEY_PLACEHOLDER, KEY_RE
 
@@ -35,7 +35,7 @@ def il(tmp_path: Path, config_file: Path):
 
 def store_snapshot(data_dir: Path) -> tuple:
     """Everything apply could write: the audit chain's length and every user row."""
-    store = Store(data_dir)
+    store = SQLiteStore(data_dir)
     try:
         with store.read():
             return store.verify_audit()[0], [dict(u) for u in store.users()]

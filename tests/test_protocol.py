@@ -11,7 +11,7 @@ from websockets.exceptions import ConnectionClosed
 
 from backend.config import with_values
 from backend.server import ServerOptions
-from serverkit import ADMIN_PASSWORD, Client, Servers, logged_in, make_engine
+from serverkit import ADMIN_PASSWORD, Client, Servers, logged_in
 
 
 @pytest.fixture
@@ -19,10 +19,10 @@ def serve(tmp_path, cheap_config):
     """serve(**config_values, options=...) -> a running ServerThread, stopped after the test."""
     servers = Servers()
 
-    def start(options: ServerOptions | None = None, engine=None, **values):
+    def start(options: ServerOptions | None = None, **values):
         values.setdefault("port", 0)
         config = with_values(cheap_config, {f"server.{k}": v for k, v in values.items()})
-        return servers.start(engine or make_engine(tmp_path / "data", config), config, options=options)
+        return servers.start(tmp_path / "data", config, options=options)
 
     yield start
     servers.stop_all()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.client import RemoteBackend
+from backend.targets.remote import RemoteBackend
 from backend.errors import AuthError, CommandError, SessionEnded, TargetUnreachable
 from conftest import ADMIN_PASSWORD, cli_env, run_cli
 from serverkit import ServerProcess, logged_in, running_server, server_env

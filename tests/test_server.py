@@ -16,12 +16,14 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from backend.bootstrap import bootstrap_banner
-from backend.client import RemoteBackend
+from backend.targets.remote import RemoteBackend
 from backend.config import with_values
 from backend.errors import TargetUnreachable
-from backend.security import FakeClock
-from backend.server import GroupWriter, Metrics, client_address, _networks
-from serverkit import ADMIN_PASSWORD, Client, ServerProcess, Servers, logged_in, make_engine, server_env
+from backend.netaddr import client_address, networks as _networks
+from backend.server.logins import GroupWriter
+from backend.server.metrics import Metrics
+from fakes import FakeClock
+from serverkit import ADMIN_PASSWORD, Client, ServerProcess, Servers, logged_in, server_env
 
 
 @pytest.fixture
@@ -31,8 +33,7 @@ def serve(tmp_path, cheap_config):
     def start(clock=None, **values):
         values.setdefault("server.port", 0)
         config = with_values(cheap_config, values)
-        kwargs = {"clock": clock} if clock else {}
-        return servers.start(make_engine(tmp_path / "data", config, **kwargs), config)
+        return servers.start(tmp_path / "data", config, clock=clock)
 
     yield start
     servers.stop_all()
@@ -103,7 +104,7 @@ def test_allowed_ips_over_ipv6_and_ipv4_mapped(serve):
         Client(f"ws://[::1]:{elsewhere.port}/ws")
     assert refused.value.response.status_code == 403
     # A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; they match IPv4 ranges.
-    from backend.server import _in, _ip
+    from backend.netaddr import ip_in as _in, parse_ip as _ip
     assert _in(_ip("::ffff:127.0.0.3"), _networks(["127.0.0.3/32"]))
     assert not _in(_ip("::ffff:127.0.0.3"), _networks(["::1/128"]))
 

@@ -12,7 +12,7 @@ import tomlkit
 from tomlkit.exceptions import ParseError
 
 from backend.errors import CommandError
-from backend.registry import (
+from backend.language.registry import (
     check_kg_role,
     check_name,
     check_networks,

@@ -2,22 +2,28 @@
 
 Synchronous (the shell is), on the `websockets` sync client, whose background thread answers the
 server's keep-alive pings while the shell waits for the user. One request at a time: a lock makes
-each execute and its reply one exchange, so a completer thread may share the backend.
+each execute and its reply one exchange, so a completer thread may share the backend. What the
+frames mean is backend/protocol.py's ClientProtocol; this module only moves them.
 """
 
 from __future__ import annotations
 
-import json
 import ssl
 import threading
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from .config import Config
-from .errors import AuthError, CommandError, SessionEnded, TargetUnreachable
-from .result import Result
-
-SESSION_ENDED = "Session ended: "
+from ..errors import AuthError, CommandError, SessionEnded, TargetUnreachable
+from ..protocol import (
+    Authenticated,
+    ClientProtocol,
+    ErrorKind,
+    ProtocolViolation,
+    Refused,
+    Reply,
+)
+from ..result import Result
 
 
 def _legacy_flag() -> dict:
@@ -33,9 +39,12 @@ OPEN_TIMEOUT = 10.0
 MAX_REPLY_BYTES = 64 * 1024 * 1024     # the server streams large results; this bounds one frame
 
 
+class _KgRefused(AuthError):
+    """The `?kg=` asked for at reconnection can no longer be read."""
+
+
 class RemoteBackend:
-    def __init__(self, url: str, *, ca_file: str | None = None, config: Config | None = None,
-                 connect: bool = True, **socket_options: Any):
+    def __init__(self, url: str, *, ca_file: str | None = None, connect: bool = True, **socket_options: Any):
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
             raise TargetUnreachable(f"cannot reach {url}: the URL must be ws://HOST:PORT/ws or wss://HOST:PORT/ws")
@@ -48,9 +57,9 @@ class RemoteBackend:
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         self.target = f"{host}:{port}"
         self.ca_file = ca_file
-        self.config = config
         self._socket_options = socket_options
-        self._ws = None
+        self._ws: Any = None
+        self._protocol = ClientProtocol()
         self._lock = threading.RLock()
         self._credentials: tuple[str, ...] | None = None
         self.session_id: str | None = None
@@ -89,73 +98,74 @@ class RemoteBackend:
                                     f"({exc.verify_message}); pass --ca-file") from None
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
             raise TargetUnreachable(f"cannot reach {self.url}: {_reason(exc)}") from None
+        self._protocol = ClientProtocol()
 
     def _drop(self) -> None:
         ws, self._ws = self._ws, None
         if ws is not None:
             try:
                 ws.close()
-            except Exception:
+            except Exception:  # noqa: BLE001, S110 -- already giving the connection up
                 pass
 
     def _lost(self, exc: BaseException) -> TargetUnreachable:
         self._drop()
         return TargetUnreachable(f"connection to {self.url} lost: {_reason(exc)}")
 
-    def _send(self, message: dict) -> None:
+    def _send(self, frame: str) -> None:
         from websockets.exceptions import ConnectionClosed
 
         if self._ws is None:
             raise TargetUnreachable(f"not connected to {self.url}")
         try:
-            self._ws.send(json.dumps(message))
+            self._ws.send(frame)
         except (ConnectionClosed, OSError) as exc:
             raise self._lost(exc) from None
 
-    def _recv(self) -> dict:
+    def _next_event(self) -> Authenticated | Refused | Reply:
+        """Receive until a frame finishes something (pongs and stream chunks do not)."""
         from websockets.exceptions import ConnectionClosed
 
-        try:
-            raw = self._ws.recv()
-        except (ConnectionClosed, OSError, TimeoutError) as exc:
-            raise self._lost(exc) from None
-        try:
-            message = json.loads(raw)
-        except (TypeError, ValueError):
-            message = None
-        if not isinstance(message, dict):
-            self._drop()
-            raise TargetUnreachable(f"{self.url} does not speak the InputLayer protocol (bad reply)")
-        return message
+        while True:
+            try:
+                raw = self._ws.recv()
+            except (ConnectionClosed, OSError, TimeoutError) as exc:
+                raise self._lost(exc) from None
+            try:
+                event = self._protocol.receive(raw)
+            except ProtocolViolation:
+                self._drop()
+                raise TargetUnreachable(f"{self.url} does not speak the InputLayer protocol (bad reply)") from None
+            if event is not None:
+                return event
 
     # --- authentication ------------------------------------------------------------------
 
     def login(self, username: str, password: str) -> None:
         with self._lock:
-            self._auth({"type": "login", "username": username, "password": password})
+            self._auth(lambda: self._protocol.login(username, password))
             self._credentials = ("password", username, password)
 
     def authenticate(self, api_key: str) -> None:
         with self._lock:
-            self._auth({"type": "authenticate", "api_key": api_key})
+            self._auth(lambda: self._protocol.authenticate(api_key))
             self._credentials = ("api_key", api_key)
 
-    def _auth(self, message: dict) -> None:
+    def _auth(self, make_frame: Callable[[], str]) -> None:
         if self._ws is None:
             self._connect()
-        self._send(message)
-        reply = self._recv()
-        kind = reply.get("type")
-        if kind == "authenticated":
-            self.session_id = reply.get("session_id")
-            self.username = reply.get("username")
-            self.role = reply.get("role")
-            self.knowledge_graph = reply.get("knowledge_graph") or None
+        self._send(make_frame())
+        event = self._next_event()
+        if isinstance(event, Authenticated):
+            self.session_id, self.username = event.session_id, event.username
+            self.role, self.knowledge_graph = event.role, event.knowledge_graph
             return
-        text = str(reply.get("message") or "unexpected reply")
-        if kind == "auth_error":
-            raise AuthError(text)
+        text = event.message if isinstance(event, Refused) else "unexpected reply"
+        if isinstance(event, Refused) and not event.closing:
+            raise AuthError(text)             # the server keeps the connection for another try
         self._drop()
+        if isinstance(event, Refused) and event.kind is ErrorKind.ACCESS_DENIED:
+            raise _KgRefused(text)
         raise AuthError(text)
 
     def reconnect(self) -> None:
@@ -168,17 +178,18 @@ class RemoteBackend:
             kg = self.knowledge_graph
             self._connect(kg)
             try:
-                self._auth(self._auth_message())
-            except AuthError as exc:
-                if kg is None or exc.args[0] != "Access denied":
+                self._auth(self._auth_frame)
+            except _KgRefused:
+                if kg is None:
                     raise
                 self._connect()                       # the KG went away: the default one, then
-                self._auth(self._auth_message())
+                self._auth(self._auth_frame)
 
-    def _auth_message(self) -> dict:
+    def _auth_frame(self) -> str:
+        assert self._credentials is not None
         if self._credentials[0] == "password":
-            return {"type": "login", "username": self._credentials[1], "password": self._credentials[2]}
-        return {"type": "authenticate", "api_key": self._credentials[1]}
+            return self._protocol.login(self._credentials[1], self._credentials[2])
+        return self._protocol.authenticate(self._credentials[1])
 
     # --- commands ------------------------------------------------------------------------
 
@@ -186,41 +197,16 @@ class RemoteBackend:
         with self._lock:
             if self._ws is None:
                 raise TargetUnreachable(f"connection to {self.url} lost")
-            self._send({"type": "execute", "program": line})
-            while True:
-                reply = self._recv()
-                kind = reply.get("type")
-                if kind == "result":
-                    return self._result(reply["columns"], reply["rows"], reply.get("switched_kg"))
-                if kind == "result_start":
-                    return self._stream(reply)
-                if kind == "error":
-                    message = str(reply.get("message", "error"))
-                    if message.startswith(SESSION_ENDED):
-                        self._drop()
-                        raise SessionEnded(message[len(SESSION_ENDED):])
-                    raise CommandError(message)
-                if kind == "pong":
-                    continue
-                # Notifications and other unsolicited messages are not replies.
-
-    def _stream(self, start: dict) -> Result:
-        rows: list[list[str]] = []
-        while True:
-            reply = self._recv()
-            kind = reply.get("type")
-            if kind == "result_chunk":
-                rows.extend(reply.get("rows") or [])
-            elif kind == "result_end":
-                return self._result(start["columns"], rows, start.get("switched_kg"))
-            elif kind == "error":
-                raise CommandError(str(reply.get("message", "error")))
-
-    def _result(self, columns: list, rows: list, switched_kg: str | None) -> Result:
-        if switched_kg is not None:
-            self.knowledge_graph = switched_kg
-        return Result([str(c) for c in columns], [["" if v is None else str(v) for v in row] for row in rows],
-                      switched_kg)
+            self._send(self._protocol.execute(line))
+            event = self._next_event()
+            if isinstance(event, Reply):
+                if event.result.switched_kg is not None:
+                    self.knowledge_graph = event.result.switched_kg
+                return event.result
+            if isinstance(event, Refused) and event.kind is ErrorKind.SESSION_ENDED:
+                self._drop()
+                raise SessionEnded(event.message)
+            raise CommandError(event.message if isinstance(event, Refused) else "unexpected reply")
 
     def close(self) -> None:
         with self._lock:

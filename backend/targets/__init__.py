@@ -1,0 +1,1 @@
+"""What the shell talks to: the Backend protocols, the local engine and a remote server."""
