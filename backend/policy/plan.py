@@ -231,7 +231,7 @@ def _admins_left(p: _Planner) -> None:
 
 def _prune(p: _Planner, current_kg: str | None) -> None:
     dropped_users = sorted(set(p.have.users) - set(p.final_users))
-    for label, key in sorted(p.have.keys.items()):
+    for label in sorted(p.have.keys):
         if label not in p.want.keys:
             p.add("-", f"api_key {label} (revoked)", f".apikey revoke {label}")
     for kg, acl in sorted(p.have.kgs.items()):
