@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 from backend.config import load_config
+from backend.display import iso
 from backend.errors import CommandError, ConfigError, StoreError, TargetUnreachable
 from backend.policy import Plan, PolicyError, make_plan, read_policy, render_policy
 from backend.policy.read import read_caller, read_state
-from backend.display import iso
+from backend.targets.protocols import Atomic, QuietLogin
 
 from .environment import Environment, ExitStatus
 from .output import render
@@ -104,7 +105,7 @@ def _connect(args, env: Environment, config):
     except (StoreError, TargetUnreachable, ConfigError) as exc:
         env.err(f"error: {exc}\n")
         return None
-    if hasattr(backend, "record_login"):
+    if isinstance(backend, QuietLogin):
         backend.record_login = False     # an apply with nothing to do writes nothing, not even a login
     interactive = env.stdin_isatty and env.stdout_isatty
     try:
@@ -170,6 +171,9 @@ class _Verb:
                 self.env.out("Nothing was changed.\n")
                 return ExitStatus.OK
         program = plan.program()
+        if not isinstance(self.backend, Atomic):
+            self.env.err("error: this target cannot apply changes in one transaction; nothing was changed\n")
+            return ExitStatus.STOPPED
         try:
             results = self.backend.run_atomic([command for command, _ in program],
                                               note=f"apply {os.path.basename(self.args.file)}")
