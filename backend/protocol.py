@@ -105,12 +105,7 @@ def reply_frames(result: Result, elapsed_ms: int, *, threshold: int = STREAM_THR
     """The JSON text frames that answer one execute: one `result`, or a stream when that would
     be larger than `threshold` bytes."""
     rows = result.rows
-    message: dict[str, Any] = {"type": "result", "columns": result.columns, "rows": rows,
-                               "row_count": len(rows), "total_count": len(rows), "truncated": False,
-                               "execution_time_ms": elapsed_ms}
-    if result.switched_kg is not None:
-        message["switched_kg"] = result.switched_kg
-    text = _to_json(message)
+    text = _to_json(_result_message(result, elapsed_ms))
     if len(text) <= threshold // 4 or len(text.encode()) <= threshold:      # UTF-8: at most 4 bytes a character
         return [text]
     start: dict[str, Any] = {"type": "result_start", "columns": result.columns, "total_count": len(rows),
@@ -137,13 +132,18 @@ def atomic_reply(results: list[Result], combined: Result, elapsed_ms: int) -> st
     """The one `result` frame that answers an atomic program: the program's combined result, as
     for any program (so a reader that knows nothing of `results` still reads it), and each
     line's own result in `results`."""
-    message: dict[str, Any] = {"type": "result", "columns": combined.columns, "rows": combined.rows,
-                               "row_count": len(combined.rows), "total_count": len(combined.rows),
-                               "truncated": False, "execution_time_ms": elapsed_ms,
-                               "results": [{"columns": r.columns, "rows": r.rows} for r in results]}
-    if combined.switched_kg is not None:
-        message["switched_kg"] = combined.switched_kg
+    message = _result_message(combined, elapsed_ms)
+    message["results"] = [{"columns": r.columns, "rows": r.rows} for r in results]
     return _to_json(message)
+
+
+def _result_message(result: Result, elapsed_ms: int) -> dict[str, Any]:
+    message: dict[str, Any] = {"type": "result", "columns": result.columns, "rows": result.rows,
+                               "row_count": len(result.rows), "total_count": len(result.rows),
+                               "truncated": False, "execution_time_ms": elapsed_ms}
+    if result.switched_kg is not None:
+        message["switched_kg"] = result.switched_kg
+    return message
 
 
 def read(raw: str | bytes) -> dict | None:
