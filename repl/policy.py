@@ -89,7 +89,7 @@ class _Unreadable(Exception):
 
 def _read(path: str) -> str:
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:     # a BOM some editors add is not TOML
             return fh.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise _Unreadable(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None

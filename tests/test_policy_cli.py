@@ -171,3 +171,9 @@ def test_a_key_limited_to_some_kgs_cannot_read_the_whole_store(il):
     assert (status, out) == (3, "")
     assert err == ("error: Permission denied: this API key is limited to some knowledge graphs; "
                    "export, plan and apply need the whole store\n")
+
+
+def test_a_file_saved_with_a_bom_and_crlf_reads_as_any_other(il, tmp_path):
+    path = tmp_path / "win.toml"
+    path.write_bytes(b'\xef\xbb\xbf[users.admin]\r\nrole = "admin"\r\n\r\n[kgs.default]\r\nbad = 1\r\n')
+    assert il("plan", str(path))[2] == "win.toml:5: unknown key 'bad' in [kgs.default]; allowed: acl\n"
