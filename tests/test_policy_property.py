@@ -74,7 +74,7 @@ def with_password_env(text: str) -> str:
     return tomlkit.dumps(doc)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(a=states(), b=states())
 def test_apply_of_an_export_makes_the_stores_export_alike(config_file: Path, a: State, b: State):
     with tempfile.TemporaryDirectory() as tmp:
