@@ -224,6 +224,17 @@ class PostgresStore(PgBase):
             raise StoreError(f"no API key with id {key_id}")
         return key
 
+    def update_key(self, key_id: int, **changes: Any) -> None:
+        """Change a key's role, expires_at, ips or rate in place (its secret stays)."""
+        self._key_put({**self._existing_key(key_id), **changes})
+
+    def set_key_scope(self, key_id: int, kgs: tuple[str, ...] | None) -> None:
+        """Limit a key to `kgs`, or (None) let it reach every KG."""
+        self._change("api_keys", "DELETE FROM api_key_kgs WHERE key_id = %s", (key_id,))
+        for kg in kgs or ():
+            self._change("api_keys", "INSERT INTO api_key_kgs VALUES (%s, %s)", (key_id, self._kg_ref(kg)))
+        self.update_key(key_id, scoped=kgs is not None)
+
     def revoke_key(self, key_id: int, now: float) -> None:
         key = self._existing_key(key_id)
         self._key_put({**key, "revoked_at": now, "digest": None, "prev_digest": None, "prev_valid_until": None})
