@@ -279,15 +279,11 @@ class PgBase(Snapshots):
         row = self.conn.execute("SELECT data FROM meta WHERE name = %s", (name,)).fetchone()
         if row is None:
             raise StoreError(f"the store is damaged: no {name} record")
-        return self.codec.open("meta", name, self._stored(row[0]))
+        return self.codec.open("meta", name, row[0])
 
     def _set_meta(self, name: str, value: dict | None) -> None:
         self._main.execute("INSERT INTO meta VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET data = excluded.data",
                            (name, self.codec.seal("meta", name, value or {})))
-
-    def _stored(self, data):
-        """A `data` value as the codec takes it: bytes when sealed, text when plain."""
-        return bytes(data) if isinstance(data, memoryview) else data
 
     def data_version(self) -> int:
         """Changes whenever a commit anywhere changes a row (not for audit-only commits)."""

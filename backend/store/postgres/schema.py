@@ -90,9 +90,9 @@ def prepare(conn: psycopg.Connection, codec: Codec, shown_url: str, fingerprint:
     row = conn.execute("SELECT data FROM meta WHERE name = 'format'").fetchone()
     if row is None:
         raise StoreError(f"cannot open the store: {shown_url} is damaged (no format record)")
-    check_format(row[0] if isinstance(row[0], str) else bytes(row[0]).decode(), codec, shown_url)
+    check_format(row[0] if isinstance(row[0], str) else row[0].decode(), codec, shown_url)
     row = conn.execute("SELECT data FROM meta WHERE name = 'secrets_fingerprint'").fetchone()
-    kept = row and codec.open("meta", "secrets_fingerprint", bytes(row[0]) if codec.encrypted else row[0])
+    kept = row and codec.open("meta", "secrets_fingerprint", row[0])
     if not kept or kept["sha256"] != fingerprint:
         raise StoreError("the server secrets file is not this store's: every node must use the same "
                          "INPUTLAYER_SERVER_SECRET_FILE")

@@ -35,12 +35,12 @@ class PostgresStore(PgBase):
     def _load_row(self, table: str, ref: str) -> dict | None:
         assert table in ROW_TABLES
         row = self.conn.execute(f"SELECT data FROM {table} WHERE ref = %s", (ref,)).fetchone()
-        return None if row is None else self.codec.open(table, ref, self._stored(row[0]))
+        return None if row is None else self.codec.open(table, ref, row[0])
 
     def _all(self, table: str, sort_key: str) -> list[dict]:
         assert table in ROW_TABLES
         rows = self.conn.execute(f"SELECT ref, data FROM {table}")
-        return sorted((self.codec.open(table, ref, self._stored(data)) for ref, data in rows),
+        return sorted((self.codec.open(table, ref, data) for ref, data in rows),
                       key=lambda r: r[sort_key])
 
     def _put(self, table: str, ref: str, value: dict, *, insert: bool) -> None:
@@ -119,7 +119,7 @@ class PostgresStore(PgBase):
     # --- ACLs ----------------------------------------------------------------------------
 
     def _acl_open(self, kg_ref: str, user_ref: str, data) -> dict:
-        return self.codec.open("acl", f"{kg_ref}/{user_ref}", self._stored(data))
+        return self.codec.open("acl", f"{kg_ref}/{user_ref}", data)
 
     def acl_entry(self, kg: str, user: str) -> dict | None:
         kg_ref, user_ref = self._kg_ref(kg), self._user_ref(user)
@@ -155,7 +155,7 @@ class PostgresStore(PgBase):
 
     def _key_open(self, row) -> dict:
         key_id, data = row
-        return {"id": key_id, **self.codec.open("api_keys", str(key_id), self._stored(data))}
+        return {"id": key_id, **self.codec.open("api_keys", str(key_id), data)}
 
     def _key_put(self, key: dict) -> None:
         value = {k: v for k, v in key.items() if k != "id"}
@@ -200,7 +200,7 @@ class PostgresStore(PgBase):
     def _load_key_kgs(self, key_id: int) -> list[str]:
         rows = self.conn.execute("SELECT k.ref, k.data FROM api_key_kgs s JOIN kgs k ON k.ref = s.kg_ref "
                                  "WHERE s.key_id = %s", (key_id,))
-        return sorted(self.codec.open("kgs", ref, self._stored(data))["name"] for ref, data in rows)
+        return sorted(self.codec.open("kgs", ref, data)["name"] for ref, data in rows)
 
     def add_key(self, label: str, owner: str, role: str, kgs: tuple[str, ...], digest: str,
                 now: float, expires_at: float | None, *, ips: tuple[str, ...] = (),
@@ -264,7 +264,7 @@ class PostgresStore(PgBase):
     def forget_expired_tokens(self, now: float) -> None:
         """Expired tokens fail on their own; their records only need to live that long."""
         for ref, data in self.conn.execute("SELECT ref, data FROM tokens").fetchall():
-            if self.codec.open("tokens", ref, self._stored(data))["expires_at"] < now:
+            if self.codec.open("tokens", ref, data)["expires_at"] < now:
                 self._change("tokens", "DELETE FROM tokens WHERE ref = %s", (ref,))
 
     # --- audit ---------------------------------------------------------------------------
@@ -291,7 +291,7 @@ class PostgresStore(PgBase):
         assert order in ("ASC", "DESC")
         cursor = self.conn.cursor()
         for seq, data in cursor.execute(f"SELECT seq, data FROM audit ORDER BY seq {order}"):
-            prev_hash, *record, digest = self.codec.open("audit", str(seq), self._stored(data))
+            prev_hash, *record, digest = self.codec.open("audit", str(seq), data)
             yield {**dict(zip(AUDIT_FIELDS, record)), "prev_hash": prev_hash, "hash": digest, "row_seq": seq}
 
     def audit_records(self, *, limit: int, actor: str | None, action: str | None,
@@ -307,7 +307,7 @@ class PostgresStore(PgBase):
 
     def export_rows(self) -> dict[str, Any]:
         """Every stored value, opened: what a copy to another store takes."""
-        kg_names = {ref: self.codec.open("kgs", ref, self._stored(data))["name"]
+        kg_names = {ref: self.codec.open("kgs", ref, data)["name"]
                     for ref, data in self.conn.execute("SELECT ref, data FROM kgs")}
         return {
             "secrets": dict(self._secrets),
@@ -318,7 +318,7 @@ class PostgresStore(PgBase):
             "api_keys": [self._key_open(r) for r in self.conn.execute("SELECT id, data FROM api_keys")],
             "api_key_kgs": [(key_id, kg_names[ref]) for key_id, ref in
                             self.conn.execute("SELECT key_id, kg_ref FROM api_key_kgs")],
-            "tokens": [self.codec.open("tokens", ref, self._stored(data))
+            "tokens": [self.codec.open("tokens", ref, data)
                        for ref, data in self.conn.execute("SELECT ref, data FROM tokens")],
             "audit": list(self._audit_rows("ASC")),
         }
