@@ -7,6 +7,7 @@ from typing import Any
 from ...display import iso
 from ...errors import CommandError
 from ...result import Result
+from ..delegation import KeyLimits, exceeds, key_limits, within_creator
 from ..keys import key_digest, new_api_key
 from ..policy import ROLE_RANK, key_state
 from .base import Call, Env, handles
@@ -35,8 +36,10 @@ def apikey_create(env: Env, call: Call) -> Result:
         raise CommandError("Invalid duration '0s': a key's expiry must be in the future")
     now = env.clock()
     expires_at = None if lifetime is None else now + lifetime
+    role, kgs, expires_at, ips, rate = within_creator(call.rights, KeyLimits(
+        role, kgs, expires_at, tuple(call.options.get("ips", ())), call.options.get("rate")),
+        never_expires="expires" in call.options and lifetime is None)
     secret = new_api_key()
-    ips, rate = call.options.get("ips", ()), call.options.get("rate")
     env.store.add_key(label, owner, role, kgs, key_digest(env.store.secret, secret), now, expires_at,
                       ips=ips, rate=rate)
     shown_kgs = ",".join(sorted(kgs)) if kgs else "*"
@@ -66,6 +69,7 @@ def apikey_revoke(env: Env, call: Call) -> Result:
     label = call.args["label"]
     row = _live_key(env, label)
     env.store.revoke_key(row["id"], env.clock())
+    env.store.end_key_tokens(row["id"])
     env.audit(call, f"owner={row['owner']}")
     return Result.message(f"API key '{label}' revoked.")
 
@@ -74,6 +78,9 @@ def apikey_revoke(env: Env, call: Call) -> Result:
 def apikey_rotate(env: Env, call: Call) -> Result:
     label = call.args["label"]
     row = _live_key(env, label)
+    problem = exceeds(call.rights, key_limits(row, env.store.key_kgs(row["id"])))
+    if problem:
+        raise CommandError(f"Cannot rotate API key '{label}' with a credential of fewer rights: {problem}")
     grace = call.options.get("grace", DEFAULT_GRACE)
     if grace is None:
         raise CommandError("Invalid grace 'never': the old secret must stop working at some point")
@@ -81,6 +88,7 @@ def apikey_rotate(env: Env, call: Call) -> Result:
     valid_until = now + grace if grace > 0 else None
     secret = new_api_key()
     env.store.rotate_key(row["id"], key_digest(env.store.secret, secret), valid_until)
+    env.store.end_key_tokens(row["id"])     # the grace is for the key, not for what was minted from it
     env.audit(call, f"grace={grace}s")
     return Result(["api_key", "label", "previous_valid_until"], [[secret, label, iso(valid_until or now)]])
 
