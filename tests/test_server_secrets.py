@@ -97,34 +97,31 @@ def verify_error(engine, admin) -> str:
     return exc.value.message
 
 
-def rewrite_chain(conn, keys: list[bytes | None]) -> bool:
-    """Re-chain the whole log as an attacker with a copy of the database could: with plain
-    SHA-256 (None) or an HMAC under a candidate key; True when one of them verifies."""
+def rewrite_chain(conn, key: bytes | None) -> None:
+    """Edit a record and re-chain the whole log as an attacker with a copy of the database
+    could: with plain SHA-256 (None, what version 2 did) or an HMAC under a candidate key."""
     import hmac as hmac_module
+    prev = "0" * 64
     rows = conn.execute("SELECT seq, data FROM audit ORDER BY seq").fetchall()
-    for key in keys:
-        prev = "0" * 64
-        for seq, data in rows:
-            record = json.loads(data)
-            record[0] = prev
-            if seq == 2:
-                record[8] = "role=viewer; nothing to see"
-            body = json.dumps(record[:-1], separators=(",", ":"), ensure_ascii=False).encode()
-            prev = hashlib.sha256(body).hexdigest() if key is None else \
-                hmac_module.new(key, body, "sha256").hexdigest()
-            record[-1] = prev
-            conn.execute("UPDATE audit SET data = ? WHERE seq = ?",
-                         (json.dumps(record, separators=(",", ":"), ensure_ascii=False), seq))
-        conn.execute("UPDATE meta SET data = json_set(data, '$.seq', ?, '$.hash', ?) WHERE name = 'audit_head'",
-                      (rows[-1][0], prev))
-    return False
+    for seq, data in rows:
+        record = json.loads(data)
+        record[0] = prev
+        if seq == 2:
+            record[8] = "role=viewer; nothing to see"
+        body = json.dumps(record[:-1], separators=(",", ":"), ensure_ascii=False).encode()
+        prev = hashlib.sha256(body).hexdigest() if key is None else hmac_module.new(key, body, "sha256").hexdigest()
+        record[-1] = prev
+        conn.execute("UPDATE audit SET data = ? WHERE seq = ?",
+                     (json.dumps(record, separators=(",", ":"), ensure_ascii=False), seq))
+    conn.execute("UPDATE meta SET data = json_set(data, '$.seq', ?, '$.hash', ?) WHERE name = 'audit_head'",
+                 (rows[-1][0], prev))
 
 
 def test_an_audit_log_rechained_from_a_copy_of_the_database_fails_verification(audited):
     engine, admin = audited
     keys: list[bytes | None] = [None, *sorted(database_candidates(engine.store.path))]
     for key in keys:
-        rewrite_chain(engine.store.conn, [key])
+        rewrite_chain(engine.store.conn, key)
         assert "Audit log broken" in verify_error(engine, admin)
 
 

@@ -68,7 +68,7 @@ def exceeds(rights: Rights, key: KeyLimits) -> str | None:
 def key_limits(row: dict[str, Any], kgs: list[str]) -> KeyLimits:
     """The limits of a stored key (its KG list read apart: `kgs`)."""
     return KeyLimits(row["role"], tuple(kgs) if row["scoped"] else (), row["expires_at"],
-                     tuple(row.get("ips") or ()), tuple(row["rate"]) if row.get("rate") else None)  # type: ignore[arg-type]
+                     tuple(row.get("ips") or ()), tuple(row["rate"]) if row.get("rate") else None)
 
 
 def unscoped_only(what: str):

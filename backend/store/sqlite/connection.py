@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ...errors import StoreError
 from ..codec import Codec
@@ -160,8 +160,9 @@ class Connection:
         whose secrets were in `meta`, first)."""
         if self.conn.execute("PRAGMA user_version").fetchone()[0] == MIGRATES_FROM:
             from .migrate import migrate_from_v2
+            from .store import SQLiteStore
 
-            migrate_from_v2(self)
+            migrate_from_v2(cast(SQLiteStore, self))     # a Connection is always part of a SQLiteStore
         fingerprint = self._meta("secrets_fingerprint")["sha256"]
         if self._given_secrets is not None:
             if self._given_secrets.fingerprint() != fingerprint:

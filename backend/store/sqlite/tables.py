@@ -122,8 +122,8 @@ class Tables(Rows):
     def forget_expired_tokens(self, now: float) -> None:
         """Expired tokens fail on their own; their records only need to live that long. By the
         index: the cost does not grow with the number of live tokens."""
+        # Rows this transaction cached stay: an expired token is refused by its expiry anyway.
         self._change("DELETE FROM tokens WHERE expires_at < ?", (now,))
-        self._forget_cached("tokens")
 
     def end_key_tokens(self, key_id: int) -> None:
         self._change("DELETE FROM tokens WHERE key_id = ?", (key_id,))
