@@ -225,8 +225,12 @@ def dumps(value) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def make_v2_store(data: Path, password_hash: str) -> tuple[str, str]:
-    """A plain version-2 store as that version wrote it; returns (an API key, the HMAC secret)."""
+def make_v2_store(data: Path, password_hash: str, encryption_key: bytes | None = None) -> tuple[str, str]:
+    """A version-2 store as that version wrote it (plain, or sealed under `encryption_key`);
+    returns (an API key, the HMAC secret)."""
+    from backend.store.codec import Codec
+
+    codec = Codec(encryption_key)
     data.mkdir(mode=0o700)
     hmac_hex, token_hex = "ab" * 32, "cd" * 32
     key = new_api_key()
@@ -234,35 +238,39 @@ def make_v2_store(data: Path, password_hash: str) -> tuple[str, str]:
     conn.executescript(V2_SCHEMA)
     conn.execute("PRAGMA application_id = 1229734212")
     conn.execute("PRAGMA user_version = 2")
-    meta = {"format": {"encrypted": False, "key_id": ""}, "secrets": {"hmac": hmac_hex, "token": token_hex}}
-    conn.execute("INSERT INTO users VALUES ('admin', ?)", (dumps(
-        {"name": "admin", "role": "admin", "password_hash": password_hash, "password_version": 1,
-         "created_at": 1.0, "last_login_at": None}),))
-    conn.execute("INSERT INTO kgs VALUES ('default', ?)", (dumps({"name": "default", "created_at": 1.0,
-                                                                  "created_by": "admin"}),))
+    conn.execute("INSERT INTO meta VALUES ('format', ?)",
+                 (json.dumps({"encrypted": codec.encrypted, "key_id": codec.key_id}),))
+    admin_ref, default_ref = codec.ref("user", "admin"), codec.ref("kg", "default")
+    conn.execute("INSERT INTO users VALUES (?, ?)", (admin_ref, codec.seal("users", admin_ref, {
+        "name": "admin", "role": "admin", "password_hash": password_hash, "password_version": 1,
+        "created_at": 1.0, "last_login_at": None})))
+    conn.execute("INSERT INTO kgs VALUES (?, ?)", (default_ref, codec.seal("kgs", default_ref, {
+        "name": "default", "created_at": 1.0, "created_by": "admin"})))
     digest = key_digest(hmac_hex.encode(), key)
-    conn.execute("INSERT INTO api_keys VALUES (1, 'old-key', 'admin', ?, NULL, ?)", (digest, dumps(
-        {"label": "old-key", "owner": "admin", "role": "admin", "scoped": False, "digest": digest,
-         "prev_digest": None, "prev_valid_until": None, "created_at": 1.0, "expires_at": None,
-         "last_used_at": None, "revoked_at": None, "ips": [], "rate": None})))
-    conn.execute("INSERT INTO tokens VALUES ('jti-1', ?)", (dumps(
-        {"jti": "jti-1", "username": "admin", "issued_at": 1.0, "expires_at": 9e9, "revoked_at": None}),))
+    conn.execute("INSERT INTO api_keys VALUES (1, ?, ?, ?, NULL, ?)", (
+        codec.ref("label", "old-key"), admin_ref, codec.ref("digest", digest), codec.seal("api_keys", "1", {
+            "label": "old-key", "owner": "admin", "role": "admin", "scoped": False, "digest": digest,
+            "prev_digest": None, "prev_valid_until": None, "created_at": 1.0, "expires_at": None,
+            "last_used_at": None, "revoked_at": None, "ips": [], "rate": None})))
+    token_ref = codec.ref("token", "jti-1")
+    conn.execute("INSERT INTO tokens VALUES (?, ?)", (token_ref, codec.seal("tokens", token_ref, {
+        "jti": "jti-1", "username": "admin", "issued_at": 1.0, "expires_at": 9e9, "revoked_at": None})))
     prev = "0" * 64
     for seq, action in enumerate(("user.create", "kg.create", "apikey.create"), 1):
         body = dumps([prev, seq, 1.0, "system", "bootstrap", action, "x", "ok", ""])
         prev = hashlib.sha256(body.encode()).hexdigest()
-        conn.execute("INSERT INTO audit VALUES (?, ?)", (seq, f'{body[:-1]},"{prev}"]'))
-    meta["audit_head"] = {"seq": 3, "hash": prev}
-    for name, value in meta.items():
-        conn.execute("INSERT INTO meta VALUES (?, ?)", (name, dumps(value)))
+        conn.execute("INSERT INTO audit VALUES (?, ?)", (seq, codec.seal_text("audit", str(seq), f'{body[:-1]},"{prev}"]')))
+    for name, value in (("secrets", {"hmac": hmac_hex, "token": token_hex}), ("audit_head", {"seq": 3, "hash": prev})):
+        conn.execute("INSERT INTO meta VALUES (?, ?)", (name, codec.seal("meta", name, value)))
     conn.close()
     return key, hmac_hex
 
 
-def test_a_version_2_store_is_upgraded_on_open_and_its_keys_keep_working(tmp_path, cheap_config):
+@pytest.mark.parametrize("encryption_key", [None, bytes(range(32))], ids=["plain", "encrypted"])
+def test_a_version_2_store_is_upgraded_on_open_and_its_keys_keep_working(tmp_path, cheap_config, encryption_key):
     data = tmp_path / "old"
-    key, hmac_hex = make_v2_store(data, PasswordHasher(cheap_config.security).hash(ADMIN_PASSWORD))
-    store = SQLiteStore(data)
+    key, hmac_hex = make_v2_store(data, PasswordHasher(cheap_config.security).hash(ADMIN_PASSWORD), encryption_key)
+    store = SQLiteStore(data, encryption_key=encryption_key)
     try:
         engine = Engine(store, cheap_config)
         via_key = engine.authenticate(key, source="local")
@@ -278,6 +286,7 @@ def test_a_version_2_store_is_upgraded_on_open_and_its_keys_keep_working(tmp_pat
         store.close()
     assert stat.S_IMODE((data / "secrets").stat().st_mode) == 0o600
     assert hmac_hex.encode() not in (data / "inputlayer.db").read_bytes()
-    reopened = SQLiteStore(data)                      # once upgraded, it opens as version 3
+    assert (hmac_hex.encode().hex().encode() in (data / "secrets").read_bytes()) == (encryption_key is None)
+    reopened = SQLiteStore(data, encryption_key=encryption_key)    # once upgraded, it opens as version 3
     assert reopened.verify_audit() == (6, None)
     reopened.close()
