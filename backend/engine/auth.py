@@ -91,13 +91,13 @@ class Authenticator:
         now = self.clock()
         if not record:
             quiet = Session(username, "password", source, address, password_version=user["password_version"],
-                            connected_at=now)
+                            connected_at=now, user_id=user["id"])
             quiet.login_unrecorded = True
             self.bind_default_kg(quiet)
             return quiet
         with self.store.write():
             current = self.store.user(username)
-            if current is None or current["password_version"] != user["password_version"]:
+            if current is None or (current["id"], current["password_version"]) != (user["id"], user["password_version"]):
                 # Dropped or changed while we were verifying: the old password no longer counts.
                 self._auth_failed(address, source, "auth.login", username, "changed during login")
             if self.hasher.needs_rehash(current["password_hash"]):
