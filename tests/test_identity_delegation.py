@@ -180,3 +180,14 @@ def test_an_unknown_user_is_verified_with_the_parameters_of_the_stored_hashes(tm
         assert stored[:3] == (8, 1, 1)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("option", ["kg=*", "kg=default", "expires=never", "ips=*", "rate=none", "rate=5000/m"])
+def test_a_limited_key_cannot_widen_a_key_by_altering_it(engine, admin, limited, option):
+    engine.execute(limited, ".apikey create narrow")
+    before = engine.store.key("narrow")
+    for label in ("narrow", "limited"):
+        with pytest.raises(CommandError, match="^Exceeds the limits of the credential in use"):
+            engine.execute(limited, f".apikey alter {label} {option}")
+    assert engine.store.key("narrow") == before
+    assert engine.execute(limited, ".apikey alter narrow rate=10/m").rows
