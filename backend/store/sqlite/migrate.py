@@ -14,7 +14,7 @@ from ...errors import StoreError
 from ..codec import encode_json
 from ..interface import AUDIT_FIELDS, GENESIS_HASH
 from ..secrets import SECRET_BYTES, ServerSecrets, read_secrets, write_secrets
-from .schema import MIGRATES_FROM, SCHEMA, SCHEMA_VERSION
+from .schema import MIGRATES_FROM, SCHEMA_VERSION, TOKENS_SCHEMA
 
 if TYPE_CHECKING:
     from .store import SQLiteStore
@@ -82,7 +82,6 @@ def _rebuild_tokens(store: SQLiteStore) -> None:
     """Version 3 indexes tokens by expiry and by key, and binds each to its principal's id and
     limits, which version 2 did not record: its tokens (24 hours at most) end with the upgrade."""
     store._main.execute("DROP TABLE tokens")
-    for statement in SCHEMA.split(";"):
-        if " tokens" in statement and "CREATE" in statement:
-            store._main.execute(statement)
+    for statement in filter(str.strip, TOKENS_SCHEMA.split(";")):
+        store._main.execute(statement)
 

@@ -44,11 +44,14 @@ CREATE TABLE api_key_kgs (
     PRIMARY KEY (key_id, kg_ref)
 ) WITHOUT ROWID;
 CREATE INDEX api_key_kgs_by_kg ON api_key_kgs(kg_ref);
+CREATE TABLE audit (seq INTEGER PRIMARY KEY, data NOT NULL);
+"""
+TOKENS_SCHEMA = """
 CREATE TABLE tokens (ref TEXT PRIMARY KEY, key_id INTEGER, expires_at REAL NOT NULL, data NOT NULL) WITHOUT ROWID;
 CREATE INDEX tokens_by_expiry ON tokens(expires_at);
 CREATE INDEX tokens_by_key ON tokens(key_id);
-CREATE TABLE audit (seq INTEGER PRIMARY KEY, data NOT NULL);
 """
+SCHEMA += TOKENS_SCHEMA
 TABLES = ("meta", "users", "kgs", "acl", "api_keys", "api_key_kgs", "tokens", "audit")
 
 

@@ -60,7 +60,8 @@ class SQLiteStore(Tables, Keys, AuditChain):
     def replace_secrets(self, new: ServerSecrets) -> None:
         """rotate-secrets, inside write(): `secrets.new` is written first and becomes `secrets`
         once this transaction has committed the new fingerprint (the caller promotes it; an
-        interrupted rotation is finished or undone when the store is next opened)."""
+        interrupted rotation is finished or undone when the store is next opened). This store
+        works under the new secrets from here on: if the transaction fails, close it."""
         write_secrets(pending_path(self.secrets_file), self.codec, new, replace=True)
         self._use_secrets(new)
         self._rechain()
