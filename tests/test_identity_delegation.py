@@ -91,6 +91,7 @@ def test_a_limited_key_cannot_make_a_key_beyond_its_limits(engine, limited, opti
     ".user drop admin",
     ".user role admin viewer",
     ".user password bob bob-new-passphrase",
+    ".user password admin admin-new-passphrase",
     ".lockout clear 192.0.2.1",
     ".lockout list",
 ])

@@ -14,10 +14,10 @@ _manage_users = unscoped_only("manage users")
 
 
 def _password_sessions_only(session: Session, rights: Rights, inv: Invocation) -> None:
-    """A password is changed by someone who knows it: a key or token cannot change its owner's;
-    another user's is managing users."""
-    if inv.args.get("name") != session.username:
-        _manage_users(session, rights, inv)
+    """A password is changed by someone who knows it: a key or token cannot change its owner's.
+    Setting any password needs a credential without a KG scope: another user's is managing
+    users, and one's own would turn a scoped key into an unscoped password login."""
+    _manage_users(session, rights, inv)
     if rights.role != "admin" and session.method != "password":
         raise PermissionDenied("Permission denied: change your password in a session that "
                                "logged in with it, not with an API key")
