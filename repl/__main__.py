@@ -85,11 +85,12 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
             return run_interactive(backend, env, config, fmt=fmt)
         lines = script_lines(args, env)
         return run_script(backend, lines, env, fmt=fmt, on_error=args.on_error,
-                          single_transaction=args.single_transaction)
+                          single_transaction=args.single_transaction,
+                          max_transaction_secs=config.shell.max_transaction_secs)
     except _Unreadable as exc:
         env.err(f"error: {exc}\n")
         return ExitStatus.ERROR
-    except TargetUnreachable as exc:
+    except (TargetUnreachable, StoreError) as exc:
         env.err(f"error: {exc}\n")
         return ExitStatus.ERROR
     except KeyboardInterrupt:

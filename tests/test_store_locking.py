@@ -87,3 +87,114 @@ def test_a_write_during_rekey_is_refused_never_lost(shell, monkeypatch):
     assert writer.returncode == 2, writer.stderr
     assert writer.stderr.strip() == ("error: cannot open the store: the store is being rekeyed "
                                      "(inputlayer-server rekey): try again when it has finished")
+
+
+def _shell_process(data_dir: Path, config: Path, *args: str) -> subprocess.Popen:
+    from conftest import cli_env
+    env = cli_env(config, INPUTLAYER_ADMIN_PASSWORD=ADMIN_PASSWORD)
+    return subprocess.Popen([sys.executable, "-m", "repl", "--data-dir", str(data_dir), *args], cwd=ROOT,
+                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _until_read(pipe, proc: subprocess.Popen) -> None:
+    """Wait until the process has read everything written to `pipe` (and so is waiting for more)."""
+    import fcntl
+    import termios
+    import time
+    deadline = time.monotonic() + 60
+    while True:
+        waiting = bytearray(4)
+        fcntl.ioctl(pipe.fileno(), termios.FIONREAD, waiting)
+        if int.from_bytes(waiting, sys.byteorder) == 0 or proc.poll() is not None:
+            return
+        assert time.monotonic() < deadline, "the shell never read its stdin"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def short_lock_wait(tmp_path: Path) -> Path:
+    path = tmp_path / "short-wait.toml"
+    path.write_text(CHEAP_TOML + "\n[shell]\nlock_wait_ms = 200\n")
+    return path
+
+
+def test_a_single_transaction_waiting_for_stdin_does_not_hold_the_store(shell, short_lock_wait):
+    assert shell(".whoami\n").returncode == 0
+    script = _shell_process(shell.data_dir, short_lock_wait, "-1")
+    try:
+        script.stdin.write(b".kg create from-the-script\n")
+        script.stdin.flush()
+        _until_read(script.stdin, script)           # logged in, line read, stdin still open
+        other = shell(".kg create from-another-shell\n", "--config", str(short_lock_wait))
+        assert other.returncode == 0, other.stderr
+        out, err = script.communicate(timeout=60)     # closes stdin: the script ends
+    finally:
+        script.kill()
+    assert script.returncode == 0, err
+    listed = shell(".kg list\n").stdout
+    assert "from-the-script" in listed and "from-another-shell" in listed
+
+
+def test_a_lock_met_mid_run_is_one_error_line_and_exit_2(shell, short_lock_wait):
+    import sqlite3
+    assert shell(".whoami\n").returncode == 0
+    script = _shell_process(shell.data_dir, short_lock_wait)
+    holder = sqlite3.connect(shell.data_dir / "inputlayer.db", isolation_level=None)
+    try:
+        script.stdin.write(b".kg create first\n")
+        script.stdin.flush()
+        assert script.stdout.readline().startswith(b"Knowledge graph 'first' created")
+        holder.execute("BEGIN IMMEDIATE")           # another process holds the write lock
+        out, err = script.communicate(b".kg create second\n", timeout=60)
+    finally:
+        holder.close()
+        script.kill()
+    lines = err.decode().splitlines()
+    assert script.returncode == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "database is locked" in lines[0], err
+    assert "second" not in shell(".kg list\n").stdout
+
+
+def test_a_store_failure_inside_a_command_is_one_line_and_exit_2(tmp_path, config_file, monkeypatch):
+    import sqlite3
+
+    from repl.__main__ import main
+    from repl.environment import fake_environment
+
+    def locked(*args, **kwargs):
+        raise sqlite3.OperationalError("database is locked")
+    variables = {"INPUTLAYER_CONFIG": str(config_file), "INPUTLAYER_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    data_dir = str(tmp_path / "d")
+    assert main(["--data-dir", data_dir], fake_environment(b"", variables)) == 0
+    monkeypatch.setattr(SQLiteStore, "add_kg", locked)
+    for extra in ([], ["-1"]):
+        env = fake_environment(b".kg create broken\n.kg create never\n", variables)
+        assert main(["--data-dir", data_dir, *extra], env) == 2
+        errors = env.stderr.getvalue()
+        assert errors.startswith("<stdin>:1: error: The store could not complete the command: database is locked")
+        assert "never" not in errors
+
+
+def test_a_single_transaction_holding_the_lock_too_long_is_rolled_back(tmp_path, cheap_config):
+    from backend.targets.local import LocalBackend
+    from repl.environment import ExitStatus, fake_environment
+    from repl.script import Line, LineQueue, run_script
+
+    backend = LocalBackend(str(tmp_path / "d"), cheap_config)
+    backend.bootstrap(ADMIN_PASSWORD)
+    backend.use_bootstrap_admin()
+    ticks = iter(range(0, 1000, 3))                 # every look at the clock: 3 s later
+    env = fake_environment()
+    lines = LineQueue([Line("<stdin>", n, f".kg create slow-{n}") for n in range(1, 5)])
+    try:
+        status = run_script(backend, lines, env, fmt="plain", on_error="stop", single_transaction=True,
+                            max_transaction_secs=5, clock=lambda: next(ticks))
+        assert status == ExitStatus.STOPPED
+        assert "longer than 5 s (shell.max_transaction_secs)" in env.stderr.getvalue()
+        assert "slow-" not in render_kgs(backend)
+    finally:
+        backend.close()
+
+
+def render_kgs(backend) -> str:
+    return "\n".join(str(row) for row in backend.execute(".kg list").rows)
