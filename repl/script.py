@@ -20,7 +20,7 @@ from backend.language.registry import COMMANDS
 from backend.targets.protocols import Backend, Batching
 
 from .environment import Environment, ExitStatus
-from .output import render, render_json_error
+from .output import printable, render, render_json_error
 
 COMMENT_PREFIXES = ("#", "//")
 GROUP_MAX_COMMANDS = 500
@@ -291,4 +291,4 @@ class _Runner:
 def error_report(line: Line, message: str, fmt: str) -> list[tuple[str, str]]:
     """An error goes to stderr as source:line; in json mode also to stdout as an object."""
     report = [("out", render_json_error(message, line.number))] if fmt == "json" else []
-    return report + [("err", f"{line.source}:{line.number}: error: {message}\n")]
+    return report + [("err", f"{line.source}:{line.number}: error: {printable(message)}\n")]
