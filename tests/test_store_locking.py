@@ -118,7 +118,9 @@ def short_lock_wait(tmp_path: Path) -> Path:
     return path
 
 
-def test_a_single_transaction_waiting_for_stdin_does_not_hold_the_store(shell, short_lock_wait):
+def test_a_single_transaction_waiting_for_stdin_does_not_hold_the_store(shell, short_lock_wait, cheap_config):
+    from serverkit import logged_in, running_server
+
     assert shell(".whoami\n").returncode == 0
     script = _shell_process(shell.data_dir, short_lock_wait, "-1")
     try:
@@ -127,6 +129,8 @@ def test_a_single_transaction_waiting_for_stdin_does_not_hold_the_store(shell, s
         _until_read(script.stdin, script)           # logged in, line read, stdin still open
         other = shell(".kg create from-another-shell\n", "--config", str(short_lock_wait))
         assert other.returncode == 0, other.stderr
+        with running_server(shell.data_dir, cheap_config) as server:
+            logged_in(server.url).close()            # a password login writes its audit record
         out, err = script.communicate(timeout=60)     # closes stdin: the script ends
     finally:
         script.kill()

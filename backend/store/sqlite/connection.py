@@ -101,10 +101,20 @@ class Connection:
         """Check the file is ours, in our format, under our key, on a connection that cannot
         write any file (not even -shm): a refused open changes no byte, even when a crash left
         a WAL that the first writing connection would merge and delete."""
-        wal, shm = (Path(str(self.path) + suffix).exists() for suffix in ("-wal", "-shm"))
-        # Without a WAL the file alone is the store; with one, its index is read, never rebuilt.
-        mode = "immutable=1" if not wal else "mode=ro&readonly_shm=1" if shm else "mode=ro"
-        uri = f"{self.path.resolve().as_uri()}?{mode}"
+        while True:
+            wal, shm = (Path(str(self.path) + suffix).exists() for suffix in ("-wal", "-shm"))
+            # Without a WAL the file alone is the store; with one, its index is read, never rebuilt.
+            mode = "immutable=1" if not wal else "mode=ro&readonly_shm=1" if shm else "mode=ro"
+            try:
+                self._probe(f"{self.path.resolve().as_uri()}?{mode}")
+                return
+            except StoreError:
+                # Read as immutable while another process began writing (its WAL appears
+                # first): read again, through the WAL.
+                if wal or not Path(str(self.path) + "-wal").exists():
+                    raise
+
+    def _probe(self, uri: str) -> None:
         try:
             probe = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=self._busy_timeout)
         except sqlite3.Error as exc:
@@ -117,7 +127,7 @@ class Connection:
                                  "(another program's database); choose another --data-dir")
             if app_id == APPLICATION_ID:
                 self._check_format(probe)
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, ValueError, KeyError) as exc:
             raise StoreError(f"cannot open the store: {self.path} is not a valid database ({exc}); "
                              "restore it from a backup or choose another --data-dir") from None
         finally:
