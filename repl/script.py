@@ -263,16 +263,17 @@ class _Runner:
         try:
             reports: list[tuple[str, str]] = []
             for line in script:
-                if self.clock() - started > max_secs:
-                    self.env.err(f"error: the transaction held the store's write lock longer than {max_secs:g} s "
-                                 "(shell.max_transaction_secs) and was rolled back; nothing was changed\n")
-                    return ExitStatus.STOPPED
                 report, _ = self._run(line)
                 if self.failed:
                     rolled_back = "error: the whole transaction was rolled back; nothing was changed\n"
                     self._print([*report, ("err", rolled_back)])
                     return self._status(True)
                 reports += report
+                if self.clock() - started > max_secs:
+                    self.env.err(f"{line.source}:{line.number}: error: the transaction held the store's write lock "
+                                 f"longer than {max_secs:g} s (shell.max_transaction_secs) and was rolled back; "
+                                 "nothing was changed\n")
+                    return ExitStatus.STOPPED
             batching.end_batch(True)
             committed = True
             self._print(reports)
