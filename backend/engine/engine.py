@@ -200,7 +200,7 @@ class Engine:
                         exc.args = (f"line {n}: {exc.message}",)
                         raise
         except (sqlite3.DatabaseError, StoreError) as exc:
-            raise CommandError(f"The store could not complete the commands: {exc}. Nothing was changed.") from None
+            raise StoreFailure(f"The store could not complete the commands: {exc}. Nothing was changed.") from None
         finally:
             session.note = ""
             if denial is not None:
