@@ -42,12 +42,21 @@ class ShellConfig(NamedTuple):
     format: str = ""
 
 
+class ClusterConfig(NamedTuple):
+    """scaleout.md: Redis for the counters and sessions the nodes of a cluster share."""
+    redis_url: str = ""
+    node: str = ""                  # this node's name in `.session list`; "" = host:port of its listener
+    key_prefix: str = "inputlayer:"         # several clusters (or test runs) may share one Redis
+    session_ttl_secs: int = 30      # a killed node's sessions leave the directory within this
+
+
 class Config(NamedTuple):
     data_dir: str = ""
     bootstrap_admin_password: str = ""
     server: ServerConfig = ServerConfig()
     security: SecurityConfig = SecurityConfig()
     shell: ShellConfig = ShellConfig()
+    cluster: ClusterConfig = ClusterConfig()
     source: str = ""   # the file it was read from, for messages
 
 
@@ -85,6 +94,13 @@ def _networks(value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _redis_url(value: Any) -> str:
+    text = _string(value)
+    if text and not text.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("expected a redis://, rediss:// or unix:// URL")
+    return text
+
+
 SCHEMA: dict[str, Callable[[Any], Any]] = {
     "data_dir": _string,
     "bootstrap_admin_password": _string,
@@ -107,8 +123,12 @@ SCHEMA: dict[str, Callable[[Any], Any]] = {
     "security.auth_mode": _choice("managed", "shared_key", "disabled"),
     "shell.history_file": _string,
     "shell.format": _choice("table", "plain", "json", "csv"),
+    "cluster.redis_url": _redis_url,
+    "cluster.node": _string,
+    "cluster.key_prefix": _string,
+    "cluster.session_ttl_secs": _int_range(3, 3600),
 }
-SECTIONS = {"server", "server.tls", "security", "shell"}
+SECTIONS = {"server", "server.tls", "security", "shell", "cluster"}
 
 
 def _flatten(table: Mapping[str, Any], prefix: str, path: str, out: dict[str, Any]) -> None:
@@ -195,3 +215,12 @@ def default_data_dir(env: Mapping[str, str]) -> str:
 
 def resolve_data_dir(flag: str | None, env: Mapping[str, str], config: Config) -> str:
     return flag or env.get("INPUTLAYER_DATA_DIR") or config.data_dir or default_data_dir(env)
+
+
+def resolve_redis_url(flag: str | None, env: Mapping[str, str], config: Config) -> str:
+    """--redis, else INPUTLAYER_REDIS_URL, else [cluster] redis_url; "" = counters in memory."""
+    url = flag or env.get("INPUTLAYER_REDIS_URL") or config.cluster.redis_url
+    try:
+        return _redis_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"Redis URL: {exc}") from None

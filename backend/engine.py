@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import sqlite3
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 from . import __version__
 from .config import Config
@@ -17,8 +17,8 @@ from .errors import AuthError, CommandError, ConfigError, LockedOut, PermissionD
 from .netaddr import address_in
 from .registry import COMMANDS, GROUPS, Invocation, clip, find_command, parse, parse_program
 from .result import Result
-from .security import Clock, Lockout, PasswordHasher, RateLimiter, check_password_policy, iso, key_digest, \
-    new_api_key, system_clock, well_formed_key
+from .security import Clock, Lockout, LockoutCounter, PasswordHasher, RateCounter, RateLimiter, \
+    check_password_policy, iso, key_digest, new_api_key, system_clock, well_formed_key
 from .store import Store
 
 ROLE_RANK = {"viewer": 1, "editor": 2, "admin": 3}
@@ -82,9 +82,21 @@ def new_session_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+class ListedSession(NamedTuple):
+    """A live session as `.session list` shows it; on a cluster, it may live on another node."""
+    id: str
+    username: str
+    auth: str
+    address: str
+    knowledge_graph: str
+    connected_at: float
+    node: str
+
+
 class SessionDirectory(Protocol):
-    """What a server offers the engine for `.session` and `.status`."""
-    def sessions(self) -> list[Session]: ...
+    """What a server offers the engine for `.session` and `.status`: this node's sessions, or
+    with Redis every node's (scaleout.md)."""
+    def sessions(self) -> list[ListedSession]: ...
     def kill(self, session_id: str, reason: str) -> bool: ...
 
 
@@ -129,21 +141,21 @@ class RateLimited(CommandError):
 
 class Engine:
     def __init__(self, store: Store, config: Config, *, clock: Clock = system_clock,
-                 hasher: PasswordHasher | None = None, lockout: Lockout | None = None,
-                 directory: SessionDirectory | None = None, target: Callable[[], str] = lambda: "local",
-                 shared_key: str | None = None):
+                 hasher: PasswordHasher | None = None, lockout: LockoutCounter | None = None,
+                 rate_limiter: RateCounter | None = None, directory: SessionDirectory | None = None,
+                 target: Callable[[], str] = lambda: "local", shared_key: str | None = None):
         self.store = store
         self.config = config
         self.clock = clock
         self.hasher = hasher or PasswordHasher(config.security)
-        self.lockout = lockout or Lockout(config.security, clock)
+        self.lockout: LockoutCounter = lockout or Lockout(config.security, clock)
         self.directory = directory
         self.target = target
         self.auth_mode = config.security.auth_mode
         if self.auth_mode == "shared_key" and not shared_key:
             raise ConfigError("auth_mode \"shared_key\" needs the key in INPUTLAYER_SHARED_KEY")
         self._shared_key = shared_key
-        self.rate_limiter = RateLimiter(clock)
+        self.rate_limiter: RateCounter = rate_limiter or RateLimiter(clock)
         self.started_at = clock()
         self._batch_denials: list[tuple] = []
         self._parsed_ahead: dict[str, Invocation] = {}     # see prepare()
@@ -956,8 +968,8 @@ class Engine:
         live = self.directory.sessions()
         if rights.role != "admin":
             live = [s for s in live if s.username == session.username]
-        return Result(["session_id", "username", "auth", "address", "knowledge_graph", "connected_at"],
-                      [[s.id, s.username, s.auth, s.address, s.knowledge_graph or "", iso(s.connected_at)]
+        return Result(["session_id", "username", "auth", "address", "knowledge_graph", "connected_at", "node"],
+                      [[s.id, s.username, s.auth, s.address, s.knowledge_graph, iso(s.connected_at), s.node]
                        for s in sorted(live, key=lambda s: s.connected_at)])
 
     def _cmd_session_kill(self, session: Session, rights: Rights, inv: Invocation) -> Result:

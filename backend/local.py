@@ -28,14 +28,27 @@ class LocalBackend:
     def __init__(self, data_dir: str, config: Config, *, encryption_key: bytes | None = None,
                  shared_key: str | None = None, clock: Clock = system_clock):
         self.store = Store(data_dir, encryption_key=encryption_key)
+        self._link = None
         try:
-            self.engine = Engine(self.store, config, clock=clock, shared_key=shared_key)
+            counters = self._shared_counters(config, clock)
+            self.engine = Engine(self.store, config, clock=clock, shared_key=shared_key, **counters)
         except BaseException:
-            self.store.close()
+            self.close()
             raise
         self.session: Session | None = None
         self.bootstrapped = False
         self.generated_password: str | None = None
+
+    def _shared_counters(self, config: Config, clock: Clock) -> dict:
+        """With a cluster's Redis (scaleout.md), the shell sees and clears the lockouts every
+        node counts there, and spends a key's `rate=` from the same budget."""
+        if not config.cluster.redis_url:
+            return {}
+        from .cluster import RedisLink, SharedLockout, SharedRateLimiter   # only a cluster needs redis-py
+
+        self._link = RedisLink(config.cluster.redis_url, config.cluster.key_prefix)
+        return {"lockout": SharedLockout(config.security, clock, self._link),
+                "rate_limiter": SharedRateLimiter(clock, self._link)}
 
     def bootstrap(self, admin_password: str | None) -> None:
         self.bootstrapped, self.generated_password = self.engine.bootstrap(admin_password)
@@ -67,4 +80,6 @@ class LocalBackend:
         self.engine.end_batch(commit)
 
     def close(self) -> None:
+        if self._link is not None:
+            self._link.close()
         self.store.close()

@@ -7,7 +7,7 @@ import sys
 from typing import Sequence
 
 from backend import __version__
-from backend.config import Config, load_config, resolve_data_dir
+from backend.config import Config, load_config, resolve_data_dir, resolve_redis_url, with_values
 from backend.errors import AuthError, ConfigError, StoreError, TargetUnreachable
 
 from .environment import Environment, ExitStatus
@@ -43,6 +43,8 @@ def build_parser(columns: int = 80) -> argparse.ArgumentParser:
                    help="in script mode: stop at the first failed command (default) or continue")
     p.add_argument("-1", "--single-transaction", action="store_true",
                    help="local target: commit all commands together or none")
+    p.add_argument("--redis", metavar="URL",
+                   help="local target: the cluster's Redis, to see and clear its lockouts (else INPUTLAYER_REDIS_URL)")
     p.add_argument("--ca-file", metavar="PEM", help="extra trusted CA for wss://")
     p.add_argument("--config", metavar="TOML", help="config file")
     p.add_argument("--version", action="version", version=f"inputlayer {__version__}")
@@ -63,6 +65,9 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     url = args.url or (None if args.data_dir else env.env.get("INPUTLAYER_URL"))
     if args.single_transaction and url:
         env.err("error: --single-transaction needs a local data directory, not --url\n")
+        return ExitStatus.ERROR
+    if args.redis and url:
+        env.err("error: --redis needs a local data directory, not --url (the server has its own)\n")
         return ExitStatus.ERROR
     if interactive:
         _preload_interactive()
@@ -114,6 +119,7 @@ def open_backend(args, env: Environment, config: Config, url: str | None):
     from backend.bootstrap import bootstrap_banner, bootstrap_password
     from backend.codec import key_from_env
     from backend.local import LocalBackend
+    config = with_values(config, {"cluster.redis_url": resolve_redis_url(args.redis, env.env, config)})
     backend = LocalBackend(resolve_data_dir(args.data_dir, env.env, config), config,
                            encryption_key=key_from_env(env.env), shared_key=env.env.get("INPUTLAYER_SHARED_KEY"))
     backend.bootstrap(bootstrap_password(env.env, config))
