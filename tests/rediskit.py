@@ -15,7 +15,7 @@ import pytest
 INSTALL = "apt-get install redis-server"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -26,7 +26,7 @@ class RedisProcess:
 
     def __init__(self, binary: str):
         self.binary = binary
-        self.port = _free_port()
+        self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
     @property

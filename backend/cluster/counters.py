@@ -96,7 +96,7 @@ class SharedLockout:
     def record_failure(self, address: str) -> bool:
         """Count a failure; True when this failure locks the address."""
         now = self.clock()
-        argv = [repr(now), self.window, self.limit, repr(now + self.lock_secs), int(self.lock_secs * 1000),
+        argv: list[str | int] = [repr(now), self.window, self.limit, repr(now + self.lock_secs), int(self.lock_secs * 1000),
                 int((self.window + self.lock_secs) * 1000), secrets.token_hex(8)]
         return bool(self._link.call(lambda r: self._record(keys=self._keys(address), args=argv, client=r),
                                     lambda: self.local.record_failure(address)))
@@ -108,7 +108,8 @@ class SharedLockout:
     def entries(self) -> list[tuple[str, int, float | None]]:
         """(address, recent failures, locked_until or None), Redis's and this node's own."""
         now = self.clock()
-        shared = self._link.call(lambda r: self._shared_entries(r, now), list)
+        empty: list[tuple[str, int, float | None]] = []
+        shared = self._link.call(lambda r: self._shared_entries(r, now), lambda: empty)
         seen = {address for address, _, _ in shared}
         return sorted(shared + [e for e in self.local.entries() if e[0] not in seen])
 
@@ -147,7 +148,7 @@ class SharedRateLimiter:
     def hit(self, key: object, limit: int, window: int) -> tuple[bool, int, int]:
         """Count one request: (allowed, remaining, seconds until the window resets)."""
         now = self.clock()
-        keep = int(math.ceil(window * 1000)) + 1000
+        keep = math.ceil(window * 1000) + 1000
 
         def shared(r) -> tuple[bool, int, int]:
             allowed, count, start = self._hit(keys=[self._link.key("rate", str(key))],

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
 
 from ..engine import ListedSession
 from .link import RedisLink
@@ -135,7 +136,7 @@ class SharedSessions:
                 pipe.hdel(key, item[1])
             else:
                 pipe.delete(key)
-                mapping = {s.id: _encode(s) for s in self.local.sessions()}
+                mapping: dict[FieldT, EncodableT] = {s.id: _encode(s) for s in self.local.sessions()}
                 if mapping:
                     pipe.hset(key, mapping=mapping)
             pipe.pexpire(key, self._ttl_ms)
