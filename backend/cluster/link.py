@@ -3,8 +3,8 @@
 Two clients share one state: the synchronous one for the engine's worker threads (and the shell),
 the asyncio one for the server's event loop, which must never wait on a socket. When a call
 fails the link is *degraded*: callers count in the node's memory instead, one warning is logged,
-and Redis is tried again after `retry_secs` (the server's heartbeat also probes it), so the node
-returns to Redis by itself when it is back.
+and the callers leave Redis alone for `retry_secs` while the server's heartbeat looks for it every
+second, so the node returns to Redis by itself soon after it is back.
 """
 
 from __future__ import annotations
@@ -17,21 +17,31 @@ from typing import TypeVar
 
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 log = logging.getLogger("inputlayer.cluster")
 
 T = TypeVar("T")
 
-SOCKET_TIMEOUT = 2.0        # a Redis that hangs costs a login at most this long, once per retry
+SOCKET_TIMEOUT = 2.0        # a Redis that hangs costs a call at most about twice this, once per retry
+
+
+def _options() -> dict:
+    # One retry: a connection Redis dropped (it restarted) is re-made at once; more would make
+    # a hanging Redis cost every caller several timeouts.
+    return {"socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": SOCKET_TIMEOUT,
+            "retry": Retry(NoBackoff(), 1)}
 
 
 class RedisLink:
-    def __init__(self, url: str, prefix: str, *, retry_secs: float = 1.0,
+    def __init__(self, url: str, prefix: str, *, retry_secs: float = 5.0,
                  monotonic: Callable[[], float] = time.monotonic):
         self.url = url
         self.prefix = prefix
-        self.sync = redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT)
+        self.sync = redis.Redis.from_url(url, **_options())
         self._async: aredis.Redis | None = None
         self._retry_secs = retry_secs
         self._monotonic = monotonic
@@ -44,8 +54,8 @@ class RedisLink:
     def aio(self) -> aredis.Redis:
         """The asyncio client, made on first use on the loop that uses it."""
         if self._async is None:
-            self._async = aredis.Redis.from_url(self.url, socket_timeout=SOCKET_TIMEOUT,
-                                                socket_connect_timeout=SOCKET_TIMEOUT)
+            options = _options() | {"retry": AsyncRetry(NoBackoff(), 1)}
+            self._async = aredis.Redis.from_url(self.url, **options)
         return self._async
 
     def key(self, *parts: str) -> str:

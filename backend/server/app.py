@@ -111,8 +111,12 @@ class Server:
 
     @property
     def node(self) -> str:
-        """This node's name in the cluster's session directory."""
-        return self.cluster.node or f"{self.host}:{self.port}"
+        """This node's name in the cluster's session directory: host:port of its listener, the
+        machine's name for a wildcard host (every node may listen on 0.0.0.0:8080)."""
+        if self.cluster.node:
+            return self.cluster.node
+        host = self.host if self.host not in ("", "0.0.0.0", "::") else socket.gethostname()
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     def cluster_state(self) -> str:
         """What /health says of the cluster: local-counters, redis, or why Redis is not in use."""
