@@ -91,10 +91,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     setup_logging(args.log_level)
     log = logging.getLogger("inputlayer.server")
 
-    from .codec import key_from_env
+    from .store.codec import key_from_env
     from .netaddr import is_loopback
     from .server import Server, tls_context
-    from .store import Store
+    from .store import SQLiteStore
 
     try:
         config = server_config(args, load_config(args.config, env), env)
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return 2
     data_dir = resolve_data_dir(args.data_dir, env, config)
     try:
-        store = Store(data_dir, encryption_key=key_from_env(env))
+        store = SQLiteStore(data_dir, encryption_key=key_from_env(env))
     except StoreError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
@@ -143,8 +143,8 @@ def rekey_main(argv: Sequence[str], env: Mapping[str, str]) -> int:
     p.add_argument("--data-dir", metavar="DIR")
     p.add_argument("--config", metavar="TOML")
     args = p.parse_args(argv)
-    from .codec import key_from_env
-    from .rekey import rekey
+    from .store.codec import key_from_env
+    from .store.rekey import rekey
 
     try:
         config = load_config(args.config, env)

@@ -9,7 +9,7 @@ from .engine import Engine, Session
 from .errors import CommandError
 from .result import Result
 from .security import Clock, system_clock
-from .store import Store
+from .store import SQLiteStore
 
 
 class Backend(Protocol):
@@ -27,7 +27,7 @@ class LocalBackend:
 
     def __init__(self, data_dir: str, config: Config, *, encryption_key: bytes | None = None,
                  shared_key: str | None = None, clock: Clock = system_clock):
-        self.store = Store(data_dir, encryption_key=encryption_key)
+        self.store = SQLiteStore(data_dir, encryption_key=encryption_key)
         self._link = None
         try:
             counters = self._shared_counters(config, clock)

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .codec import json_encoder
+from .store.codec import json_encoder
 from .registry import clip
 from .result import Result
 

@@ -74,7 +74,7 @@ def inputlayer_server() -> list[str]:
 
 WARM_IMPORTS = ("import repl.__main__, repl.script, repl.output, repl.interactive, repl.completer, "
                 "repl.highlight, repl.history, repl.display, backend.local, backend.engine, backend.store, "
-                "backend.server, backend.targets.remote, backend.bootstrap, backend.codec, prompt_toolkit, "
+                "backend.server, backend.targets.remote, backend.bootstrap, backend.store.codec, prompt_toolkit, "
                 "prompt_toolkit.shortcuts, pygments, websockets.asyncio.server, websockets.asyncio.client, "
                 "argon2, tomllib, sqlite3, jwt, cryptography")
 
@@ -203,9 +203,9 @@ def prepare_store(data_dir: Path, config, *, keys: int = 1, setup=None) -> list[
     """Bootstrap a store in this process and create `keys` admin API keys; `setup(engine,
     session)` may add more. Returns the keys' secrets."""
     from backend.engine import Engine
-    from backend.store import Store
+    from backend.store import SQLiteStore
 
-    store = Store(data_dir)
+    store = SQLiteStore(data_dir)
     try:
         engine = Engine(store, config)
         engine.bootstrap(ADMIN_PASSWORD)

@@ -12,11 +12,11 @@ def main(data_dir: str, keys_file: str, samples: int) -> None:
     start = time.perf_counter()
     from backend.config import Config, with_values
     from backend.engine import Engine
-    from backend.store import Store
+    from backend.store import SQLiteStore
     imported = time.perf_counter()
     config = with_values(Config(), {"security.argon2_memory_kib": 8, "security.argon2_time_cost": 1,
                                     "security.argon2_parallelism": 1})
-    store = Store(data_dir)
+    store = SQLiteStore(data_dir)
     engine = Engine(store, config)
     admin = engine.trusted_session("admin")
     opened = time.perf_counter()

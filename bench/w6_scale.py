@@ -19,11 +19,11 @@ def build(data_dir: Path, users: int) -> tuple[float, Path]:
     """A store of `users` users in one transaction; the key secrets go to keys.txt beside it."""
     from backend.engine import Engine
     from backend.security import PasswordHasher, key_digest, new_api_key
-    from backend.store import Store
+    from backend.store import SQLiteStore
 
     start = time.perf_counter()
     config = cheap_config()
-    store = Store(data_dir)
+    store = SQLiteStore(data_dir)
     engine = Engine(store, config)
     engine.bootstrap(ADMIN_PASSWORD)
     hasher = PasswordHasher(config.security)

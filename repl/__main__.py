@@ -117,7 +117,7 @@ def open_backend(args, env: Environment, config: Config, url: str | None):
         from backend.targets.remote import RemoteBackend
         return RemoteBackend(url, ca_file=args.ca_file or env.env.get("INPUTLAYER_CA_FILE"))
     from backend.bootstrap import bootstrap_banner, bootstrap_password
-    from backend.codec import key_from_env
+    from backend.store.codec import key_from_env
     from backend.local import LocalBackend
     config = with_values(config, {"cluster.redis_url": resolve_redis_url(args.redis, env.env, config)})
     backend = LocalBackend(resolve_data_dir(args.data_dir, env.env, config), config,

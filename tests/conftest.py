@@ -12,7 +12,7 @@ import pytest
 from backend.config import Config, SecurityConfig, with_values
 from backend.engine import Engine
 from backend.security import FakeClock
-from backend.store import Store
+from backend.store import SQLiteStore
 
 pytest_plugins = ["rediskit"]      # the throw-away Redis of the cluster tests
 
@@ -47,7 +47,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def engine(tmp_path: Path, cheap_config: Config, clock: FakeClock):
-    store = Store(tmp_path / "data")
+    store = SQLiteStore(tmp_path / "data")
     eng = Engine(store, cheap_config, clock=clock)
     eng.bootstrap(ADMIN_PASSWORD)
     yield eng

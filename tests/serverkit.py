@@ -15,7 +15,7 @@ from websockets.sync.client import connect
 
 from backend.config import Config, with_values
 from backend.server import Server, ServerOptions
-from backend.store import Store
+from backend.store import SQLiteStore
 from backend.targets.remote import LEGACY
 
 from conftest import ADMIN_PASSWORD, ROOT, cli_env as server_env   # noqa: F401  (re-exported for server tests)
@@ -80,7 +80,7 @@ class Servers:
         self.started: list[ServerThread] = []
 
     def start(self, data_dir, config: Config, **kwargs) -> ServerThread:
-        server = ServerThread(Store(data_dir), config, **kwargs)
+        server = ServerThread(SQLiteStore(data_dir), config, **kwargs)
         self.started.append(server)
         return server
 

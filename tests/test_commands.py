@@ -251,9 +251,9 @@ def test_locked_address_costs_no_verification(engine, cheap_config):
 def test_rehash_after_parameter_change(tmp_path, cheap_config, clock):
     from backend.config import with_values
     from backend.engine import Engine
-    from backend.store import Store
+    from backend.store import SQLiteStore
 
-    store = Store(tmp_path / "d")
+    store = SQLiteStore(tmp_path / "d")
     Engine(store, cheap_config, clock=clock).bootstrap(ADMIN_PASSWORD)
     old_hash = store.user("admin")["password_hash"]
     stronger = Engine(store, with_values(cheap_config, {"security.argon2_time_cost": 2}), clock=clock)

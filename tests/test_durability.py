@@ -13,7 +13,7 @@ import pytest
 
 from backend.engine import Engine
 from backend.errors import CommandError
-from backend.store import Store
+from backend.store import SQLiteStore
 from conftest import ADMIN_PASSWORD, ROOT, cli_env
 
 KILLS = 20
@@ -48,7 +48,7 @@ def test_kill_9_loses_no_acknowledged_change(tmp_path, config_file, cheap_config
         rest, _ = proc.communicate(timeout=30)
         acked += acknowledged(seen + rest)
     assert len(acked) >= KILLS
-    store = Store(data)
+    store = SQLiteStore(data)
     try:
         assert store.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         with store.read():
@@ -61,7 +61,7 @@ def test_kill_9_loses_no_acknowledged_change(tmp_path, config_file, cheap_config
 
 
 def test_full_disk_fails_the_command_and_leaves_nothing_partial(tmp_path, cheap_config):
-    store = Store(tmp_path / "d")
+    store = SQLiteStore(tmp_path / "d")
     engine = Engine(store, cheap_config)
     engine.bootstrap(ADMIN_PASSWORD)
     admin = engine.login("admin", ADMIN_PASSWORD, source="local")

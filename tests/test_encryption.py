@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from backend import codec
-from backend.codec import parse_encryption_key
 from backend.engine import Engine
 from backend.errors import CommandError, StoreError
-from backend.rekey import rekey
-from backend.store import Store
+from backend.store import SQLiteStore, codec
+from backend.store.codec import parse_encryption_key
+from backend.store.rekey import rekey
 from conftest import ADMIN_PASSWORD
 
 KEY_HEX = secrets.token_hex(32)
@@ -50,7 +49,7 @@ def test_no_plaintext_in_any_file(shell, cheap_config):
     key = next(line.split("\t")[0] for line in proc.stdout.splitlines() if line.startswith("il_"))
     assert shell(".whoami\n", INPUTLAYER_API_KEY=key, INPUTLAYER_ENCRYPTION_KEY=KEY_HEX).stdout.startswith("zebulon-user")
     # Keep a connection open with an uncheckpointed change, so the WAL and shm are searched too.
-    store = Store(shell.data_dir, encryption_key=KEY)
+    store = SQLiteStore(shell.data_dir, encryption_key=KEY)
     engine = Engine(store, cheap_config)
     admin = engine.login("admin", ADMIN_PASSWORD, source="local")
     engine.execute(admin, ".kg create pulsar-graph")
@@ -85,7 +84,7 @@ def test_missing_wrong_or_unwanted_key_exits_2_and_changes_no_byte(shell):
 
 @pytest.fixture
 def sealed(tmp_path, cheap_config):
-    store = Store(tmp_path / "sealed", encryption_key=KEY)
+    store = SQLiteStore(tmp_path / "sealed", encryption_key=KEY)
     engine = Engine(store, cheap_config)
     engine.bootstrap(ADMIN_PASSWORD)
     admin = engine.login("admin", ADMIN_PASSWORD, source="local")

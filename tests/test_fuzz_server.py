@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from websockets.exceptions import ConnectionClosed
 
 from backend.config import with_values
-from backend.store import TABLES
+from backend.store.sqlite import TABLES
 from serverkit import Client, logged_in, running_server
 
 json_values = st.recursive(

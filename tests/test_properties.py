@@ -8,14 +8,15 @@ import tempfile
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from backend.codec import encode_json, json_encoder
 from backend.config import Config, with_values
 from backend.engine import Engine
 from backend.errors import CommandError
 from backend.lexer import split_words, tokenize
 from backend.registry import COMMANDS, parse
 from backend.result import Result
-from backend.store import TABLES, Store
+from backend.store import SQLiteStore
+from backend.store.codec import encode_json, json_encoder
+from backend.store.sqlite import TABLES
 from conftest import ADMIN_PASSWORD, CHEAP_ARGON2
 
 WORDS = ["alice", "bob", "sales", "default", "admin", "viewer", "editor", "owner", "role=admin",
@@ -29,7 +30,7 @@ command_lines = st.builds(
 any_line = st.one_of(st.text(max_size=200), command_lines)
 
 
-def snapshot(store: Store) -> dict:
+def snapshot(store: SQLiteStore) -> dict:
     return {t: store.conn.execute(f"SELECT * FROM {t}").fetchall() for t in TABLES}
 
 
@@ -46,7 +47,7 @@ class _World:
     """One engine for the whole property run (hypothesis re-runs the body many times)."""
     def __init__(self):
         self.dir = tempfile.TemporaryDirectory()
-        self.engine = Engine(Store(self.dir.name), with_values(Config(), CHEAP_ARGON2))
+        self.engine = Engine(SQLiteStore(self.dir.name), with_values(Config(), CHEAP_ARGON2))
         self.engine.bootstrap(ADMIN_PASSWORD)
         self.admin = self.engine.login("admin", ADMIN_PASSWORD, source="local")
         for line in (".user create alice alice-passphrase editor", ".kg create sales",

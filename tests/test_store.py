@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from backend.errors import AuthError, CommandError, StoreError
-from backend.store import DEFERRED_WRITES_MAX, Store
+from backend.store import SQLiteStore
+from backend.store.sqlite import DEFERRED_WRITES_MAX
 from conftest import ADMIN_PASSWORD, ROOT, cli_env
 
 
@@ -40,7 +41,7 @@ def test_foreign_and_corrupt_files_are_refused_untouched(tmp_path):
     (garbage / "inputlayer.db").write_bytes(b"this is not a database" * 100)
     before = (garbage / "inputlayer.db").read_bytes()
     with pytest.raises(StoreError, match="not a valid database"):
-        Store(garbage)
+        SQLiteStore(garbage)
     assert (garbage / "inputlayer.db").read_bytes() == before
 
     foreign = tmp_path / "foreign"
@@ -51,7 +52,7 @@ def test_foreign_and_corrupt_files_are_refused_untouched(tmp_path):
     conn.close()
     before = (foreign / "inputlayer.db").read_bytes()
     with pytest.raises(StoreError, match="not an InputLayer store"):
-        Store(foreign)
+        SQLiteStore(foreign)
     assert (foreign / "inputlayer.db").read_bytes() == before
 
 
@@ -115,9 +116,9 @@ WRITER = """
 import sys
 from backend.config import Config, with_values
 from backend.engine import Engine
-from backend.store import Store
+from backend.store import SQLiteStore
 cfg = with_values(Config(), {"security.argon2_memory_kib": 8, "security.argon2_time_cost": 1})
-engine = Engine(Store(sys.argv[1]), cfg)
+engine = Engine(SQLiteStore(sys.argv[1]), cfg)
 session = engine.login("admin", sys.argv[2], source="local")
 tag = sys.argv[3]
 for i in range(60):
@@ -130,7 +131,7 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path, cheap_config):
     from backend.engine import Engine
 
     data = tmp_path / "shared"
-    store = Store(data)
+    store = SQLiteStore(data)
     Engine(store, cheap_config).bootstrap(ADMIN_PASSWORD)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(data), ADMIN_PASSWORD, tag],
@@ -194,7 +195,7 @@ def test_a_readers_cache_never_serves_a_row_another_connection_changed(engine, a
         with engine.store.read():
             assert engine.store.user("ria")["role"] == "viewer"
             assert engine.store.acl_entry("default", "ria")["role"] == "viewer"
-    other = Store(engine.store.dir)                      # as another process would
+    other = SQLiteStore(engine.store.dir)                # as another process would
     try:
         elsewhere = OtherEngine(other, cheap_config)
         session = elsewhere.login("admin", ADMIN_PASSWORD, source="local")
@@ -205,7 +206,7 @@ def test_a_readers_cache_never_serves_a_row_another_connection_changed(engine, a
     with engine.store.read():
         assert engine.store.user("ria")["role"] == "editor"
         assert engine.store.acl_entry("default", "ria")["role"] == "owner"
-    other = Store(engine.store.dir)
+    other = SQLiteStore(engine.store.dir)
     try:
         elsewhere = OtherEngine(other, cheap_config)
         session = elsewhere.login("admin", ADMIN_PASSWORD, source="local")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import StoreError
-from .store import DB_FILE, Store
+from ..errors import StoreError
+from .sqlite import DB_FILE, SQLiteStore
 
 
 def rekey(data_dir: str | os.PathLike, old_key: bytes | None, new_key: bytes | None) -> int:
@@ -20,11 +20,11 @@ def rekey(data_dir: str | os.PathLike, old_key: bytes | None, new_key: bytes | N
     db = data_dir / DB_FILE
     if not db.exists():
         raise StoreError(f"no store to rekey in {data_dir}")
-    old = Store(data_dir, encryption_key=old_key)
+    old = SQLiteStore(data_dir, encryption_key=old_key)
     try:
         with old.write():        # holds the write lock: no other process changes it meanwhile
             snapshot = old.export_rows()
-            count, problem = old.verify_audit()
+            _, problem = old.verify_audit()
             if problem:
                 raise StoreError(f"refusing to rekey: {problem}")
     finally:
@@ -34,7 +34,7 @@ def rekey(data_dir: str | os.PathLike, old_key: bytes | None, new_key: bytes | N
     tmp = data_dir / (DB_FILE + ".rekey")
     for leftover in (tmp, Path(str(tmp) + "-wal"), Path(str(tmp) + "-shm")):
         leftover.unlink(missing_ok=True)
-    new = Store(data_dir, encryption_key=new_key, path=tmp)
+    new = SQLiteStore(data_dir, encryption_key=new_key, path=tmp)
     try:
         with new.write():
             copied = new.import_rows(snapshot)

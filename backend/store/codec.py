@@ -16,7 +16,7 @@ import hmac
 import json
 import os
 
-from .errors import StoreError
+from ..errors import StoreError
 
 NONCE_BYTES = 12
 REF_CACHE_SIZE = 10_000           # bounds the memory of Codec's blind-index cache
@@ -87,7 +87,7 @@ class Codec:
             self._refs[(kind, value)] = ref
         return ref
 
-    def seal(self, table: str, ref: str, value: dict) -> bytes | str:
+    def seal(self, table: str, ref: str, value: object) -> bytes | str:
         return self.seal_text(table, ref, encode_json(value))
 
     def seal_text(self, table: str, ref: str, text: str) -> bytes | str:

@@ -1,0 +1,160 @@
+"""What the engine, the server, rekey and the shell need of a store, whichever database holds it.
+
+`Store` is the one interface: the SQLite store implements it today and a PostgreSQL store will
+implement it next, so no caller knows which one it has. Rows are plain dicts (the names below
+are the keys callers read); times are seconds since the epoch. The audit chain's format is part
+of the contract: a record's hash is the same whichever store computed it, so `.audit verify`
+and a copy between stores agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+from ..errors import StoreError
+from .codec import encode_json
+
+__all__ = ["AUDIT_FIELDS", "GENESIS_HASH", "Store", "StoreError", "audit_hash", "audit_payload"]
+
+AUDIT_FIELDS = ("seq", "time", "actor", "source", "action", "target", "outcome", "detail")
+GENESIS_HASH = "0" * 64         # the hash the first audit record links to
+
+# Each record's hash starts from a copy of this one: hashlib.sha256() would look the algorithm
+# up in OpenSSL again for every record (~1 us a record in a bulk script).
+_SHA256 = hashlib.sha256()
+
+
+def audit_hash(prev_hash: str, record: tuple) -> str:
+    return audit_payload(prev_hash, record)[1]
+
+
+def audit_payload(prev_hash: str, record: tuple) -> tuple[str, str]:
+    """A record as stored, the JSON array [prev_hash, seq, time, actor, source, action, target,
+    outcome, detail, hash], and its hash: SHA-256 of the same array without its last element,
+    so the record is encoded once to be both hashed and stored."""
+    hashed = encode_json([prev_hash, *record])
+    hasher = _SHA256.copy()
+    hasher.update(hashed.encode())
+    digest = hasher.hexdigest()
+    return f'{hashed[:-1]},"{digest}"]', digest
+
+
+class Store(Protocol):
+    """Users, knowledge graphs, ACLs, API keys, session tokens and the audit chain.
+
+    Every change runs inside `write()` (or a batch) and its audit record is appended in that same
+    transaction; reads that must agree with each other run inside `read()`. Errors of the
+    database itself are raised as StoreError.
+    """
+
+    # --- transactions and whole-store facts
+    def read(self) -> AbstractContextManager[None]:
+        """A consistent snapshot for a read-only command."""
+        ...
+
+    def write(self) -> AbstractContextManager[None]:
+        """One change, atomically (a savepoint inside an open batch)."""
+        ...
+
+    def begin_batch(self, *, atomic: bool = False) -> None:
+        """Every following write() joins one transaction; `atomic`: any failure ends it whole."""
+        ...
+
+    def end_batch(self, commit: bool) -> None: ...
+
+    @property
+    def in_batch(self) -> bool: ...
+
+    def data_version(self) -> int:
+        """Changes when another process commits: lets a server notice a local shell's change."""
+        ...
+
+    def close(self) -> None: ...
+
+    # --- server-side secrets (kept apart from the digests they key)
+    @property
+    def secret(self) -> bytes:
+        """The HMAC key of API-key digests."""
+        ...
+
+    @property
+    def token_secret(self) -> bytes:
+        """The signing key of session tokens."""
+        ...
+
+    # --- users: name, role, password_hash, password_version, created_at, last_login_at
+    def user(self, name: str) -> dict | None: ...
+    def users(self) -> list[dict]: ...
+    def user_count(self) -> int: ...
+    def admin_count(self) -> int: ...
+    def add_user(self, name: str, role: str, password_hash: str, now: float) -> None: ...
+    def drop_user(self, name: str) -> None: ...
+    def set_password(self, name: str, password_hash: str, *, new_version: bool) -> None: ...
+    def set_role(self, name: str, role: str) -> None: ...
+    def touch_login(self, name: str, now: float) -> None: ...
+
+    # --- knowledge graphs: name, created_at, created_by
+    def kg(self, name: str) -> dict | None: ...
+    def kgs(self) -> list[dict]: ...
+    def add_kg(self, name: str, creator: str, now: float) -> None: ...
+    def drop_kg(self, name: str) -> None: ...
+
+    # --- ACL entries: kg, username, role, granted_by, granted_at
+    def acl_entry(self, kg: str, user: str) -> dict | None: ...
+    def acl_for_kg(self, kg: str) -> list[dict]: ...
+    def acl_for_user(self, user: str) -> list[dict]: ...
+    def grant(self, kg: str, user: str, role: str, granted_by: str, now: float) -> None: ...
+    def revoke(self, kg: str, user: str) -> None: ...
+
+    # --- API keys: id, label, owner, role, scoped, digest, prev_digest, prev_valid_until,
+    #     created_at, expires_at, last_used_at, revoked_at, ips, rate
+    def key(self, label: str) -> dict | None: ...
+    def key_by_id(self, key_id: int) -> dict | None: ...
+
+    def key_by_digest(self, digest: str) -> dict | None:
+        """The key whose current or previous (rotating) secret has this digest."""
+        ...
+
+    def keys(self, owner: str | None = None) -> list[dict]: ...
+    def key_kgs(self, key_id: int) -> list[str]: ...
+
+    def add_key(self, label: str, owner: str, role: str, kgs: tuple[str, ...], digest: str,
+                now: float, expires_at: float | None, *, ips: tuple[str, ...] = (),
+                rate: tuple[int, int] | None = None) -> None: ...
+
+    def revoke_key(self, key_id: int, now: float) -> None: ...
+    def rotate_key(self, key_id: int, new_digest: str, old_valid_until: float | None) -> None: ...
+    def touch_key(self, key_id: int, now: float) -> None: ...
+
+    # --- session tokens: jti, username, issued_at, expires_at, revoked_at
+    def token(self, jti: str) -> dict | None: ...
+    def add_token(self, jti: str, username: str, issued_at: float, expires_at: float) -> None: ...
+    def revoke_token(self, jti: str, now: float) -> None: ...
+    def forget_expired_tokens(self, now: float) -> None: ...
+
+    # --- the audit chain: records of AUDIT_FIELDS plus prev_hash and hash
+    def append_audit(self, now: float, actor: str, source: str, action: str, target: str,
+                     outcome: str, detail: str) -> None:
+        """Append one hash-chained record; must run inside write()."""
+        ...
+
+    def audit_records(self, *, limit: int, actor: str | None, action: str | None,
+                      since: float | None) -> list[dict]:
+        """Newest first; `actor` matches the actor or the target, `action` a name or a prefix."""
+        ...
+
+    def verify_audit(self) -> tuple[int, str | None]:
+        """(records checked, None) or (count, what is wrong) at the first record that fails."""
+        ...
+
+    # --- whole-store copy (rekey, and moving between stores)
+    def export_rows(self) -> dict[str, Any]:
+        """Every stored value, opened."""
+        ...
+
+    def import_rows(self, rows: dict[str, Any]) -> int:
+        """Fill this (new, empty) store with another's export_rows(); inside write(). Returns the
+        number of rows copied."""
+        ...

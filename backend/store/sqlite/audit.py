@@ -1,0 +1,71 @@
+"""The SQLite store's audit log: hash-chained records, each appended in the transaction of the
+change it records, the chain's head saved once per commit.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from ...errors import StoreError
+from ..interface import AUDIT_FIELDS, GENESIS_HASH, audit_hash, audit_payload
+from .rows import Rows
+
+
+class AuditChain(Rows):
+    def append_audit(self, now: float, actor: str, source: str, action: str, target: str,
+                     outcome: str, detail: str) -> None:
+        """Append one hash-chained record; must run inside write()."""
+        head = self._current_head()
+        seq = head["seq"] + 1
+        record = (seq, now, actor, source, action, target, outcome, detail)
+        text, digest = audit_payload(head["hash"], record)
+        self._write("INSERT INTO audit VALUES (?, ?)", (seq, self.codec.seal_text("audit", str(seq), text)))
+        self._audit_head = {"seq": seq, "hash": digest}
+        self._head_unsaved = True
+
+    def _current_head(self) -> dict:
+        """The chain's head as this thread sees it: its own unsaved appends included."""
+        if self._owner == threading.get_ident() and self._audit_head is not None:
+            return self._audit_head
+        return self._meta("audit_head")
+
+    def _audit_rows(self, order: str) -> Iterator[dict]:
+        for seq, data in self.conn.execute(f"SELECT seq, data FROM audit ORDER BY seq {order}"):
+            prev_hash, *record, digest = self.codec.open("audit", str(seq), data)
+            yield {**dict(zip(AUDIT_FIELDS, record)), "prev_hash": prev_hash, "hash": digest, "row_seq": seq}
+
+    def audit_records(self, *, limit: int, actor: str | None, action: str | None,
+                      since: float | None) -> list[dict]:
+        """Newest first; `actor` matches the actor or the target, `action` a name or a prefix."""
+        found = []
+        for rec in self._audit_rows("DESC"):
+            if since is not None and rec["time"] < since:
+                break
+            if actor is not None and actor not in (rec["actor"], rec["target"]):
+                continue
+            if action is not None and rec["action"] != action and not rec["action"].startswith(action + "."):
+                continue
+            found.append(rec)
+            if len(found) == limit:
+                break
+        return found
+
+    def verify_audit(self) -> tuple[int, str | None]:
+        """(records checked, None) or (count, what is wrong) at the first record that fails."""
+        prev_hash, expected_seq, count = GENESIS_HASH, 1, 0
+        try:
+            for rec in self._audit_rows("ASC"):
+                if rec["row_seq"] != expected_seq or rec["seq"] != expected_seq:
+                    return count, f"Audit log broken at record {expected_seq}: record missing or out of order"
+                if rec["prev_hash"] != prev_hash:
+                    return count, f"Audit log broken at record {expected_seq}: chain does not link to the record before"
+                if audit_hash(prev_hash, tuple(rec[f] for f in AUDIT_FIELDS)) != rec["hash"]:
+                    return count, f"Audit log broken at record {expected_seq}: contents do not match its hash"
+                prev_hash, expected_seq, count = rec["hash"], expected_seq + 1, count + 1
+        except StoreError:
+            return count, f"Audit log broken at record {expected_seq}: the sealed record was altered"
+        head = self._current_head()
+        if head != {"seq": count, "hash": prev_hash}:
+            return count, f"Audit log broken at record {count + 1}: the latest records were removed"
+        return count, None

@@ -1,0 +1,227 @@
+"""Opening the SQLite file (WAL, synchronous=FULL, owner-only), its connections, the meta table
+and the writer's held-back writes.
+
+One writing connection is shared by the server's threads under a lock; each reading thread gets
+a connection of its own (WAL lets readers run beside the writer).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from ...errors import StoreError
+from ..codec import Codec
+from ..interface import GENESIS_HASH
+from .schema import APPLICATION_ID, DB_FILE, SCHEMA, SCHEMA_VERSION, private_file
+
+DEFERRED_WRITES_MAX = 256       # row writes an atomic batch holds back at most (see _write)
+
+
+class Connection:
+    """The writer, the readers and the state of the writer's open transaction."""
+
+    def __init__(self, data_dir: str | os.PathLike, *, encryption_key: bytes | None = None,
+                 busy_timeout_ms: int = 30_000, path: Path | None = None):
+        self.dir = Path(data_dir)
+        self.path = path or self.dir / DB_FILE
+        self.codec = Codec(encryption_key)
+        self._lock = threading.RLock()   # the writing connection, shared by the server's threads
+        self._depth = 0                  # nesting of write()/batch() on this connection
+        self._owner: int | None = None   # the thread inside write()/batch()
+        self._tls = threading.local()    # a thread's own reading connection, while in read()
+        self._readers: list[tuple[sqlite3.Connection, threading.Lock]] = []
+        self._closed = False
+        self._busy_timeout = busy_timeout_ms / 1000
+        # Rows read or written while this connection holds the write transaction: no other
+        # process can change them meanwhile, so a batch of commands reads each row once.
+        self._cache: dict[Any, Any] = {}
+        # The audit chain's head, as this transaction's appends left it: saved once, at commit.
+        self._audit_head: dict | None = None
+        self._head_unsaved = False
+        # Whether this transaction changed any row besides the audit log: only then do readers'
+        # caches go stale (logins append audit records all the time, and must not flush them).
+        self._rows_changed = False
+        self._atomic = False
+        # Row writes an atomic batch holds back, in order: see _write().
+        self._deferred: list[tuple[str, Any]] = []
+        self._secrets: dict[str, str] = {}
+        self.secret = b""
+        self._open(busy_timeout_ms)
+
+    # --- opening -------------------------------------------------------------------------
+
+    def _open(self, busy_timeout_ms: int) -> None:
+        try:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_file(self.path)
+        except OSError as exc:
+            raise StoreError(f"cannot open the store in {self.dir}: {exc.strerror or exc}") from None
+        try:
+            self._main = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                         timeout=busy_timeout_ms / 1000)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the store: {self.path}: {exc}") from None
+        # The cursor of every row write: Connection.execute() would make one per call. Nothing
+        # iterates over it, so statements on it never interrupt one another.
+        self._writes = self._main.cursor()
+        try:
+            self._configure()
+        except BaseException:
+            self.conn.close()       # leaves no -wal/-shm behind a refused open
+            raise
+        for suffix in ("-wal", "-shm"):
+            extra = Path(str(self.path) + suffix)
+            if extra.exists():
+                os.chmod(extra, 0o600)
+
+    def _configure(self) -> None:
+        try:
+            app_id = self.conn.execute("PRAGMA application_id").fetchone()[0]
+            tables = self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if app_id != APPLICATION_ID and (app_id != 0 or tables):
+                raise StoreError(f"cannot open the store: {self.path} is not an InputLayer store "
+                                 "(another program's database); choose another --data-dir")
+            if app_id == APPLICATION_ID:
+                self._check_format()        # before anything could write: a wrong key changes no byte
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self.conn.execute("PRAGMA secure_delete=ON")
+            if app_id != APPLICATION_ID:
+                self._create_schema()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open the store: {self.path} is not a valid database ({exc}); "
+                             "restore it from a backup or choose another --data-dir") from None
+
+    def _check_format(self) -> None:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"cannot open the store: {self.path} has format version {version}, "
+                             f"this program reads version {SCHEMA_VERSION}")
+        row = self.conn.execute("SELECT data FROM meta WHERE name = 'format'").fetchone()
+        if row is None:
+            raise StoreError(f"cannot open the store: {self.path} is damaged (no format record)")
+        fmt = json.loads(row[0])
+        if fmt["encrypted"] and not self.codec.encrypted:
+            raise StoreError("the store is encrypted: set INPUTLAYER_ENCRYPTION_KEY to its key")
+        if not fmt["encrypted"] and self.codec.encrypted:
+            raise StoreError("the store is not encrypted: unset INPUTLAYER_ENCRYPTION_KEY, or encrypt "
+                             "the store first with `inputlayer-server rekey`")
+        if fmt["encrypted"] and fmt["key_id"] != self.codec.key_id:
+            raise StoreError("wrong encryption key: INPUTLAYER_ENCRYPTION_KEY is not the key of this store")
+        self._use_secrets(self._meta("secrets"))
+
+    def _create_schema(self) -> None:
+        self._main.execute("BEGIN IMMEDIATE")
+        try:
+            if self.conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+                for statement in filter(str.strip, SCHEMA.split(";")):
+                    self.conn.execute(statement)
+                self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                fmt = {"encrypted": self.codec.encrypted, "key_id": self.codec.key_id}
+                self._main.execute("INSERT INTO meta VALUES ('format', ?)", (json.dumps(fmt),))
+                # Server-side secrets live in their own table, apart from the digests they key.
+                self._set_meta("secrets", {"hmac": secrets.token_hex(32), "token": secrets.token_hex(32)})
+                self._set_meta("audit_head", {"seq": 0, "hash": GENESIS_HASH})
+            self._main.execute("COMMIT")
+        except BaseException:
+            self._main.execute("ROLLBACK")
+            raise
+        self._use_secrets(self._meta("secrets"))
+
+    def _use_secrets(self, stored: dict[str, str]) -> None:
+        self._secrets = stored
+        self.secret = stored["hmac"].encode()
+
+    @property
+    def token_secret(self) -> bytes:
+        return self._secrets["token"].encode()
+
+    # --- connections ---------------------------------------------------------------------
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The connection this thread works on: its reader inside read(), else the writer, whose
+        deferred writes run first so that what it reads includes them."""
+        reader = getattr(self._tls, "conn", None)
+        if reader is not None:
+            return reader
+        if self._deferred:
+            self._run_deferred()
+        return self._main
+
+    def _open_reader(self) -> tuple[sqlite3.Connection, threading.Lock]:
+        with self._lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+            try:
+                reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                         timeout=self._busy_timeout)
+                reader.execute("PRAGMA query_only=ON")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read the store: {exc}") from None
+            self._readers.append((reader, threading.Lock()))
+            self._tls.cache, self._tls.seen_stamp = {}, None
+            return self._readers[-1]
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for reader, in_use in self._readers:
+                with in_use:                 # never close a connection another thread is reading on
+                    reader.close()
+            self._main.close()
+
+    def data_version(self) -> int:
+        """Changes when any other connection commits: lets a server notice a local shell's change."""
+        return self.conn.execute("PRAGMA data_version").fetchone()[0]
+
+    # --- meta ----------------------------------------------------------------------------
+
+    def _meta(self, name: str) -> dict:
+        row = self.conn.execute("SELECT data FROM meta WHERE name = ?", (name,)).fetchone()
+        return self.codec.open("meta", name, row[0])
+
+    def _set_meta(self, name: str, value: dict) -> None:
+        self._run_deferred()
+        self._main.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, self.codec.seal("meta", name, value)))
+
+    # --- row writes ----------------------------------------------------------------------
+
+    def _change(self, sql: str, params: Any = ()) -> None:
+        """Every write of a row other than the audit log's goes through here (or _insert_now)."""
+        self._rows_changed = True
+        self._write(sql, params)
+
+    def _write(self, sql: str, params: Any) -> None:
+        """Run a row write, or in an atomic batch (--single-transaction) hold it back to run with
+        the next few hundred: interleaving SQLite with the engine's Python costs each of them its
+        CPU caches (a -1 grant took ~45 us written at once, ~37 us held back). Anything else that
+        touches the writer's connection (a read, a commit) runs the held-back writes first, in
+        order. A failure met late is still safe: any failure rolls an atomic batch back whole."""
+        if not self._atomic:
+            self._writes.execute(sql, params)
+            return
+        self._deferred.append((sql, params))
+        if len(self._deferred) >= DEFERRED_WRITES_MAX:
+            self._run_deferred()
+
+    def _run_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, []
+        execute = self._writes.execute
+        for sql, params in deferred:
+            execute(sql, params)
+
+    def _insert_now(self, sql: str, params: Any) -> int:
+        """An insert whose new rowid is needed at once."""
+        self._rows_changed = True
+        rowid = self.conn.execute(sql, params).lastrowid
+        assert rowid is not None    # an INSERT always sets it
+        return rowid
