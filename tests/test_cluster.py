@@ -267,3 +267,22 @@ def test_redis_unreachable_counts_go_to_memory_with_one_warning(cheap_config, ca
         assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
     finally:
         link.close()
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+def test_redis_url_from_flag_environment_or_file_and_a_bad_one_refused_without_echoing_it(config_file):
+    from backend.config import ConfigError, parse_config, resolve_redis_url
+
+    config = parse_config('[cluster]\nredis_url = "redis://file:6379/0"\nsession_ttl_secs = 5\n', "c.toml")
+    assert config.cluster.session_ttl_secs == 5
+    env = {"INPUTLAYER_REDIS_URL": "redis://env:6379/0"}
+    assert resolve_redis_url("redis://flag:6379/0", env, config) == "redis://flag:6379/0"
+    assert resolve_redis_url(None, env, config) == "redis://env:6379/0"
+    assert resolve_redis_url(None, {}, config) == "redis://file:6379/0"
+    with pytest.raises(ConfigError, match="cluster.redis_url"):
+        parse_config('[cluster]\nredis_url = "http://file/"\n', "c.toml")
+    refused = run_cli(["--redis", "http://u:hunter2-secret@cache/0", "--port", "0"], env=cli_env(config_file),
+                      program="backend")
+    assert refused.returncode == 2 and b"hunter2-secret" not in refused.stderr + refused.stdout
+    assert refused.stderr.decode().startswith("error: Redis URL: expected a redis://")
