@@ -153,8 +153,11 @@ class SharedSessions:
             pubsub = self._link.aio.pubsub()
             try:
                 await pubsub.subscribe(channel)
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
+                while True:
+                    # A read that waits at most a while, not listen(): some redis-py versions
+                    # apply the socket timeout to it and would report an idle channel as a fault.
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None and message.get("type") == "message":
                         self._heard(message["data"], end)
             except (RedisError, OSError) as exc:
                 self._link.failed(exc)
