@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .config import Config
 from .engine import Engine, Session
@@ -10,6 +10,9 @@ from .errors import CommandError
 from .result import Result
 from .security import Clock, system_clock
 from .store import SQLiteStore
+
+if TYPE_CHECKING:
+    from .cluster import RedisLink
 
 
 class Backend(Protocol):
@@ -28,7 +31,7 @@ class LocalBackend:
     def __init__(self, data_dir: str, config: Config, *, encryption_key: bytes | None = None,
                  shared_key: str | None = None, clock: Clock = system_clock):
         self.store = SQLiteStore(data_dir, encryption_key=encryption_key)
-        self._link = None
+        self._link: RedisLink | None = None
         try:
             counters = self._shared_counters(config, clock)
             self.engine = Engine(self.store, config, clock=clock, shared_key=shared_key, **counters)
@@ -46,9 +49,8 @@ class LocalBackend:
             return {}
         from .cluster import RedisLink, SharedLockout, SharedRateLimiter   # only a cluster needs redis-py
 
-        self._link = RedisLink(config.cluster.redis_url, config.cluster.key_prefix)
-        return {"lockout": SharedLockout(config.security, clock, self._link),
-                "rate_limiter": SharedRateLimiter(clock, self._link)}
+        self._link = link = RedisLink(config.cluster.redis_url, config.cluster.key_prefix)
+        return {"lockout": SharedLockout(config.security, clock, link), "rate_limiter": SharedRateLimiter(clock, link)}
 
     def bootstrap(self, admin_password: str | None) -> None:
         self.bootstrapped, self.generated_password = self.engine.bootstrap(admin_password)
