@@ -11,7 +11,6 @@ import sys
 from typing import Mapping, Sequence
 
 from . import __version__
-from .bootstrap import bootstrap_banner, bootstrap_password
 from .config import Config, TLSConfig, load_config, resolve_data_dir, resolve_redis_url, with_values
 from .errors import ConfigError, StoreError
 
@@ -91,10 +90,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     setup_logging(args.log_level)
     log = logging.getLogger("inputlayer.server")
 
-    from .store.codec import key_from_env
+    from .bootstrap import first_start, open_store
     from .netaddr import is_loopback
     from .server import Server, tls_context
-    from .store import SQLiteStore
 
     try:
         config = server_config(args, load_config(args.config, env), env)
@@ -108,7 +106,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return 2
     data_dir = resolve_data_dir(args.data_dir, env, config)
     try:
-        store = SQLiteStore(data_dir, encryption_key=key_from_env(env))
+        store = open_store(data_dir, env)
     except StoreError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
@@ -118,10 +116,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         except ConfigError as exc:
             sys.stderr.write(f"error: {exc}\n")
             return 2
-        _, generated = server.engine.bootstrap(bootstrap_password(env, config))
-        if generated:
-            sys.stderr.write(bootstrap_banner(generated))
-            sys.stderr.flush()
+        first_start(server.engine, env, config, _show_banner)
         if ssl_context is None and not is_loopback(config.server.host):
             log.warning("listening on %s without TLS: traffic, passwords included, is readable on the "
                         "network unless a reverse proxy terminates TLS in front of this server",
@@ -162,6 +157,11 @@ def rekey_main(argv: Sequence[str], env: Mapping[str, str]) -> int:
     state = "encrypted under the new key" if new else "decrypted (plaintext)"
     sys.stdout.write(f"Store in {data_dir} {state}: {copied} rows re-written.\n")
     return 0
+
+
+def _show_banner(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
 
 
 async def _serve(server) -> int:

@@ -7,9 +7,13 @@ the config file, else a generated one that is printed once, to stderr, in this b
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Callable, Mapping
 
+from .store.codec import key_from_env
 from .config import Config
+from .engine import Engine
+from .security import Clock, LockoutCounter, RateCounter, system_clock
+from .store import SQLiteStore, Store
 
 
 def bootstrap_password(env: Mapping[str, str], config: Config) -> str | None:
@@ -23,3 +27,31 @@ def bootstrap_banner(generated_password: str) -> str:
             "Bootstrap: created user 'admin' (role admin) and knowledge graph 'default'.\n"
             f"Generated admin password: {generated_password}\n"
             "Store it now: it will not be shown again.\n" + "=" * 72 + "\n")
+
+
+def open_store(data_dir: str, env: Mapping[str, str]) -> Store:
+    """The store on `data_dir`, encrypted under INPUTLAYER_ENCRYPTION_KEY when set."""
+    return SQLiteStore(data_dir, encryption_key=key_from_env(env))
+
+
+def open_engine(data_dir: str, config: Config, env: Mapping[str, str], *, clock: Clock = system_clock,
+                lockout: LockoutCounter | None = None, rate_limiter: RateCounter | None = None) -> tuple[Store, Engine]:
+    """The store on `data_dir` (encrypted under INPUTLAYER_ENCRYPTION_KEY when set) and the
+    engine over it, with the given counters (else in memory); the store is closed again when
+    the engine cannot start."""
+    store = open_store(data_dir, env)
+    try:
+        return store, Engine(store, config, clock=clock, shared_key=env.get("INPUTLAYER_SHARED_KEY"),
+                             lockout=lockout, rate_limiter=rate_limiter)
+    except BaseException:
+        store.close()
+        raise
+
+
+def first_start(engine: Engine, env: Mapping[str, str], config: Config, show: Callable[[str], None]) -> bool:
+    """Bootstrap an empty store by the rules above, handing a generated password's banner to
+    `show`; whether the store was empty."""
+    bootstrapped, generated = engine.bootstrap(bootstrap_password(env, config))
+    if generated:
+        show(bootstrap_banner(generated))
+    return bootstrapped

@@ -14,8 +14,9 @@ from typing import Callable, NamedTuple, Protocol
 from . import __version__
 from .config import Config
 from .errors import AuthError, CommandError, ConfigError, LockedOut, PermissionDenied, SessionEnded, StoreError
+from .language.parser import Invocation, parse, parse_program
+from .language.registry import COMMANDS, GROUPS, clip, find_command
 from .netaddr import address_in
-from .registry import COMMANDS, GROUPS, Invocation, clip, find_command, parse, parse_program
 from .result import Result
 from .security import Clock, Lockout, LockoutCounter, PasswordHasher, RateCounter, RateLimiter, \
     check_password_policy, iso, key_digest, new_api_key, system_clock, well_formed_key

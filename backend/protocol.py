@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .store.codec import json_encoder
-from .registry import clip
+from .language.registry import clip
 from .result import Result
 
 STREAM_THRESHOLD = 1 << 20          # a reply whose JSON is larger than this is streamed

@@ -73,7 +73,7 @@ def inputlayer_server() -> list[str]:
 
 
 WARM_IMPORTS = ("import repl.__main__, repl.script, repl.output, repl.interactive, repl.completer, "
-                "repl.highlight, repl.history, repl.display, backend.local, backend.engine, backend.store, "
+                "repl.highlight, repl.history, repl.display, backend.targets.local, backend.engine, backend.store, "
                 "backend.server, backend.targets.remote, backend.bootstrap, backend.store.codec, prompt_toolkit, "
                 "prompt_toolkit.shortcuts, pygments, websockets.asyncio.server, websockets.asyncio.client, "
                 "argon2, tomllib, sqlite3, jwt, cryptography")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from backend import __version__
 from backend.config import Config, load_config, resolve_data_dir, resolve_redis_url, with_values
 from backend.errors import AuthError, ConfigError, StoreError, TargetUnreachable
+from backend.targets.protocols import Backend, Bootstrapping
 
 from .environment import Environment, ExitStatus
 from .script import Line, LineQueue, decode_lines, run_script
@@ -85,7 +86,7 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
             env.err(problem + "\n")
             return ExitStatus.ERROR
         if interactive:
-            from .interactive import run_interactive   # prompt-toolkit only now
+            from .interactive import run_interactive  # prompt-toolkit only now
             return run_interactive(backend, env, config, fmt=fmt)
         lines = script_lines(args, env)
         return run_script(backend, lines, env, fmt=fmt, on_error=args.on_error,
@@ -112,23 +113,22 @@ def _preload_interactive() -> None:
                      daemon=True).start()
 
 
-def open_backend(args, env: Environment, config: Config, url: str | None):
+def open_backend(args: argparse.Namespace, env: Environment, config: Config, url: str | None) -> Backend:
     if url:
         from backend.targets.remote import RemoteBackend
         return RemoteBackend(url, ca_file=args.ca_file or env.env.get("INPUTLAYER_CA_FILE"))
-    from backend.bootstrap import bootstrap_banner, bootstrap_password
-    from backend.store.codec import key_from_env
-    from backend.local import LocalBackend
+    from backend.targets.local import LocalBackend
     config = with_values(config, {"cluster.redis_url": resolve_redis_url(args.redis, env.env, config)})
-    backend = LocalBackend(resolve_data_dir(args.data_dir, env.env, config), config,
-                           encryption_key=key_from_env(env.env), shared_key=env.env.get("INPUTLAYER_SHARED_KEY"))
-    backend.bootstrap(bootstrap_password(env.env, config))
-    if backend.generated_password:
-        env.err(bootstrap_banner(backend.generated_password))
-    return backend
+    local = LocalBackend(resolve_data_dir(args.data_dir, env.env, config), config, env.env)
+    try:
+        local.first_start(env.env, config, env.err)
+    except BaseException:
+        local.close()
+        raise
+    return local
 
 
-def log_in(backend, args, env: Environment, interactive: bool) -> str | None:
+def log_in(backend: Backend, args: argparse.Namespace, env: Environment, interactive: bool) -> str | None:
     """Authenticate by the first credentials that apply (cli.md); an error line, or None."""
     variables = env.env
     try:
@@ -144,7 +144,7 @@ def log_in(backend, args, env: Environment, interactive: bool) -> str | None:
             backend.login(user, password)
         elif variables.get("INPUTLAYER_ADMIN_PASSWORD"):
             backend.login("admin", variables["INPUTLAYER_ADMIN_PASSWORD"])
-        elif getattr(backend, "bootstrapped", False):
+        elif isinstance(backend, Bootstrapping) and backend.bootstrapped:
             backend.use_bootstrap_admin()
         elif interactive:
             env.out("Username: ")

@@ -7,13 +7,21 @@ and swaps the cache in, so typing never waits on the backend.
 from __future__ import annotations
 
 import threading
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from prompt_toolkit.completion import Completer, Completion
 from prompt_toolkit.document import Document
 
-from backend.lexer import tokenize
-from backend.registry import COMMANDS, GROUPS, KG_ROLES, ROLES, Command, Kind, find_command, match_command
+from backend.language.parser import Analysis, analyze
+from backend.language.registry import (
+    COMMANDS,
+    GROUPS,
+    KG_ROLES,
+    ROLES,
+    Command,
+    Kind,
+    find_command,
+)
 from backend.result import Result
 
 # Where live names come from: the kind's `completes` value -> the command listing them
@@ -61,14 +69,18 @@ class LiveNames:
             self._wanted.clear()
             if self._closed:
                 return
-            try:
-                result = self._run(".whoami")   # the role may have changed
-                self.identity = dict(zip(result.columns, result.rows[0]))
-            except Exception:   # keep the last known identity
-                pass
+            self.identity = self._whoami()
             self.names = {kind: self._fetch(source) for kind, source in LIVE_SOURCES.items()}
             if not self._wanted.is_set():
                 self.refreshed.set()
+
+    def _whoami(self) -> dict[str, str]:
+        """`.whoami` as a dict (the role may have changed), else the last known identity."""
+        try:
+            result = self._run(".whoami")
+            return dict(zip(result.columns, result.rows[0]))
+        except Exception:  # noqa: BLE001 - whatever the failure, the refresher must live on
+            return self.identity
 
     def _fetch(self, source: str) -> tuple[str, ...]:
         cmd = find_command(source)
@@ -76,7 +88,7 @@ class LiveNames:
             return ()
         try:
             result = self._run("." + source)
-        except Exception:   # a refusal, a dropped connection...: an empty list, not a crash
+        except Exception:  # noqa: BLE001 - a refusal, a dropped connection...: no names, no crash
             return ()
         return tuple(sorted(row[0] for row in result.rows if row))
 
@@ -86,25 +98,26 @@ class CommandCompleter(Completer):
         self.live = live
         self.local = local   # server-only commands are not offered on the local target
 
-    def get_completions(self, document: Document, complete_event) -> Iterable[Completion]:
+    def get_completions(self, document: Document, complete_event: object) -> Iterable[Completion]:
         text = document.text_before_cursor
-        tokens = tokenize(text, partial=True)
+        before = analyze(text, partial=True)
+        tokens = before.tokens
         if tokens and tokens[-1].end == len(text) and not text.endswith((" ", "\t")):
-            current, done = tokens[-1], tokens[:-1]
+            current = tokens[-1]          # the word being typed
             typed, raw = current.text, text[current.start:]
+            before = analyze(text[:current.start], partial=True)
         else:
-            done, typed, raw = tokens, "", ""
+            typed, raw = "", ""
+        done = [t.text for t in before.tokens]
         if not done:
             if typed.startswith(".") or not typed:
                 yield from self._words([], typed[1:], raw, dot=True)
             return
-        if not done[0].text.startswith("."):
+        if before.group is None:
             return
-        words = [done[0].text[1:]] + [t.text for t in done[1:]]
-        yield from self._words(words, typed, raw)
-        cmd, used = match_command(words)
-        if cmd is not None:
-            yield from self._arguments(cmd, words[used:], typed, raw)
+        yield from self._words([before.group, *done[1:]], typed, raw)
+        if before.command is not None:
+            yield from self._arguments(before.command, before, typed, raw)
 
     def _words(self, words: list[str], typed: str, raw: str, dot: bool = False) -> Iterable[Completion]:
         """The next command or sub-command word after `words`."""
@@ -127,13 +140,12 @@ class CommandCompleter(Completer):
             shown = ("." if dot else "") + word
             yield Completion(shown + " ", -len(raw), display=shown, display_meta=meta)
 
-    def _arguments(self, cmd: Command, args: list[str], typed: str, raw: str) -> Iterable[Completion]:
+    def _arguments(self, cmd: Command, before: Analysis, typed: str, raw: str) -> Iterable[Completion]:
         if cmd.params and cmd.params[-1].rest:   # `.help <command words>`
-            topic = [args[0].lstrip(".")] + args[1:] if args else []
+            args = [p.text for p in before.parts if p.name == cmd.params[-1].name]
+            topic = [args[0].lstrip("."), *args[1:]] if args else []
             yield from self._words(topic, typed.lstrip("."), raw, dot=not args and typed.startswith("."))
             return
-        positional = [a for a in args if "=" not in a or not cmd.options]
-        given = {a.split("=", 1)[0].lower() for a in args if "=" in a}
         if "=" in typed and cmd.options:
             key, value = typed.split("=", 1)
             option = next((o for o in cmd.options if o.name == key.lower()), None)
@@ -141,12 +153,12 @@ class CommandCompleter(Completer):
                 yield from self._values(option.kind, value, len(raw) - len(key) - 1)
             return
         # We never complete a secret: after `.user create bob` the next completable word is the role.
-        params = [p for p in cmd.params[len(positional):] if not p.kind.secret]
-        if params and not given:
+        params = [p for p in cmd.params[before.positional:] if not p.kind.secret]
+        if params and not before.options:
             yield from self._values(params[0].kind, typed, len(raw))
-        if len(positional) >= sum(not p.optional for p in cmd.params):
+        if before.positional >= sum(not p.optional for p in cmd.params):
             for option in cmd.options:
-                if option.name not in given and option.name.startswith(typed.lower()):
+                if option.name not in before.options and option.name.startswith(typed.lower()):
                     yield Completion(option.name + "=", -len(raw), display_meta=option.placeholder)
 
     def _values(self, kind: Kind, typed: str, replace: int) -> Iterable[Completion]:

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import subprocess
 import textwrap
-from typing import Mapping
+from collections.abc import Mapping
 
 from backend.result import Result
 
-from .output import display_width, printable, render, render_table, rows_footer
+from .output import (
+    cells_table,
+    display_width,
+    render,
+    render_table,
+    rows_footer,
+    table_cells,
+)
 
 MIN_WRAP = 24   # narrower than this, a wrapped last column is harder to read than records
 
@@ -16,12 +23,12 @@ MIN_WRAP = 24   # narrower than this, a wrapped last column is harder to read th
 def fit_table(result: Result, width: int) -> str:
     """The table, else the same table with its last column wrapped, else one record a block
     (psql's \\x): whichever is first to fit in `width` columns."""
-    text = render_table(result)
-    if result.is_message or max(map(display_width, text.splitlines())) <= width:
+    if result.is_message:
+        return render_table(result)
+    header, body, widths = table_cells(result)
+    text = cells_table(header, body, widths)
+    if max(map(display_width, text.splitlines())) <= width:
         return text
-    header = [printable(c) for c in result.columns]
-    body = [[printable(v) for v in row] for row in result.rows]
-    widths = [max([display_width(h)] + [display_width(r[i]) for r in body]) for i, h in enumerate(header)]
     room = width - sum(widths[:-1]) - 3 * (len(widths) - 1)
     if len(widths) > 1 and room >= MIN_WRAP:
         return _wrapped(header, body, widths[:-1] + [room])

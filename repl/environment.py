@@ -6,7 +6,8 @@ import enum
 import io
 import os
 import sys
-from typing import BinaryIO, Callable, Mapping, TextIO
+from collections.abc import Callable, Mapping
+from typing import BinaryIO, TextIO
 
 
 class ExitStatus(enum.IntEnum):

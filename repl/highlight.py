@@ -1,16 +1,29 @@
-"""Colours and masking of the line being typed, derived from the command registry."""
+"""Colours and masking of the line being typed, from the roles analyze() gives its words."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
+from typing import ClassVar
 
-from prompt_toolkit.layout.processors import Processor, Transformation, TransformationInput
+from prompt_toolkit.layout.processors import (
+    Processor,
+    Transformation,
+    TransformationInput,
+)
 from prompt_toolkit.styles import Style
-from pygments.lexer import Lexer
-from pygments.token import Comment, Error, Keyword, Name, Operator, String, Text, _TokenType
+from pygments.lexer import Lexer  # type: ignore[import-untyped]
+from pygments.token import (  # type: ignore[import-untyped]
+    Comment,
+    Error,
+    Keyword,
+    Name,
+    Operator,
+    String,
+    Text,
+    _TokenType,
+)
 
-from backend.lexer import tokenize
-from backend.registry import GROUPS, match_command, secret_spans
+from backend.language.parser import Part, Role, analyze, secret_spans
 
 Secret = String.Secret
 # Pygments token -> how a kind of argument looks; unlisted kinds are plain names.
@@ -37,71 +50,50 @@ class CommandLexer(Lexer):
     """Pygments lexer for one dot-command line: command and sub-command words, arguments by
     their registry kind, `key=value` options, secrets (masked on screen by SecretMask)."""
     name = "InputLayer admin"
-    aliases = ["inputlayer"]
+    aliases: ClassVar[list[str]] = ["inputlayer"]
 
     def get_tokens_unprocessed(self, text: str) -> Iterator[tuple[int, _TokenType, str]]:
         for start, end, token in sorted(self._spans(text)):
             yield start, token, text[start:end]
 
     def _spans(self, text: str) -> list[tuple[int, int, _TokenType]]:
-        stripped = text.lstrip()
-        if stripped.startswith(("#", "//")):
+        if text.lstrip().startswith(("#", "//")):
             return [(0, len(text), Comment)]
-        tokens = tokenize(text, partial=True)
-        spans = self._gaps(text, tokens)
-        if not tokens:
-            return spans
-        words = [tokens[0].text[1:]] + [t.text for t in tokens[1:]]
-        cmd, used = match_command(words) if tokens[0].text.startswith(".") else (None, 0)
-        if cmd is None:
-            # A group's first word alone is fine while typing; anything else is wrong.
-            known = tokens[0].text.startswith(".") and words[0].lower() in GROUPS and len(tokens) == 1
-            first = Keyword if known else Error
-            spans.append((tokens[0].start, tokens[0].end, first))
-            spans += [(t.start, t.end, Text) for t in tokens[1:]]
-            return spans
-        spans += [(t.start, t.end, Keyword if i == 0 else Keyword.Namespace)
-                  for i, t in enumerate(tokens[:used])]
-        secrets = set(secret_spans(text))
-        options = {o.name: o for o in cmd.options}
-        params = list(cmd.params)
-        position = 0
-        for tok in tokens[used:]:
-            if (tok.start, tok.end) in secrets:
-                spans.append((tok.start, tok.end, Secret))
-                position += 1
-                continue
-            key, eq, _ = text[tok.start:tok.end].partition("=")
-            if eq and options:
-                split = tok.start + len(key)
-                known = key.lower() in options
-                spans.append((tok.start, split, Name.Attribute if known else Error))
-                spans.append((split, split + 1, Operator))
-                kind = options[key.lower()].kind if known else None
-                spans.append((split + 1, tok.end, KIND_TOKENS.get(kind.completes, Name) if kind else Text))
-                continue
-            # Skip an optional secret that was left out (`.user create bob editor`).
-            while position < len(params) and params[position].kind.secret and params[position].optional:
-                position += 1
-            if position < len(params):
-                spans.append((tok.start, tok.end, KIND_TOKENS.get(params[position].kind.completes, Name)))
-                if not params[position].rest:
-                    position += 1
-            else:
-                spans.append((tok.start, tok.end, Error))
+        parts = analyze(text, partial=True).parts
+        spans = _gaps(text, parts)
+        spans += [(p.start, p.end, _token(p, first=i == 0, alone=len(parts) == 1)) for i, p in enumerate(parts)]
         return spans
 
-    @staticmethod
-    def _gaps(text: str, tokens) -> list[tuple[int, int, _TokenType]]:
-        """The blanks between words (Pygments wants every character accounted for)."""
-        spans, at = [], 0
-        for tok in tokens:
-            if tok.start > at:
-                spans.append((at, tok.start, Text))
-            at = tok.end
-        if at < len(text):
-            spans.append((at, len(text), Text))
-        return spans
+
+def _token(part: Part, *, first: bool, alone: bool) -> _TokenType:
+    """How a word looks, by its role."""
+    role = part.role
+    if part.secret:
+        return Secret
+    if role is Role.ARGUMENT or role is Role.OPTION_VALUE:
+        return KIND_TOKENS.get(part.kind.completes or "", Name) if part.kind else Text
+    if role is Role.OPTION_KEY:
+        return Name.Attribute if part.name else Error
+    if role is Role.COMMAND or role is Role.GROUP and alone:   # a group's word alone: still typing
+        return Keyword
+    if role is Role.SUBCOMMAND:
+        return Keyword.Namespace
+    return Error if first or role is Role.EXTRA else Text
+
+
+def _gaps(text: str, parts: list[Part]) -> list[tuple[int, int, _TokenType]]:
+    """What lies between words: blanks, and the `=` of an option (Pygments wants every
+    character accounted for)."""
+    spans: list[tuple[int, int, _TokenType]] = []
+    at = 0
+    after: Role | None = None
+    for part in parts:
+        if part.start > at:
+            spans.append((at, part.start, Operator if after is Role.OPTION_KEY else Text))
+        at, after = part.end, part.role
+    if at < len(text):
+        spans.append((at, len(text), Text))
+    return spans
 
 
 class SecretMask(Processor):

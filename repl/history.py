@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from prompt_toolkit.history import FileHistory
 
 from backend.config import Config
-from backend.lexer import tokenize
-from backend.registry import GROUPS, match_command, redact
-
-MASK = "********"   # what a secret becomes in the history file
+from backend.language.parser import MASK, analyze, redact
+from backend.language.registry import GROUPS
 
 
 def history_path(config: Config, env: Mapping[str, str]) -> Path:
@@ -28,13 +26,12 @@ def file_entry(line: str) -> str | None:
     """What the history file may keep of `line`: secrets masked; nothing at all for a mistyped
     command of a group that takes secrets (`.user pasword bob pw` has no grammar to find the
     secret by, so the whole line is withheld)."""
-    tokens = tokenize(line, partial=True)
-    if tokens and tokens[0].text.startswith("."):
-        words = [tokens[0].text[1:]] + [t.text for t in tokens[1:]]
-        group = GROUPS.get(words[0].lower(), [])
-        if match_command(words)[0] is None and any(p.kind.secret for c in group for p in c.params):
+    analysis = analyze(line, partial=True)
+    if analysis.command is None and analysis.group is not None:
+        group = GROUPS.get(analysis.group, [])
+        if any(p.kind.secret for c in group for p in c.params):
             return None
-    return redact(line, MASK)
+    return redact(line, MASK, analysis=analysis)
 
 
 class PrivateHistory(FileHistory):

@@ -12,15 +12,16 @@ from prompt_toolkit.output import ColorDepth
 
 from backend.config import Config
 from backend.errors import AuthError, CommandError, SessionEnded, TargetUnreachable
-from backend.lexer import quote_word, tokenize
-from backend.registry import match_command, parse, secret_spans
+from backend.language.lexer import quote_word
+from backend.language.parser import MASK, Role, analyze, parse, secret_spans
 from backend.result import Result
+from backend.targets.protocols import Backend, Reconnecting
 
 from .completer import CommandCompleter, LiveNames
 from .display import format_result, needs_pager, page
 from .environment import Environment, ExitStatus
 from .highlight import STYLE, CommandLexer, SecretMask
-from .history import MASK, PrivateHistory, history_path
+from .history import PrivateHistory, history_path
 from .output import printable
 from .script import is_quit, is_skipped
 
@@ -41,7 +42,7 @@ class SafeAutoSuggest(AutoSuggestFromHistory):
 
 
 class Shell:
-    def __init__(self, backend, env: Environment, config: Config, *, fmt: str = "table",
+    def __init__(self, backend: Backend, env: Environment, config: Config, *, fmt: str = "table",
                  input=None, output=None):
         self.backend = backend
         self.env = env
@@ -54,7 +55,7 @@ class Shell:
         self.kg = who.get("knowledge_graph", "")
         self.live = LiveNames(self._call, who)
         colour = "NO_COLOR" not in env.env
-        self.session = PromptSession(
+        self.session: PromptSession[str] = PromptSession(
             history=PrivateHistory(history_path(config, env.env)),
             completer=CommandCompleter(self.live, local=backend.target == "local"),
             complete_while_typing=False,
@@ -105,12 +106,13 @@ class Shell:
 
     def execute(self, line: str) -> None:
         try:
-            line = self._with_password(line)
+            completed = self._with_password(line)
         except (EOFError, KeyboardInterrupt):
             self.env.out("\n")
             return
-        if line is None:
+        if completed is None:
             return
+        line = completed
         if self.disconnected and not self._reconnect():
             return
         try:
@@ -130,17 +132,16 @@ class Shell:
             return
         if result.switched_kg is not None:
             self.kg = result.switched_kg
-        cmd, _ = match_command(_words(line))
+        cmd = analyze(line, partial=True).command
         if cmd is not None and cmd.writes:
             self.live.refresh()
         self.show(result)
 
     def _reconnect(self) -> bool:
-        reconnect = getattr(self.backend, "reconnect", None)
-        if reconnect is not None:
+        if isinstance(self.backend, Reconnecting):
             try:
                 with self.lock:
-                    reconnect()
+                    self.backend.reconnect()
             except TargetUnreachable as exc:
                 self.error(f"still unreachable: {exc}")
                 return False
@@ -171,14 +172,14 @@ class Shell:
             self.error("Passwords do not match")
             return None
         word = quote_word(first)
-        if inv.args[secret.name] == MASK:
-            start, end = secret_spans(line)[0]
-            return line[:start] + word + line[end:]
+        parts = analyze(line).parts
+        given = next((p for p in parts if p.role is Role.ARGUMENT and p.name == secret.name), None)
+        if given is not None:                 # the mask of a recalled line
+            return line[:given.start] + word + line[given.end:]
         # Insert after the last argument bound before the secret (or after the command words).
-        _, used = match_command(_words(line))
-        tokens = [t for t in inv.tokens[used:] if t.quoted or "=" not in t.text or not cmd.options]
-        before = sum(inv.args.get(p.name) is not None for p in cmd.params[:cmd.params.index(secret)])
-        at = (tokens[before - 1] if before else inv.tokens[used - 1]).end
+        before = {p.name for p in cmd.params[:cmd.params.index(secret)]}
+        at = max(p.end for p in parts if p.role in (Role.COMMAND, Role.SUBCOMMAND)
+                 or p.role is Role.ARGUMENT and p.name in before)
         return line[:at] + " " + word + line[at:]
 
     # --- screen ----------------------------------------------------------------------------
@@ -206,11 +207,6 @@ class Shell:
         self.env.err(line + "\n")
 
 
-def _words(line: str) -> list[str]:
-    tokens = tokenize(line, partial=True)
-    return [tokens[0].text[1:]] + [t.text for t in tokens[1:]] if tokens else []
-
-
-def run_interactive(backend, env: Environment, config: Config, fmt: str = "table", *,
+def run_interactive(backend: Backend, env: Environment, config: Config, fmt: str = "table", *,
                     input=None, output=None) -> int:
     return Shell(backend, env, config, fmt=fmt, input=input, output=output).run()

@@ -28,7 +28,7 @@ def printable(text: str) -> str:
 def display_width(text: str) -> int:
     if text.isascii():
         return len(text)
-    import unicodedata     # costs milliseconds at start-up; most tables are ASCII
+    import unicodedata  # costs milliseconds at start-up; most tables are ASCII
 
     return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
@@ -42,13 +42,22 @@ def _render_message(result: Result) -> str:
     return "".join([printable(row[0]) + "\n" for row in result.rows])
 
 
-def render_table(result: Result) -> str:
-    if result.is_message:
-        return _render_message(result)
+def table_cells(result: Result) -> tuple[list[str], list[list[str]], list[int]]:
+    """The header and rows made printable, and each column's width on screen."""
     header = [printable(c) for c in result.columns]
     body = [[printable(v) for v in row] for row in result.rows]
     widths = [max([display_width(h)] + [display_width(r[i]) for r in body]) for i, h in enumerate(header)]
+    return header, body, widths
 
+
+def render_table(result: Result) -> str:
+    if result.is_message:
+        return _render_message(result)
+    return cells_table(*table_cells(result))
+
+
+def cells_table(header: list[str], body: list[list[str]], widths: list[int]) -> str:
+    """The table of table_cells()' output."""
     def line(cells: list[str]) -> str:
         return " | ".join(c + " " * (w - display_width(c)) for c, w in zip(cells, widths)).rstrip() + "\n"
 

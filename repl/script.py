@@ -12,10 +12,12 @@ import os
 import select
 import time
 from collections import deque
-from typing import Iterable, Iterator, NamedTuple
+from collections.abc import Callable, Iterable, Iterator
+from typing import NamedTuple
 
 from backend.errors import CommandError, SessionEnded, StoreError
-from backend.registry import COMMANDS
+from backend.language.registry import COMMANDS
+from backend.targets.protocols import Backend, Batching
 
 from .environment import Environment, ExitStatus
 from .output import render, render_json_error
@@ -113,29 +115,29 @@ class LineQueue:
         return list(itertools.islice(self._pending, skip, skip + count))
 
 
-def run_script(backend, lines: LineQueue, env: Environment, *, fmt: str, on_error: str,
+def run_script(backend: Backend, lines: LineQueue, env: Environment, *, fmt: str, on_error: str,
                single_transaction: bool) -> ExitStatus:
     runner = _Runner(backend, env, fmt, stop_on_error=on_error == "stop")
+    if not isinstance(backend, Batching):
+        if single_transaction:
+            raise ValueError("a single transaction needs a target that runs batches")
+        return runner.one_by_one(lines)
     try:
         if single_transaction:
-            return runner.all_or_nothing(lines)
-        if hasattr(backend, "begin_batch"):
-            return runner.grouped(lines)
-        return runner.one_by_one(lines)
+            return runner.all_or_nothing(backend, lines)
+        return runner.grouped(backend, lines)
     finally:
-        discard = getattr(backend, "discard_prepared", None)
-        if discard:
-            discard()
+        backend.discard_prepared()
 
 
 class _Runner:
-    def __init__(self, backend, env: Environment, fmt: str, stop_on_error: bool):
+    def __init__(self, backend: Backend, env: Environment, fmt: str, stop_on_error: bool):
         self.backend = backend
         self.env = env
         self.fmt = fmt
         self.stop_on_error = stop_on_error
         self.failed = False
-        self._prepare = getattr(backend, "prepare", None)
+        self._prepare = backend.prepare if isinstance(backend, Batching) else None
         self._prepared_through = 0
 
     def _next(self, lines: LineQueue) -> Line | None:
@@ -144,12 +146,12 @@ class _Runner:
             line = lines.next()
             if line is None:
                 return None
-            if self._prepare:
-                self._prepare_ahead(line, lines)
+            if self._prepare is not None:
+                self._prepare_ahead(self._prepare, line, lines)
             if not is_skipped(line.text):
                 return line
 
-    def _prepare_ahead(self, line: Line, lines: LineQueue) -> None:
+    def _prepare_ahead(self, prepare: Callable[[list[str]], None], line: Line, lines: LineQueue) -> None:
         """Hand lines to prepare() in chunks: the current one if it was not yet, and the waiting
         ones once fewer than half a chunk of prepared lines remain ahead."""
         batch = []
@@ -162,7 +164,7 @@ class _Runner:
             batch += more
             self._prepared_through += len(more)
         if batch:
-            self._prepare([l.text for l in batch])
+            prepare([l.text for l in batch])
 
     def _run(self, line: Line) -> tuple[list[tuple[str, str]], bool]:
         """Execute one line: (what to print, as (stream, text) pairs; whether the run must stop)."""
@@ -176,7 +178,8 @@ class _Runner:
 
     def _print(self, reports: list[tuple[str, str]]) -> None:
         """Write what a group printed, in order, with one write per run of the same stream."""
-        run_stream, run_text = None, []
+        run_stream: str | None = None
+        run_text: list[str] = []
         for stream, text in reports + [("", "")]:
             if stream != run_stream and run_text:
                 (self.env.out if run_stream == "out" else self.env.err)("".join(run_text))
@@ -199,7 +202,7 @@ class _Runner:
                 return self._status(True)
         return self._status(False)
 
-    def grouped(self, lines: LineQueue) -> ExitStatus:
+    def grouped(self, batching: Batching, lines: LineQueue) -> ExitStatus:
         while True:
             line = self._next(lines)
             if line is None or is_quit(line.text):
@@ -208,7 +211,7 @@ class _Runner:
             commands = 0
             stop = quit_after = False
             started = time.monotonic()
-            self.backend.begin_batch()
+            batching.begin_batch()
             try:
                 while True:
                     report, stop = self._run(line)
@@ -224,10 +227,10 @@ class _Runner:
                         quit_after = True
                         break
             except BaseException:
-                self.backend.end_batch(False)
+                batching.end_batch(False)
                 raise
             try:
-                self.backend.end_batch(True)
+                batching.end_batch(True)
             except StoreError as exc:
                 self.env.err(f"error: {exc}; the last {commands} command(s) were not applied\n")
                 return ExitStatus.STOPPED
@@ -235,19 +238,19 @@ class _Runner:
             if stop or quit_after:
                 return self._status(stop)
 
-    def all_or_nothing(self, lines: LineQueue) -> ExitStatus:
-        self.backend.begin_batch(atomic=True)
+    def all_or_nothing(self, batching: Batching, lines: LineQueue) -> ExitStatus:
+        batching.begin_batch(atomic=True)
         committed = False
         try:
             reports: list[tuple[str, str]] = []
             while (line := self._next(lines)) is not None and not is_quit(line.text):
                 report, _ = self._run(line)
                 if self.failed:
-                    self._print(report + [("err", "error: the whole transaction was rolled back; "
-                                                  "nothing was changed\n")])
+                    rolled_back = "error: the whole transaction was rolled back; nothing was changed\n"
+                    self._print([*report, ("err", rolled_back)])
                     return ExitStatus.STOPPED
                 reports += report
-            self.backend.end_batch(True)
+            batching.end_batch(True)
             committed = True
             self._print(reports)
             return ExitStatus.OK
@@ -257,7 +260,7 @@ class _Runner:
         finally:
             if not committed:
                 try:
-                    self.backend.end_batch(False)
+                    batching.end_batch(False)
                 except StoreError:
                     pass
 

@@ -8,8 +8,8 @@ import pytest
 from prompt_toolkit.document import Document
 
 from backend.errors import PermissionDenied
-from backend.local import LocalBackend
-from backend.registry import COMMANDS, find_command
+from backend.targets.local import LocalBackend
+from backend.language.registry import COMMANDS, find_command
 from backend.result import Result
 from repl.completer import LIVE_SOURCES, CommandCompleter, LiveNames
 
@@ -175,3 +175,9 @@ def test_refresher_on_the_real_backend(tmp_path, cheap_config):
 @pytest.mark.parametrize("text", ["'", '.user create "half', ".kg acl grant 'a b' ", "   ", ".user create bob a=b "])
 def test_odd_input_does_not_raise(text):
     complete(text)
+
+
+def test_a_quoted_equals_sign_is_a_value_not_an_option():
+    # As the parser reads it: `'a=b'` is the label, so the options come next.
+    assert complete(".apikey create 'a=b' ") == ["role=", "kg=", "expires=", "user=", "ips=", "rate="]
+    assert complete(".apikey create etl role=editor ") == ["kg=", "expires=", "user=", "ips=", "rate="]

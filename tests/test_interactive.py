@@ -17,7 +17,7 @@ from prompt_toolkit.output import DummyOutput
 
 from backend.config import Config, with_values
 from backend.errors import CommandError, SessionEnded, TargetUnreachable
-from backend.local import LocalBackend
+from backend.targets.local import LocalBackend
 from backend.result import Result
 from repl.environment import fake_environment
 from repl.highlight import CommandLexer, SecretMask

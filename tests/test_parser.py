@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from backend.errors import CommandError
-from backend.lexer import quote_word, tokenize
-from backend.registry import COMMANDS, parse, redact
+from backend.language.lexer import quote_word, tokenize
+from backend.language.parser import parse, redact
+from backend.language.registry import COMMANDS
 from backend.engine import missing_handlers
 
 

@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from backend.config import Config, with_values
 from backend.engine import Engine
 from backend.errors import CommandError
-from backend.lexer import split_words, tokenize
-from backend.registry import COMMANDS, parse
+from backend.language.lexer import split_words, tokenize
+from backend.language.parser import parse
+from backend.language.registry import COMMANDS
 from backend.result import Result
 from backend.store import SQLiteStore
 from backend.store.codec import encode_json, json_encoder

@@ -26,7 +26,7 @@ from ..protocol import (
     error,
     reply_frames,
 )
-from ..registry import parse_program
+from ..language.parser import parse_program
 from ..result import Result
 from .programs import Planned, combine, program_shape
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..errors import CommandError
-from ..registry import Command, Invocation, match_command
+from ..language.parser import Invocation
+from ..language.registry import Command, match_command
 from ..result import Result
 
 Planned = list[tuple[int, str, Invocation | CommandError]]

@@ -7,11 +7,11 @@ the history redaction are all derived from COMMANDS below; a new command is adde
 # No `from __future__ import annotations`: NamedTuple would compile each field's annotation
 # string at every start-up: about 0.4 ms for this module's tuples.
 import re
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
-from .errors import CommandError
-from .lexer import Token, split_words, tokenize
-from .netaddr import normalize_address, normalize_network
+from ..errors import CommandError
+from ..netaddr import normalize_address, normalize_network
 
 ROLES = ("admin", "editor", "viewer")          # global roles, weakest last
 KG_ROLES = ("owner", "editor", "viewer")       # KG levels, weakest last
@@ -318,14 +318,11 @@ def _action_name(words: tuple[str, ...]) -> str:
 
 
 _ACTIONS = {cmd.words: _action_name(cmd.words) for cmd in COMMANDS}   # looked up on every change
+
 _BY_WORDS: dict[tuple[str, ...], Command] = {}
 for _cmd in COMMANDS:
     for _words in (_cmd.words, *_cmd.aliases):
         _BY_WORDS[_words] = _cmd
-# Commands whose every parameter is required: binding them is a zip over (name, converter)
-# pairs made here once, which matters in bulk scripts.
-_FIXED_ARITY = {c.words: tuple((p.name, p.kind.convert) for p in c.params)
-                for c in COMMANDS if not any(p.optional or p.rest for p in c.params)}
 GROUPS: dict[str, list[Command]] = {}
 for _cmd in COMMANDS:
     GROUPS.setdefault(_cmd.words[0], []).append(_cmd)
@@ -336,23 +333,6 @@ def group_usage(group: str) -> str:
     lead = "." + group
     return f"{lead} [{'|'.join(subs)}] ..." if any(len(c.words) == 1 for c in GROUPS[group]) \
         else f"{lead} {'|'.join(subs)} ..."
-
-
-class Invocation:
-    """A parsed line: its command, converted arguments and options, and the line it came from."""
-    __slots__ = ("command", "args", "options", "line")
-
-    def __init__(self, command: Command, line: str = ""):
-        self.command = command
-        self.args: dict[str, object] = {}
-        self.options: dict[str, object] = {}
-        self.line = line
-
-    @property
-    def tokens(self) -> list[Token]:
-        """The words with their offsets (for the shell, which edits the line); parse() itself
-        works on plain words, which are much cheaper to make."""
-        return tokenize(self.line)
 
 
 def match_command(words: list[str]) -> tuple[Command | None, int]:
@@ -370,152 +350,7 @@ def match_command(words: list[str]) -> tuple[Command | None, int]:
     return None, 0
 
 
-def parse(line: str) -> Invocation:
-    """Parse one dot-command line; raise CommandError with the user-facing message."""
-    texts, quoted = split_words(line)
-    if not texts or not texts[0].startswith("."):
-        raise CommandError("Only administration commands are supported by this server.")
-    words = [texts[0][1:]] + texts[1:]
-    cmd, used = match_command(words)
-    if cmd is None:
-        group = words[0].lower()
-        if group in GROUPS:
-            raise CommandError(f"Usage: {group_usage(group)}")
-        raise CommandError(f"Unknown command: .{clip(words[0], 40)}. Type .help for the list.")
-    # `.kg foo` names neither a sub-command nor takes arguments: show the whole group's usage.
-    if used == 1 and len(GROUPS[cmd.words[0]]) > 1 and not cmd.params and len(words) > 1 \
-            and "=" not in words[1]:
-        raise CommandError(f"Usage: {group_usage(cmd.words[0])}")
-    inv = Invocation(cmd, line)
-    if not cmd.options:
-        _bind_params(cmd, texts[used:], inv)
-        return inv
-    positional: list[str] = []
-    options: list[str] = []
-    for text, was_quoted in zip(texts[used:], quoted[used:]):
-        if not was_quoted and "=" in text:
-            options.append(text)
-        elif options:
-            raise CommandError(f"Unexpected argument '{clip(text)}' after options. Usage: {cmd.usage}")
-        else:
-            positional.append(text)
-    _bind_params(cmd, positional, inv)
-    _bind_options(cmd, options, inv)
-    return inv
-
-
-def parse_program(program: str) -> list[tuple[int, str, Invocation | CommandError]]:
-    """Each non-blank line of a program: its number, its text, and what parse() made of it
-    (or the error, for the line to report when its turn comes)."""
-    planned: list[tuple[int, str, Invocation | CommandError]] = []
-    for n, text in enumerate(program.split("\n"), 1):
-        if text.strip():
-            try:
-                planned.append((n, text, parse(text.strip())))
-            except CommandError as exc:
-                planned.append((n, text, exc))
-    return planned
-
-
-def _bind_params(cmd: Command, values: list[str], inv: Invocation) -> None:
-    fixed = _FIXED_ARITY.get(cmd.words)
-    if fixed is not None:
-        if len(values) != len(fixed):
-            _arity_error(cmd, values)
-        args = inv.args
-        for (name, convert), value in zip(fixed, values):
-            args[name] = convert(value)
-        return
-    params = cmd.params
-    if params and params[-1].rest:
-        inv.args[params[-1].name] = " ".join(values) if values else None
-        return
-    required = [p for p in params if not p.optional]
-    if not len(required) <= len(values) <= len(params):
-        _arity_error(cmd, values)
-    # An optional secret followed by an optional role: a lone role word is the role, never the
-    # password (`.user create bob editor` asks for bob's password).
-    spare = len(values) - len(required)
-    chosen: list[Param] = []
-    for i, p in enumerate(params):
-        if not p.optional:
-            chosen.append(p)
-        elif spare > 0:
-            upcoming = len(chosen)
-            if (p.kind.secret and i + 1 < len(params) and params[i + 1].kind is ROLE
-                    and spare == 1 and values[upcoming].lower() in ROLES):
-                continue
-            chosen.append(p)
-            spare -= 1
-    for p, value in zip(chosen, values):
-        inv.args[p.name] = p.kind.convert(value)
-    for p in params:
-        inv.args.setdefault(p.name, None)
-
-
-def _arity_error(cmd: Command, values: list[str]):
-    if len(values) > len(cmd.params):
-        raise CommandError(f"Unexpected argument '{clip(values[len(cmd.params)])}'. Usage: {cmd.usage}")
-    raise CommandError(f"Usage: {cmd.usage}")
-
-
-def _bind_options(cmd: Command, options: list[str], inv: Invocation) -> None:
-    if not options:
-        return
-    known = {o.name: o for o in cmd.options}
-    for text in options:
-        key, value = text.split("=", 1)
-        key = key.lower()
-        opt = known.get(key)
-        if opt is None:
-            raise CommandError(f"Unknown option '{clip(key, 40)}'. Usage: {cmd.usage}")
-        if key in inv.options:
-            raise CommandError(f"Option '{key}' given twice")
-        if value == "":
-            raise CommandError(f"Option '{key}' needs a value. Usage: {cmd.usage}")
-        inv.options[key] = opt.kind.convert(value)
-
-
 def find_command(topic: str) -> Command | None:
     words = topic.lstrip(".").split()
     cmd, used = match_command(words) if words else (None, 0)
     return cmd if cmd and used == len(words) else None
-
-
-def secret_spans(line: str) -> list[tuple[int, int]]:
-    """Offsets of the secret arguments in a (possibly half-typed) line, for masking."""
-    try:
-        tokens = tokenize(line, partial=True)
-    except CommandError:
-        return []
-    if not tokens or not tokens[0].text.startswith("."):
-        return []
-    words = [tokens[0].text[1:]] + [t.text for t in tokens[1:]]
-    cmd, used = match_command(words)
-    if cmd is None or not any(p.kind.secret for p in cmd.params):
-        return []
-    values = tokens[used:]
-    spans = []
-    inv = Invocation(cmd)
-    try:
-        _bind_params(cmd, [t.text for t in values], inv)
-        secret_names = {p.name for p in cmd.params if p.kind.secret and inv.args.get(p.name) is not None}
-        # Map bound values back to tokens by position among the chosen params.
-        bound = [p for p in cmd.params if inv.args.get(p.name) is not None]
-        for p, tok in zip(bound, values):
-            if p.name in secret_names:
-                spans.append((tok.start, tok.end))
-    except CommandError:
-        # Unparseable as a whole (an unquoted password with blanks, say): mask every word from
-        # the first secret position on, since any of them may be part of the secret.
-        first = next(i for i, p in enumerate(cmd.params) if p.kind.secret)
-        spans = [(tok.start, tok.end) for tok in values[first:]]
-    return spans
-
-
-def redact(line: str, mask: str = "********") -> str:
-    """The line with every secret argument replaced by `mask` (what the history file keeps)."""
-    spans = secret_spans(line)
-    for start, end in reversed(spans):
-        line = line[:start] + mask + line[end:]
-    return line

@@ -2,58 +2,54 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
-from .config import Config
-from .engine import Engine, Session
-from .errors import CommandError
-from .result import Result
-from .security import Clock, system_clock
-from .store import SQLiteStore
+from ..bootstrap import first_start, open_engine
+from ..config import Config
+from ..engine import Session
+from ..errors import CommandError
+from ..result import Result
+from ..security import Clock, system_clock
 
 if TYPE_CHECKING:
-    from .cluster import RedisLink
-
-
-class Backend(Protocol):
-    """What the shell talks to. The remote backend has the same surface."""
-    target: str            # shown in the prompt: `local` or `host:port`
-
-    def login(self, username: str, password: str) -> None: ...
-    def authenticate(self, api_key: str) -> None: ...
-    def execute(self, line: str) -> Result: ...
-    def close(self) -> None: ...
+    from ..cluster import RedisLink
 
 
 class LocalBackend:
+    """A Backend with the Batching and Bootstrapping capabilities (targets.protocols)."""
     target = "local"
 
-    def __init__(self, data_dir: str, config: Config, *, encryption_key: bytes | None = None,
-                 shared_key: str | None = None, clock: Clock = system_clock):
-        self.store = SQLiteStore(data_dir, encryption_key=encryption_key)
+    def __init__(self, data_dir: str, config: Config, env: Mapping[str, str] | None = None, *,
+                 clock: Clock = system_clock):
+        """`env` gives INPUTLAYER_ENCRYPTION_KEY and INPUTLAYER_SHARED_KEY, when set."""
         self._link: RedisLink | None = None
         try:
-            counters = self._shared_counters(config, clock)
-            self.engine = Engine(self.store, config, clock=clock, shared_key=shared_key, **counters)
+            self.store, self.engine = open_engine(data_dir, config, env or {}, clock=clock,
+                                                  **self._shared_counters(config, clock))
         except BaseException:
-            self.close()
+            if self._link is not None:
+                self._link.close()
             raise
         self.session: Session | None = None
         self.bootstrapped = False
-        self.generated_password: str | None = None
 
     def _shared_counters(self, config: Config, clock: Clock) -> dict:
         """With a cluster's Redis (scaleout.md), the shell sees and clears the lockouts every
         node counts there, and spends a key's `rate=` from the same budget."""
         if not config.cluster.redis_url:
             return {}
-        from .cluster import RedisLink, SharedLockout, SharedRateLimiter   # only a cluster needs redis-py
+        from ..cluster import RedisLink, SharedLockout, SharedRateLimiter   # only a cluster needs redis-py
 
         self._link = link = RedisLink(config.cluster.redis_url, config.cluster.key_prefix)
         return {"lockout": SharedLockout(config.security, clock, link), "rate_limiter": SharedRateLimiter(clock, link)}
 
     def bootstrap(self, admin_password: str | None) -> None:
-        self.bootstrapped, self.generated_password = self.engine.bootstrap(admin_password)
+        self.bootstrapped, _ = self.engine.bootstrap(admin_password)
+
+    def first_start(self, env: Mapping[str, str], config: Config, show: Callable[[str], None]) -> None:
+        """The programs' bootstrap (bootstrap.first_start): the password from `env` or config."""
+        self.bootstrapped = first_start(self.engine, env, config, show)
 
     def login(self, username: str, password: str) -> None:
         self.session = self.engine.login(username, password, source="local")

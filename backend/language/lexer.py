@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from .errors import CommandError
+from ..errors import CommandError
 
 BLANKS = " \t"
 _PLAIN_WORD = re.compile(r"[^ \t]+")
