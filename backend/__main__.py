@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from . import __version__
 from .config import Config, TLSConfig, load_config, resolve_data_dir, resolve_redis_url, with_values

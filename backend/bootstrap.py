@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from .store.codec import key_from_env
 from .config import Config
-from .engine import Engine
-from .security import Clock, LockoutCounter, RateCounter, system_clock
+from .engine import Clock, Engine, LockoutCounter, RateCounter, system_clock
 from .store import SQLiteStore, Store
+from .store.codec import key_from_env
 
 
 def bootstrap_password(env: Mapping[str, str], config: Config) -> str | None:

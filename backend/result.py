@@ -19,7 +19,7 @@ class Result:
         return f"Result(columns={self.columns!r}, rows={self.rows!r}, switched_kg={self.switched_kg!r})"
 
     @classmethod
-    def message(cls, *lines: str, switched_kg: str | None = None) -> "Result":
+    def message(cls, *lines: str, switched_kg: str | None = None) -> Result:
         return cls(["message"], [[line] for line in lines], switched_kg)
 
     @property

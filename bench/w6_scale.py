@@ -18,7 +18,8 @@ ACL_PER_USER = 10
 def build(data_dir: Path, users: int) -> tuple[float, Path]:
     """A store of `users` users in one transaction; the key secrets go to keys.txt beside it."""
     from backend.engine import Engine
-    from backend.security import PasswordHasher, key_digest, new_api_key
+    from backend.engine.keys import key_digest, new_api_key
+    from backend.engine.passwords import PasswordHasher
     from backend.store import SQLiteStore
 
     start = time.perf_counter()

@@ -164,7 +164,7 @@ class _Runner:
             batch += more
             self._prepared_through += len(more)
         if batch:
-            prepare([l.text for l in batch])
+            prepare([line.text for line in batch])
 
     def _run(self, line: Line) -> tuple[list[tuple[str, str]], bool]:
         """Execute one line: (what to print, as (stream, text) pairs; whether the run must stop)."""

@@ -11,8 +11,8 @@ import pytest
 
 from backend.config import Config, SecurityConfig, with_values
 from backend.engine import Engine
-from backend.security import FakeClock
 from backend.store import SQLiteStore
+from fakes import FakeClock
 
 pytest_plugins = ["rediskit"]      # the throw-away Redis of the cluster tests
 

@@ -15,7 +15,7 @@ from serverkit import Client, ServerProcess, Servers, logged_in
 from test_server import http_get
 
 from backend.config import with_values
-from backend.security import FakeClock
+from fakes import FakeClock
 
 WRONG = {"type": "login", "username": "admin", "password": "wrong-password"}
 LOCKED = "Too many failed attempts"

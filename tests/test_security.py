@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from backend.config import SecurityConfig
-from backend.security import FakeClock, Lockout, PasswordHasher, argon2_parameters, check_password_policy, \
-    key_digest, new_api_key, well_formed_key
+from backend.engine.keys import key_digest, new_api_key, well_formed_key
+from backend.engine.limits import Lockout
+from backend.engine.passwords import PasswordHasher, argon2_parameters, check_password_policy
+from fakes import FakeClock
 
 
 def test_api_keys_have_256_bits_and_a_checksum():

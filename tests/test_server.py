@@ -19,10 +19,10 @@ from backend.bootstrap import bootstrap_banner
 from backend.targets.remote import RemoteBackend
 from backend.config import with_values
 from backend.errors import TargetUnreachable
-from backend.security import FakeClock
 from backend.netaddr import client_address, networks as _networks
 from backend.server.logins import GroupWriter
 from backend.server.metrics import Metrics
+from fakes import FakeClock
 from serverkit import ADMIN_PASSWORD, Client, ServerProcess, Servers, logged_in, server_env
 
 

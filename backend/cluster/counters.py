@@ -17,7 +17,8 @@ import math
 import secrets
 
 from ..config import SecurityConfig
-from ..security import Clock, Lockout, RateLimiter
+from ..engine.clock import Clock
+from ..engine.limits import Lockout, RateLimiter
 from .link import RedisLink
 
 # KEYS: failures (sorted set: score = time), lock (string: locked-until).

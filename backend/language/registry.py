@@ -59,6 +59,43 @@ def parse_duration(text: str) -> int | None:
     return int(m.group(1)) * DURATION_UNITS[m.group(2)]
 
 
+class UtcTime(float):
+    """An absolute expiry (seconds since the epoch), where a duration counts from now."""
+
+
+UTC_TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+
+
+def parse_expiry(text: str) -> int | UtcTime | None:
+    """A duration, `never`, or a UTC time such as 2027-02-28T00:00:00Z."""
+    if UTC_TIME_RE.fullmatch(text):
+        from datetime import datetime, timezone
+        try:
+            moment = datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        except ValueError:
+            raise CommandError(f"Invalid time '{clip(text)}': no such date or time") from None
+        return UtcTime(moment.timestamp())
+    try:
+        return parse_duration(text)
+    except CommandError:
+        raise CommandError(f"Invalid duration '{clip(text)}': use e.g. 30s, 15m, 24h, 90d, never, "
+                           "or a UTC time like 2027-02-28T00:00:00Z") from None
+
+
+def check_kg_scope(text: str) -> tuple[str, ...] | None:
+    """`*` (every KG) or a list of names."""
+    return None if text == "*" else check_kg_list(text)
+
+
+def check_networks_or_any(text: str) -> tuple[str, ...]:
+    """`*` (from anywhere: no limit) or CIDR ranges."""
+    return () if text == "*" else check_networks(text)
+
+
+def check_rate_or_none(text: str) -> tuple[int, int] | None:
+    return None if text.lower() == "none" else check_rate(text)
+
+
 def check_positive_int(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) <= 1_000_000:
         raise CommandError(f"Invalid number '{clip(text)}': use a whole number from 1 to 1000000")
@@ -134,7 +171,13 @@ ADDRESS = Kind("address", check_address)
 IDENT = Kind("id", check_token_id)
 NETWORKS = Kind("networks", check_networks)
 RATE = Kind("rate", check_rate)
+EXPIRY = Kind("duration", parse_expiry, completes="durations")
+KG_SCOPE = Kind("kg_list", check_kg_scope, completes="kgs")
+ANY_NETWORKS = Kind("networks", check_networks_or_any)
+RATE_OR_NONE = Kind("rate", check_rate_or_none)
 TOPIC = Kind("topic", str, completes="commands")
+SETTING = Kind("setting", str, completes="settings")
+TEXT = Kind("text", str)
 
 
 class Param(NamedTuple):
@@ -170,7 +213,6 @@ class Command(NamedTuple):
     summary: str
     who: str
     rule: Rule
-    handler: str | None
     writes: bool = False
     options: tuple[Option, ...] = ()
     examples: tuple[str, ...] = ()
@@ -205,110 +247,126 @@ ACL_DENIED = "Permission denied: only KG owners can manage ACLs"
 COMMANDS: tuple[Command, ...] = (
     # General
     Command(("help",), (Param("command", TOPIC, optional=True, rest=True),),
-            "List the commands, or show how to use one", "anyone", Rule("anyone"), "help",
+            "List the commands, or show how to use one", "anyone", Rule("anyone"),
             examples=(".help", ".help .kg acl grant")),
-    Command(("whoami",), (), "Show who you are logged in as", "anyone", Rule("anyone"), "whoami", quick=True),
+    Command(("whoami",), (), "Show who you are logged in as", "anyone", Rule("anyone"), quick=True),
     Command(("status",), (), "Show the target, version, uptime and your role", "anyone",
-            Rule("anyone"), "status", quick=True),
-    Command(("quit",), (), "Leave the shell", "shell only", Rule("anyone"), None, shell_only=True,
+            Rule("anyone"), quick=True),
+    Command(("quit",), (), "Leave the shell", "shell only", Rule("anyone"), shell_only=True,
             aliases=(("exit",), ("q",))),
+    # The shell's own settings (the config file; policy.md)
+    Command(("config", "list"), (), "List the settings in the shell's config file", "shell only",
+            Rule("anyone"), shell_only=True),
+    Command(("config", "get"), (Param("key", SETTING),), "Show one setting of the config file", "shell only",
+            Rule("anyone"), shell_only=True, examples=(".config get shell.format",)),
+    Command(("config", "set"), (Param("key", SETTING), Param("value", TEXT)),
+            "Set a setting in the config file, keeping its comments and layout", "shell only",
+            Rule("anyone"), shell_only=True,
+            examples=(".config set shell.format json", ".config set profiles.prod.url wss://il.example.com/ws")),
+    Command(("config", "unset"), (Param("key", SETTING),), "Remove a setting from the config file",
+            "shell only", Rule("anyone"), shell_only=True),
     # Users
-    Command(("user", "list"), (), "List users", "admin", Rule("admin", denied=USERS_DENIED), "user_list"),
+    Command(("user", "list"), (), "List users", "admin", Rule("admin", denied=USERS_DENIED)),
     Command(("user", "create"),
             (Param("name", NEW_NAME), Param("password", SECRET, optional=True),
              Param("role", ROLE, optional=True)),
             "Create a user (role defaults to viewer; the password is asked for when left out)",
-            "admin", Rule("admin", denied=USERS_DENIED), "user_create", writes=True,
+            "admin", Rule("admin", denied=USERS_DENIED), writes=True,
             examples=(".user create alice 'correct horse battery' editor", ".user create bob viewer")),
     Command(("user", "drop"), (Param("name", USER),),
             "Drop a user with their API keys, ACL entries and sessions", "admin",
-            Rule("admin", denied=USERS_DENIED), "user_drop", writes=True),
+            Rule("admin", denied=USERS_DENIED), writes=True),
     Command(("user", "password"), (Param("name", USER), Param("password", SECRET, optional=True)),
             "Set a user's password (your own, or anyone's as admin)", "admin, self",
-            Rule("admin_or_self", self_param="name", denied=USERS_DENIED), "user_password", writes=True,
+            Rule("admin_or_self", self_param="name", denied=USERS_DENIED), writes=True,
             examples=(".user password alice",)),
     Command(("user", "role"), (Param("name", USER), Param("role", ROLE)),
-            "Change a user's global role", "admin", Rule("admin", denied=USERS_DENIED), "user_role",
+            "Change a user's global role", "admin", Rule("admin", denied=USERS_DENIED),
             writes=True, examples=(".user role alice editor",)),
     Command(("user", "show"), (Param("name", USER),),
             "Show a user's role, grants and API keys", "admin, self",
-            Rule("admin_or_self", self_param="name", denied=USERS_DENIED), "user_show"),
+            Rule("admin_or_self", self_param="name", denied=USERS_DENIED)),
     # Knowledge graphs
-    Command(("kg",), (), "Show the current knowledge graph", "anyone", Rule("anyone"), "kg_current", quick=True),
-    Command(("kg", "list"), (), "List the knowledge graphs you can reach", "anyone", Rule("anyone"),
-            "kg_list"),
+    Command(("kg",), (), "Show the current knowledge graph", "anyone", Rule("anyone"), quick=True),
+    Command(("kg", "list"), (), "List the knowledge graphs you can reach", "anyone", Rule("anyone")),
     Command(("kg", "create"), (Param("name", NEW_KG),),
             "Create a knowledge graph and switch to it", "admin, global editor",
-            Rule("kg_creator", denied="Permission denied: viewers cannot create knowledge graphs"),
-            "kg_create", writes=True),
+            Rule("kg_creator", denied="Permission denied: viewers cannot create knowledge graphs"), writes=True),
     Command(("kg", "use"), (Param("name", KG),), "Switch to a knowledge graph", "viewer",
-            Rule("kg", level="viewer", kg_param="name"), "kg_use", quick=True),
+            Rule("kg", level="viewer", kg_param="name"), quick=True),
     Command(("kg", "drop"), (Param("name", KG),),
             "Drop a knowledge graph with its ACL entries", "owner",
             Rule("kg", level="owner", kg_param="name",
-                 denied="Permission denied: only KG owners can drop this knowledge graph"),
-            "kg_drop", writes=True),
+                 denied="Permission denied: only KG owners can drop this knowledge graph"), writes=True),
     # ACLs
     Command(("kg", "acl", "list"), (Param("kg", KG, optional=True),),
             "List who has access to a knowledge graph", "viewer",
-            Rule("kg", level="viewer", kg_param="kg"), "acl_list"),
+            Rule("kg", level="viewer", kg_param="kg")),
     Command(("kg", "acl", "grant"), (Param("kg", KG), Param("user", USER), Param("role", KG_ROLE)),
             "Grant a user a level on a knowledge graph", "owner",
-            Rule("kg", level="owner", kg_param="kg", denied=ACL_DENIED), "acl_grant", writes=True,
+            Rule("kg", level="owner", kg_param="kg", denied=ACL_DENIED), writes=True,
             examples=(".kg acl grant sales alice editor",)),
     Command(("kg", "acl", "revoke"), (Param("kg", KG), Param("user", USER)),
             "Revoke a user's access to a knowledge graph", "owner",
-            Rule("kg", level="owner", kg_param="kg", denied=ACL_DENIED), "acl_revoke", writes=True),
+            Rule("kg", level="owner", kg_param="kg", denied=ACL_DENIED), writes=True),
     Command(("kg", "acl", "check"), (Param("kg", KG), Param("user", USER)),
             "Show a user's access to a knowledge graph and why", "owner, self",
-            Rule("kg", level="owner", kg_param="kg", self_param="user", denied=ACL_DENIED), "acl_check",
+            Rule("kg", level="owner", kg_param="kg", self_param="user", denied=ACL_DENIED),
             quick=True),
     # API keys
     Command(("apikey", "create"), (Param("label", NEW_NAME),),
             "Create an API key (its secret is shown once)", "admin",
-            Rule("admin", denied=KEYS_DENIED), "apikey_create", writes=True,
+            Rule("admin", denied=KEYS_DENIED), writes=True,
             options=(Option("role", ROLE, "<r>"), Option("kg", KG_LIST, "<a,b>"),
-                     Option("expires", DURATION, "<d>"), Option("user", USER, "<owner>"),
+                     Option("expires", EXPIRY, "<d|time>"), Option("user", USER, "<owner>"),
                      Option("ips", NETWORKS, "<cidr,...>"), Option("rate", RATE, "<n>/<s|m|h|d>")),
             examples=(".apikey create etl-job role=editor kg=sales expires=90d",
                       ".apikey create ci-bot ips=10.20.0.0/16 rate=100/m")),
     Command(("apikey", "list"), (), "List API keys (never their secrets)", "admin",
-            Rule("admin", denied=KEYS_DENIED), "apikey_list",
+            Rule("admin", denied=KEYS_DENIED),
             options=(Option("user", USER, "<owner>"),)),
+    Command(("apikey", "show"), (Param("label", LABEL),),
+            "Show an API key's owner, limits and status (never its secret)", "admin",
+            Rule("admin", denied=KEYS_DENIED)),
+    Command(("apikey", "alter"), (Param("label", LABEL),),
+            "Change an API key's role cap, KGs, expiry, address ranges or rate in place; its secret stays",
+            "admin", Rule("admin", denied=KEYS_DENIED), writes=True,
+            options=(Option("role", ROLE, "<r>"), Option("kg", KG_SCOPE, "<a,b|*>"),
+                     Option("expires", EXPIRY, "<d|time>"), Option("ips", ANY_NETWORKS, "<cidr,...|*>"),
+                     Option("rate", RATE_OR_NONE, "<n>/<s|m|h|d>|none")),
+            examples=(".apikey alter etl-job role=viewer kg=sales,hr", ".apikey alter ci-bot ips=* rate=none")),
     Command(("apikey", "revoke"), (Param("label", LABEL),), "Revoke an API key", "admin",
-            Rule("admin", denied=KEYS_DENIED), "apikey_revoke", writes=True),
+            Rule("admin", denied=KEYS_DENIED), writes=True),
     Command(("apikey", "rotate"), (Param("label", LABEL),),
             "Give an API key a new secret; the old one works until the grace ends", "admin",
-            Rule("admin", denied=KEYS_DENIED), "apikey_rotate", writes=True,
+            Rule("admin", denied=KEYS_DENIED), writes=True,
             options=(Option("grace", DURATION, "<d>"),),
             examples=(".apikey rotate etl-job grace=1h",)),
     # Session tokens
     Command(("token", "issue"), (), "Issue a short-lived signed token that acts as you, with your limits",
-            "anyone", Rule("anyone"), "token_issue", writes=True,
+            "anyone", Rule("anyone"), writes=True,
             options=(Option("ttl", DURATION, "<d>"),), examples=(".token issue ttl=15m",)),
     Command(("token", "revoke"), (Param("jti", IDENT),), "Revoke a token before it expires",
             "admin, issuer",
-            Rule("token_issuer", denied="Permission denied: only admins can revoke other users' tokens"),
-            "token_revoke", writes=True),
+            Rule("token_issuer", denied="Permission denied: only admins can revoke other users' tokens"), writes=True),
     # Audit and lockouts
     Command(("audit",), (), "Show the audit log, newest first", "admin",
-            Rule("admin", denied="Permission denied: only admins can read the audit log"), "audit",
+            Rule("admin", denied="Permission denied: only admins can read the audit log"),
             options=(Option("limit", COUNT, "N"), Option("user", USER, "<u>"),
                      Option("action", Kind("action", str, completes="actions"), "<a>"),
                      Option("since", DURATION, "<d>")),
             examples=(".audit limit=20 action=user.create", ".audit since=24h")),
     Command(("audit", "verify"), (), "Check the audit log's hash chain", "admin",
-            Rule("admin", denied="Permission denied: only admins can read the audit log"), "audit_verify"),
+            Rule("admin", denied="Permission denied: only admins can read the audit log")),
     Command(("lockout", "list"), (), "List locked-out addresses", "admin",
-            Rule("admin", denied="Permission denied: only admins can manage lockouts"), "lockout_list"),
+            Rule("admin", denied="Permission denied: only admins can manage lockouts")),
     Command(("lockout", "clear"), (Param("address", ADDRESS),), "Lift the lockout of an address",
-            "admin", Rule("admin", denied="Permission denied: only admins can manage lockouts"),
-            "lockout_clear", writes=True),
+            "admin", Rule("admin", denied="Permission denied: only admins can manage lockouts"), writes=True),
     # Sessions (server only)
-    Command(("session", "list"), (), "List live sessions", "anyone", Rule("anyone"), "session_list",
+    Command(("session", "list"), (), "List live sessions", "anyone", Rule("anyone"),
             server_only=True),
     Command(("session", "kill"), (Param("session_id", IDENT),), "Close a live session", "admin",
-            Rule("admin", denied="Permission denied: only admins can kill sessions"), "session_kill",
+            Rule("admin", denied="Permission denied: only admins can kill sessions"),
             writes=True, server_only=True),
 )
 

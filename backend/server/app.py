@@ -24,11 +24,10 @@ from .. import __version__
 from ..cluster import RedisLink, SharedLockout, SharedRateLimiter
 from ..cluster.sessions import SharedSessions
 from ..config import Config, ServerConfig
-from ..engine import Engine
+from ..engine import Clock, Engine, Lockout, LockoutCounter, RateCounter, RateLimiter, system_clock
 from ..errors import SessionEnded
 from ..netaddr import client_address, networks
 from ..protocol import CHUNK_ROWS, GOING_AWAY, INTERNAL_ERROR, STREAM_THRESHOLD
-from ..security import Clock, Lockout, LockoutCounter, RateCounter, RateLimiter, system_clock
 from ..store import Store
 from . import connection as connections
 from .connection import Connection, describe

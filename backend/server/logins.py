@@ -9,10 +9,9 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..engine import Engine, Session
+from ..engine import Engine, LockoutCounter, Session
 from ..errors import AuthError, LockedOut
 from ..protocol import Authenticate, Login
-from ..security import LockoutCounter
 from .metrics import Metrics
 from .pools import run_in
 

@@ -7,17 +7,17 @@ from typing import TYPE_CHECKING
 
 from ..bootstrap import first_start, open_engine
 from ..config import Config
-from ..engine import Session
+from ..engine import Clock, Session, system_clock
 from ..errors import CommandError
 from ..result import Result
-from ..security import Clock, system_clock
 
 if TYPE_CHECKING:
     from ..cluster import RedisLink
 
 
 class LocalBackend:
-    """A Backend with the Batching and Bootstrapping capabilities (targets.protocols)."""
+    """A Backend with the Batching, Bootstrapping, Atomic and QuietLogin capabilities
+    (targets.protocols)."""
     target = "local"
 
     def __init__(self, data_dir: str, config: Config, env: Mapping[str, str] | None = None, *,
@@ -32,6 +32,7 @@ class LocalBackend:
                 self._link.close()
             raise
         self.session: Session | None = None
+        self.record_login = True      # False: a login writes nothing until the first change (policy apply)
         self.bootstrapped = False
 
     def _shared_counters(self, config: Config, clock: Clock) -> dict:
@@ -39,7 +40,7 @@ class LocalBackend:
         node counts there, and spends a key's `rate=` from the same budget."""
         if not config.cluster.redis_url:
             return {}
-        from ..cluster import RedisLink, SharedLockout, SharedRateLimiter   # only a cluster needs redis-py
+        from ..cluster import RedisLink, SharedLockout, SharedRateLimiter  # only a cluster needs redis-py
 
         self._link = link = RedisLink(config.cluster.redis_url, config.cluster.key_prefix)
         return {"lockout": SharedLockout(config.security, clock, link), "rate_limiter": SharedRateLimiter(clock, link)}
@@ -52,10 +53,10 @@ class LocalBackend:
         self.bootstrapped = first_start(self.engine, env, config, show)
 
     def login(self, username: str, password: str) -> None:
-        self.session = self.engine.login(username, password, source="local")
+        self.session = self.engine.login(username, password, source="local", record=self.record_login)
 
     def authenticate(self, api_key: str) -> None:
-        self.session = self.engine.authenticate(api_key, source="local")
+        self.session = self.engine.authenticate(api_key, source="local", record=self.record_login)
 
     def use_bootstrap_admin(self) -> None:
         self.session = self.engine.trusted_session("admin")
@@ -76,6 +77,13 @@ class LocalBackend:
 
     def end_batch(self, commit: bool) -> None:
         self.engine.end_batch(commit)
+
+    def run_atomic(self, lines: list[str], *, note: str = "") -> list[Result]:
+        """Run `lines` in one transaction: all of them, or none when one fails (its error then
+        says `line <n>: `). `note` names where the lines came from in each audit record."""
+        if self.session is None:
+            raise CommandError("Not logged in")
+        return self.engine.execute_atomic(self.session, "\n".join(lines), note=note)
 
     def close(self) -> None:
         if self._link is not None:

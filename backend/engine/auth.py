@@ -1,0 +1,279 @@
+"""Authentication: passwords, API keys, session tokens and the shared-key / disabled modes.
+
+Every refusal costs the same work (one argon2 verification) and says the same thing, is
+audited, and counts towards the address's lockout; a locked address costs no argon2 at all.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from typing import Any, NoReturn
+
+from ..config import Config
+from ..errors import AuthError, ConfigError, LockedOut, SessionEnded
+from ..store import Store
+from .clock import Clock
+from .keys import key_digest, well_formed_key
+from .limits import LockoutCounter
+from .passwords import PasswordHasher
+from .policy import (
+    REFUSED_KEY_STATES,
+    Session,
+    address_allowed,
+    audit_source,
+    key_state,
+    level_of,
+    rights_of,
+)
+
+INVALID_CREDENTIALS = "Invalid credentials"
+KEY_TOUCH_INTERVAL = 60      # last_used_at is written at most once a minute per key
+
+
+class Authenticator:
+    """Turns credentials into Sessions, bound to the `default` KG when they may use it."""
+
+    def __init__(self, store: Store, config: Config, clock: Clock, hasher: PasswordHasher, lockout: LockoutCounter,
+                 shared_key: str | None):
+        self.store = store
+        self.clock = clock
+        self.hasher = hasher
+        self.lockout = lockout
+        self.auth_mode = config.security.auth_mode
+        if self.auth_mode == "shared_key" and not shared_key:
+            raise ConfigError("auth_mode \"shared_key\" needs the key in INPUTLAYER_SHARED_KEY")
+        self._shared_key = shared_key or ""
+
+    def bootstrap(self, admin_password: str | None) -> tuple[bool, str | None]:
+        """Create `admin` and `default` in an empty store. Returns (created, generated password);
+        the generated password is None when one was given."""
+        with self.store.read():
+            if self.store.user_count():
+                return False, None
+        generated = None
+        if not admin_password:
+            generated = admin_password = secrets.token_urlsafe(24)
+        password_hash = self.hasher.hash(admin_password)
+        with self.store.write():
+            if self.store.user_count():      # another process won the race
+                return False, None
+            now = self.clock()
+            self.store.add_user("admin", "admin", password_hash, now)
+            if self.store.kg("default") is None:
+                self.store.add_kg("default", "admin", now)
+            self.store.append_audit(now, "system", "bootstrap", "user.create", "admin", "ok",
+                                    "role=admin; bootstrap")
+            self.store.append_audit(now, "system", "bootstrap", "kg.create", "default", "ok", "bootstrap")
+        return True, generated
+
+    def login(self, username: str, password: str, *, source: str, address: str = "",
+              record: bool = True) -> Session:
+        """A password session. With record=False a good login writes nothing (no audit record,
+        no last_login_at) until the session first changes something (record_login): a policy
+        apply with nothing to do leaves the store as it was."""
+        if self.auth_mode != "managed":
+            return self._mode_login(None, username, source, address)
+        self._refuse_if_locked(address, source, "auth.login", username)
+        with self.store.read():
+            user = self.store.user(username)
+        ok = self.hasher.verify(user["password_hash"] if user else None, password)
+        if not ok or user is None:
+            self._auth_failed(address, source, "auth.login", username,
+                              "unknown user" if user is None else "wrong password")
+        now = self.clock()
+        if not record:
+            quiet = Session(username, "password", source, address, password_version=user["password_version"],
+                            connected_at=now)
+            quiet.login_unrecorded = True
+            self.bind_default_kg(quiet)
+            return quiet
+        with self.store.write():
+            current = self.store.user(username)
+            if current is None or current["password_version"] != user["password_version"]:
+                # Dropped or changed while we were verifying: the old password no longer counts.
+                self._auth_failed(address, source, "auth.login", username, "changed during login")
+            if self.hasher.needs_rehash(current["password_hash"]):
+                self.store.set_password(username, self.hasher.hash(password), new_version=False)
+            self.store.touch_login(username, now)
+            self.store.append_audit(now, username, audit_source(source, address), "auth.login", username, "ok",
+                                    "method=password")
+        session = Session(username, "password", source, address, password_version=current["password_version"],
+                          connected_at=now)
+        self.bind_default_kg(session)
+        return session
+
+    def authenticate(self, api_key: str, *, source: str, address: str = "", record: bool = True) -> Session:
+        """Log in with an API key, or with a session token (a JWT), wherever a key is accepted.
+        record=False: as for login()."""
+        if self.auth_mode != "managed":
+            return self._mode_login(api_key, "", source, address)
+        quiet = None if record else self.check_api_key(api_key, source=source, address=address)
+        if quiet is not None:
+            quiet.login_unrecorded = True
+            return quiet
+        if api_key.startswith("eyJ") and api_key.count(".") == 2:
+            return self._authenticate_token(api_key, source=source, address=address)
+        self._refuse_if_locked(address, source, "auth.api_key", "")
+        session, row, reason = self._api_key_session(api_key, source, address)
+        if session is None:
+            # The same work as a wrong password, so failures cannot be told apart by timing.
+            self.hasher.verify(None, api_key)
+            self._auth_failed(address, source, "auth.api_key", row["label"] if row else "", reason)
+        self.record_api_key_logins([session])
+        return session
+
+    def check_api_key(self, api_key: str, *, source: str, address: str = "") -> Session | None:
+        """The session a valid API key opens, found without writing or hashing anything: cheap
+        enough for a server's event loop. None for any refusal, token or other auth mode; the
+        caller then runs authenticate(), which refuses at the same cost whatever the reason.
+        A session returned here counts once record_api_key_logins() has audited it."""
+        if self.auth_mode != "managed" or (address and self.lockout.remaining(address)):
+            return None
+        return self._api_key_session(api_key, source, address)[0]
+
+    def record_api_key_logins(self, sessions: list[Session]) -> None:
+        """Audit the logins of sessions from check_api_key(), in one transaction."""
+        with self.store.write():
+            for session in sessions:
+                now = session.connected_at
+                row = self.store.key_by_id(session.key_id) if session.key_id is not None else None
+                if row is not None and (not row["last_used_at"] or now - row["last_used_at"] >= KEY_TOUCH_INTERVAL):
+                    self.store.touch_key(row["id"], now)
+                self.store.append_audit(now, session.username, session.audit_source, "auth.api_key",
+                                        session.key_label or "", "ok", "method=api_key")
+
+    def record_login(self, session: Session) -> None:
+        """Audit a login made with record=False, now that its session is about to change something."""
+        if not session.login_unrecorded:
+            return
+        session.login_unrecorded = False
+        if session.method == "api_key":
+            self.record_api_key_logins([session])
+            return
+        with self.store.write():
+            self.store.touch_login(session.username, session.connected_at)
+            self.store.append_audit(session.connected_at, session.username, session.audit_source, "auth.login",
+                                    session.username, "ok", "method=password")
+
+    def trusted_session(self, username: str, *, source: str = "local") -> Session:
+        """A password session for a user this very process just bootstrapped."""
+        with self.store.read():
+            user = self.store.user(username)
+        if user is None:
+            raise AuthError(INVALID_CREDENTIALS)
+        session = Session(username, "password", source, password_version=user["password_version"],
+                          connected_at=self.clock())
+        self.bind_default_kg(session)
+        return session
+
+    def bind_default_kg(self, session: Session) -> None:
+        with self.store.read():
+            rights = rights_of(self.store, session, self.clock())
+            if self.store.kg("default") is not None and level_of(self.store, rights, "default"):
+                session.knowledge_graph = "default"
+        session.login_role = rights.role
+
+    def _api_key_session(self, api_key: str, source: str,
+                         address: str) -> tuple[Session | None, dict[str, Any] | None, str]:
+        """(session, key row, "") for a key that may log in from `address`, else (None, the row
+        if any, why not)."""
+        if not well_formed_key(api_key):
+            return None, None, "malformed key"
+        digest = key_digest(self.store.secret, api_key)
+        with self.store.read():          # one snapshot: the key, and the rights it opens with
+            row = self.store.key_by_digest(digest)
+            if row is None:
+                return None, None, "unknown key"
+            state = key_state(row, self.clock(), digest)
+            reason = f"{state} key" if state in REFUSED_KEY_STATES else ""
+            if not reason and not address_allowed(row, address):
+                reason = "address not allowed for this key"
+            if reason:
+                return None, row, reason
+            session = Session(row["owner"], "api_key", source, address, key_id=row["id"], key_label=row["label"],
+                              key_digest=digest, connected_at=self.clock())
+            self.bind_default_kg(session)
+        return session, row, ""
+
+    def _mode_login(self, key: str | None, username: str, source: str, address: str) -> Session:
+        """auth_mode shared_key: the one shared key is an admin named `shared-key`; disabled:
+        everyone is an admin named `anonymous` (the server allows that on loopback only)."""
+        if self.auth_mode == "disabled":
+            principal = Session("anonymous", "anonymous", source, address, connected_at=self.clock())
+        else:
+            self._refuse_if_locked(address, source, "auth.shared_key", username)
+            if key is None or not hmac.compare_digest(key.encode(), self._shared_key.encode()):
+                self.hasher.verify(None, key or "")
+                self._auth_failed(address, source, "auth.shared_key", username, "wrong shared key")
+            principal = Session("shared-key", "shared_key", source, address, connected_at=self.clock())
+        with self.store.write():
+            self.store.append_audit(self.clock(), principal.username, audit_source(source, address),
+                                    f"auth.{principal.method}", principal.username, "ok", f"auth_mode={self.auth_mode}")
+        self.bind_default_kg(principal)
+        return principal
+
+    def _authenticate_token(self, token: str, *, source: str, address: str) -> Session:
+        self._refuse_if_locked(address, source, "auth.token", "")
+        claims, reason = self._decode_token(token)
+        session = None
+        if claims is not None and not reason:
+            session = Session(claims["sub"], "token", source, address, key_id=claims.get("kid"),
+                              password_version=claims.get("pv"), token_claims=claims,
+                              connected_at=self.clock())
+            reason = self._token_problem(session)
+        if claims is None or session is None or reason:
+            self.hasher.verify(None, token)
+            self._auth_failed(address, source, "auth.token", (claims or {}).get("sub", ""), reason or "")
+        with self.store.write():
+            self.store.append_audit(self.clock(), session.username, audit_source(source, address), "auth.token",
+                                    session.username, "ok", f"jti={claims['jti']}")
+        self.bind_default_kg(session)
+        return session
+
+    def _token_problem(self, session: Session) -> str | None:
+        """Why a well-signed, unexpired token may not log in now (its issuer's state), or None."""
+        with self.store.read():
+            try:
+                rights_of(self.store, session, self.clock())
+            except SessionEnded as ended:
+                return "REVOKED_TOKEN" if ended.reason == "token revoked" else f"INVALID_TOKEN: {ended.reason}"
+            if session.key_id is not None:
+                key = self.store.key_by_id(session.key_id)
+                assert key is not None       # rights_of() just found it
+                session.key_label = key["label"]
+                if not address_allowed(key, session.address):
+                    return "INVALID_TOKEN: address not allowed for the issuing key"
+        return None
+
+    def _decode_token(self, token: str) -> tuple[dict[str, Any] | None, str | None]:
+        import jwt
+
+        try:
+            claims = jwt.decode(token, self.store.token_secret, algorithms=["HS256"],
+                                options={"verify_exp": False, "verify_iat": False,
+                                         "require": ["sub", "role", "iat", "exp", "jti"]})
+        except jwt.InvalidSignatureError:
+            return None, "INVALID_SIGNATURE"
+        except jwt.PyJWTError:
+            return None, "INVALID_TOKEN"
+        if claims["exp"] <= self.clock():        # checked on our clock, so tests can fake it
+            return claims, "EXPIRED_TOKEN"
+        return claims, None
+
+    def _refuse_if_locked(self, address: str, source: str, action: str, target: str) -> None:
+        if not address:
+            return
+        left = self.lockout.remaining(address)
+        if left:
+            with self.store.write():
+                self.store.append_audit(self.clock(), target or "-", audit_source(source, address), action, target,
+                                        "locked", f"address locked for {left}s more")
+            raise LockedOut(f"Too many failed attempts. Try again in {left}s")
+
+    def _auth_failed(self, address: str, source: str, action: str, target: str, reason: str) -> NoReturn:
+        locked = self.lockout.record_failure(address) if address else False
+        with self.store.write():
+            self.store.append_audit(self.clock(), target or "-", audit_source(source, address), action, target,
+                                    "failed", reason + ("; address locked" if locked else ""))
+        raise AuthError(INVALID_CREDENTIALS)

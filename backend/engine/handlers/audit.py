@@ -1,0 +1,42 @@
+"""The audit log, and the lockouts failed authentications leave behind."""
+
+from __future__ import annotations
+
+from ...display import iso
+from ...errors import CommandError
+from ...result import Result
+from .base import Call, Env, handles
+
+
+@handles("audit")
+def audit(env: Env, call: Call) -> Result:
+    since = call.options.get("since")
+    records = env.store.audit_records(limit=call.options.get("limit", 50), actor=call.options.get("user"),
+                                      action=call.options.get("action"),
+                                      since=None if since is None else env.clock() - since)
+    return Result(["seq", "time", "actor", "source", "action", "target", "outcome", "detail"],
+                  [[str(r["seq"]), iso(r["time"]), r["actor"], r["source"], r["action"], r["target"],
+                    r["outcome"], r["detail"]] for r in records])
+
+
+@handles("audit verify")
+def audit_verify(env: Env, call: Call) -> Result:
+    count, problem = env.store.verify_audit()
+    if problem:
+        raise CommandError(problem)
+    return Result.message(f"Audit log intact: {count} records.")
+
+
+@handles("lockout list")
+def lockout_list(env: Env, call: Call) -> Result:
+    return Result(["address", "failures", "locked_until"],
+                  [[a, str(n), iso(until)] for a, n, until in env.lockout.entries()])
+
+
+@handles("lockout clear")
+def lockout_clear(env: Env, call: Call) -> Result:
+    address = call.args["address"]
+    if not env.lockout.clear(address):
+        raise CommandError(f"No lockout for {address}")
+    env.audit(call)
+    return Result.message(f"Lockout cleared for {address}.")
