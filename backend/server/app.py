@@ -77,17 +77,7 @@ class Server:
         self.sessions = LiveSessions(self.end_session_threadsafe, lambda: self.node)
         self.cluster = config.cluster
         self.link: RedisLink | None = None
-        self.lockout: LockoutCounter
-        rates: RateCounter
-        self.directory: LiveSessions | SharedSessions
-        if config.cluster.redis_url:
-            self.link = RedisLink(config.cluster.redis_url, config.cluster.key_prefix)
-            self.link.on_change.append(self._cluster_changed)
-            self.lockout = SharedLockout(config.security, clock, self.link)
-            rates = SharedRateLimiter(clock, self.link)
-            self.directory = SharedSessions(self.sessions, self.link, config.cluster.session_ttl_secs)
-        else:
-            self.lockout, rates, self.directory = Lockout(config.security, clock), RateLimiter(clock), self.sessions
+        self.lockout, rates, self.directory = self._shared_state(config, clock)
         self.engine = Engine(store, config, clock=clock, shared_key=shared_key, lockout=self.lockout,
                              rate_limiter=rates, directory=self.directory, target=lambda: f"{self.host}:{self.port}")
         self.connections: set[Connection] = set()
@@ -107,6 +97,17 @@ class Server:
         self._watcher: asyncio.Task | None = None
         self._cluster_task: asyncio.Task | None = None
         self._tasks: set[asyncio.Future] = set()
+
+    def _shared_state(self, config: Config,
+                      clock: Clock) -> tuple[LockoutCounter, RateCounter, LiveSessions | SharedSessions]:
+        """The lockout, the rate limits and the session directory: this node's alone, or with
+        Redis the cluster's."""
+        if not config.cluster.redis_url:
+            return Lockout(config.security, clock), RateLimiter(clock), self.sessions
+        self.link = link = RedisLink(config.cluster.redis_url, config.cluster.key_prefix)
+        link.on_change.append(self._cluster_changed)
+        return (SharedLockout(config.security, clock, link), SharedRateLimiter(clock, link),
+                SharedSessions(self.sessions, link, config.cluster.session_ttl_secs))
 
     @property
     def node(self) -> str:

@@ -52,7 +52,7 @@ class HttpEndpoints:
             healthy = ok and cluster in ("redis", "local-counters")
             body = {"status": "healthy" if healthy else "degraded", "version": __version__,
                     "uptime_secs": int(time.monotonic() - app.started), "cluster": cluster}
-            # Without Redis the node still counts, in its memory: degraded, yet serving (200).
+            # Redis unreachable: the node still counts, in its memory: degraded, yet serving (200).
             return _json_response(connection, HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, body)
         if path == "/ready":
             ok = not app.stopping and await self._store_readable(need_users=True)
