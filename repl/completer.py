@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from prompt_toolkit.completion import Completer, Completion
 from prompt_toolkit.document import Document
 
+from backend.config import SCHEMA, holds_secret
 from backend.language.parser import Analysis, analyze
 from backend.language.registry import (
     COMMANDS,
@@ -32,6 +33,7 @@ LIVE_SOURCES = {"users": "user list", "kgs": "kg list", "api_keys": "apikey list
                 "sessions": "session list", "addresses": "lockout list"}
 FIXED = {"roles": ROLES, "kg_roles": KG_ROLES, "durations": ("1h", "24h", "7d", "30d", "90d", "never"),
          "actions": tuple(sorted({c.action for c in COMMANDS if c.writes and not c.shell_only})),
+         "settings": tuple(sorted(key for key in SCHEMA if not holds_secret(key))),
          "switches": ("on", "off"), "expanded": ("on", "off", "auto"), "formats": FORMATS}
 # The commands with an argument or option that completes each kind of live name.
 _TAKERS = {kind: [c for c in COMMANDS if any(k.completes == kind for k in

@@ -27,12 +27,12 @@ from backend.targets.protocols import Backend, Reconnecting, Timed, Watching
 
 from .completer import CommandCompleter, LiveNames
 from .display import format_result, needs_pager, page
+from .display_settings import Settings, is_setting
 from .environment import Environment, ExitStatus
 from .highlight import STYLE, CommandLexer, SecretMask
 from .history import PrivateHistory, history_path
 from .output import printable
 from .script import LineQueue, bare_command, decode_lines, is_quit, is_skipped, run_script
-from .settings import Settings, is_setting
 
 GREETING = "Type .help for help.\n"
 PASSWORD_REQUIRED = "Password required"    # the engine's answer when only the password is missing
@@ -232,7 +232,7 @@ class Shell:
         except CommandError:
             inv = None                        # the backend words the error
         try:
-            if inv is not None and inv.command.shell_only:
+            if inv is not None and (is_setting(inv) or inv.command.words == ("read",)):
                 self._shell_command(inv)
                 return
             if inv is not None:
@@ -288,7 +288,7 @@ class Shell:
     def _shell_command(self, inv: Invocation) -> None:
         if is_setting(inv):
             self.env.out(self.settings.apply(inv) + "\n")
-        elif inv.command.words == ("read",):
+        else:
             self._read(str(inv.args["file"]))
 
     def _read(self, path: str) -> None:

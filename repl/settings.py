@@ -1,42 +1,58 @@
-"""The shell-side commands (`.format`, `.expanded`, `.timing`, `.pager`): display settings of
-one interactive session. They are declared in the registry like every command; the shell, not the
-backend, runs them."""
+"""Shell-side commands: `.config list|get|set|unset` read and write the config file in use; every
+other line goes to the backend."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from backend.language.parser import Invocation
-
-
-@dataclass
-class Settings:
-    fmt: str = "table"
-    expanded: str = "auto"        # on | off | auto (psql's \x)
-    timing: bool = False
-    pager: bool = True
-
-    def apply(self, inv: Invocation) -> str:
-        """Change the setting `inv` names; the line that says what it is now."""
-        name = inv.command.words[0]
-        value = str(inv.args[inv.command.params[0].name])
-        if name == "format":
-            self.fmt = value
-            return f"Output format is {value}."
-        if name == "expanded":
-            self.expanded = value
-            return f"Expanded display is {value}."
-        if name == "timing":
-            self.timing = value == "on"
-            return f"Timing is {value}."
-        if name == "pager":
-            self.pager = value == "on"
-            return f"Pager is {value}." + (" It runs $PAGER (default: less -R -X)." if self.pager else "")
-        raise LookupError(f"not a setting: {name}")
+from backend.config_edit import (
+    read_text,
+    set_value,
+    settings,
+    unset_value,
+    write_private,
+)
+from backend.errors import CommandError, ConfigError
+from backend.language.parser import Invocation, parse
+from backend.result import Result
 
 
-SETTINGS = frozenset({"format", "expanded", "timing", "pager"})
+def run_config(inv: Invocation, path: Path) -> Result:
+    action = inv.command.words[1]
+    try:
+        text = read_text(path)
+        if action == "list":
+            return Result(["key", "value"], [list(pair) for pair in settings(text, path)])
+        key = str(inv.args["key"])
+        if action == "get":
+            for name, value in settings(text, path):
+                if name == key:
+                    return Result(["key", "value"], [[name, value]])
+            raise ConfigError(f"'{key}' is not set in {path}")
+        if action == "set":
+            write_private(path, set_value(text, key, str(inv.args["value"]), path))
+            return Result.message(f"Set {key} in {path}.")
+        write_private(path, unset_value(text, key, path))
+        return Result.message(f"Removed {key} from {path}.")
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
 
 
-def is_setting(inv: Invocation) -> bool:
-    return inv.command.shell_only and inv.command.words[0] in SETTINGS
+class ShellSide:
+    """The backend as the shell uses it: `.config` runs here, on the config file, and never
+    reaches a server; everything else is the backend's."""
+
+    def __init__(self, backend: Any, config_file: Path):
+        self._backend = backend
+        self.config_file = config_file
+
+    def execute(self, line: str) -> Result:
+        if line.lstrip()[:7].lower() == ".config":
+            inv = parse(line.strip())
+            if inv.command.words[0] == "config":
+                return run_config(inv, self.config_file)
+        return self._backend.execute(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
