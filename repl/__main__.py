@@ -84,8 +84,9 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     except ConfigError as exc:
         env.err(f"error: {exc}\n")
         return ExitStatus.ERROR
-    interactive = env.stdin_isatty and env.stdout_isatty and not args.sources
-    fmt = args.format or config.shell.format or ("table" if env.stdout_isatty else "plain")
+    # stdin decides, as in psql: `inputlayer | tee log` keeps the prompt.
+    interactive = env.stdin_isatty and not args.sources
+    fmt = args.format or config.shell.format or ("table" if env.stdout_isatty or interactive else "plain")
     url = args.url or (None if args.data_dir else env.env.get("INPUTLAYER_URL"))
     if args.single_transaction and url:
         env.err("error: --single-transaction needs a local data directory, not --url\n")
@@ -100,11 +101,16 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     except (StoreError, TargetUnreachable, ConfigError) as exc:
         env.err(f"error: {exc}\n")
         return ExitStatus.ERROR
+    except KeyboardInterrupt:      # Ctrl-C while connecting: no session, no traceback
+        env.err("interrupted\n")
+        return ExitStatus.ERROR
     try:
         try:
             problem = log_in(backend, args, env, interactive)
         except StoreError as exc:
             problem = f"error: {exc}"
+        except KeyboardInterrupt:
+            problem = "interrupted"
         if problem:
             env.err(problem + "\n")
             return ExitStatus.ERROR
