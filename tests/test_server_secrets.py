@@ -183,6 +183,19 @@ def test_an_interrupted_rotation_is_finished_when_the_store_opens(tmp_path, monk
     store.close()
 
 
+def test_rotate_secrets_refuses_while_another_process_has_the_store_open(tmp_path):
+    held = SQLiteStore(tmp_path / "d")
+    before = held.secrets
+    try:
+        with pytest.raises(StoreError, match="in use by another process"):
+            rotate_secrets(tmp_path / "d", None)
+    finally:
+        held.close()
+    reopened = SQLiteStore(tmp_path / "d")
+    assert reopened.secrets == before
+    reopened.close()
+
+
 def test_a_failed_rotation_changes_nothing(tmp_path, monkeypatch):
     SQLiteStore(tmp_path / "d").close()
     before = (tmp_path / "d" / "secrets").read_bytes()

@@ -15,7 +15,7 @@ from ..errors import AuthError, ConfigError, LockedOut, SessionEnded
 from ..store import Store
 from .clock import Clock
 from .keys import key_digest, well_formed_key
-from .limits import Lockout
+from .limits import LockoutCounter
 from .passwords import PasswordHasher, argon2_parameters
 from .policy import (
     REFUSED_KEY_STATES,
@@ -35,7 +35,7 @@ HASH_SAMPLE_TTL = 60         # how long the stored hashes' parameter sets are re
 class Authenticator:
     """Turns credentials into Sessions, bound to the `default` KG when they may use it."""
 
-    def __init__(self, store: Store, config: Config, clock: Clock, hasher: PasswordHasher, lockout: Lockout,
+    def __init__(self, store: Store, config: Config, clock: Clock, hasher: PasswordHasher, lockout: LockoutCounter,
                  shared_key: str | None):
         self.store = store
         self.clock = clock

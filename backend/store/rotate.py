@@ -2,7 +2,8 @@
 store, atomically. Every token ends; the audit chain continues under the new key (re-keyed from
 its first record, after it verified under the old one). The API-key HMAC key is kept: replacing
 it would break every key, and keys are rotated one by one with `.apikey rotate`. A process
-that has the store open keeps the secrets it opened with: stop the server and shells first.
+that has the store open would keep the secrets it opened with, so, like rekey, this holds the
+store's lock file exclusively: it refuses while a server or shell has the store open.
 """
 
 from __future__ import annotations
@@ -13,15 +14,24 @@ from pathlib import Path
 
 from ..errors import StoreError
 from .secrets import ServerSecrets, pending_path, promote_pending
-from .sqlite import DB_FILE, SQLiteStore
+from .sqlite import DB_FILE, SQLiteStore, lockfile
 
 
 def rotate_secrets(data_dir: str | os.PathLike, key: bytes | None) -> int:
     """Returns the number of audit records re-keyed (the rotation's own record included)."""
     data_dir = Path(data_dir)
-    if not (data_dir / DB_FILE).exists():
+    db = data_dir / DB_FILE
+    if not db.exists():
         raise StoreError(f"no store in {data_dir}")
-    store = SQLiteStore(data_dir, encryption_key=key)
+    held = lockfile.acquire(db, exclusive=True)
+    try:
+        return _rotate(data_dir, key)
+    finally:
+        lockfile.release(held)
+
+
+def _rotate(data_dir: Path, key: bytes | None) -> int:
+    store = SQLiteStore(data_dir, encryption_key=key, take_lock=False)
     try:
         new = ServerSecrets.generate(hmac=store.secret)
         try:
