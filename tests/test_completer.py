@@ -65,9 +65,9 @@ def test_names_are_case_sensitive_but_roles_are_not():
 
 
 def test_a_secret_is_never_completed_the_role_after_it_is():
-    assert complete(".user create bob ") == ["admin ", "editor ", "viewer "]
-    assert complete(".user create bob pw ") == ["admin ", "editor ", "viewer "]
-    assert complete(".user password bob ", users=["bob"]) == []
+    assert complete(".user create bob ") == ["admin ", "editor ", "viewer ", "password="]
+    assert complete(".user create bob pw ") == ["admin ", "editor ", "viewer ", "password="]
+    assert complete(".user password bob ", users=["bob"]) == ["password="]
 
 
 def options_of(command: str) -> list[str]:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from ... import __version__
-from ...errors import CommandError
-from ...language.registry import COMMANDS, GROUPS, clip, find_command
+from ...language.helptext import overview, topic_help
 from ...result import Result
 from .base import Call, Env, handles
 
@@ -12,17 +11,7 @@ from .base import Call, Env, handles
 @handles("help")
 def show_help(env: Env, call: Call) -> Result:
     topic = call.args.get("command")
-    if not topic:
-        return Result(["command", "description"], [[c.usage, c.summary] for c in COMMANDS])
-    cmd = find_command(topic)
-    if cmd is None:
-        group = topic.lstrip(".").split()[0].lower() if topic.strip(". ") else ""
-        if group in GROUPS and len(topic.lstrip(".").split()) == 1:
-            return Result(["command", "description"], [[c.usage, c.summary] for c in GROUPS[group]])
-        raise CommandError(f"Unknown command: .{clip(topic.lstrip('.'), 40)}. Type .help for the list.")
-    lines = [f"Usage: {cmd.usage}", cmd.summary + ".", f"Who may run it: {cmd.who}."]
-    lines += [f"Example: {e}" for e in cmd.examples]
-    return Result.message(*lines)
+    return Result.message(*(topic_help(topic) if topic else overview()))
 
 
 @handles("whoami")

@@ -1,0 +1,116 @@
+"""What `.help` says, derived from the registry: the overview grouped by topic, a group's list,
+and one command's usage, arguments with their valid values and defaults, and examples.
+
+Lines stay within WIDTH columns, so the text reads on an 80-column terminal without a pager
+(the backend does not know the terminal; a server answers many).
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+from ..errors import CommandError
+from .registry import COMMANDS, GROUP_SUMMARIES, TOPICS, Command, audit_actions, clip, match_command
+
+WIDTH = 79
+NAME_COLUMN = 18     # wide enough for the longest command name, `.kg acl revoke`
+OVERVIEW_COLUMN = 36   # a longer group name puts its summary on the next line
+
+
+def _topic_of(cmd: Command) -> str:
+    for title, groups in TOPICS:
+        if cmd.words[0] in groups:
+            return title
+    return "Other"
+
+
+def _two_columns(commands: list[Command]) -> list[str]:
+    """`  .name   summary`, the summary wrapped under itself when it is long."""
+    lines = []
+    for cmd in commands:
+        lead = f"  {cmd.name}".ljust(NAME_COLUMN) + " "
+        if len(lead) > NAME_COLUMN + 1:      # a longer name added later: the summary goes below
+            lines.append(lead.rstrip())
+            lead = " " * (NAME_COLUMN + 1)
+        lines += textwrap.wrap(cmd.summary, WIDTH, initial_indent=lead,
+                               subsequent_indent=" " * (NAME_COLUMN + 1))
+    return lines
+
+
+def overview() -> list[str]:
+    """One line per group of commands (GROUP_SUMMARIES) or lone command, under topic titles:
+    short enough for an 80x24 terminal without a pager."""
+    titles = [t for t, _ in TOPICS] + ["Other"]
+    rows: dict[str, dict[tuple[str, ...], list[Command]]] = {t: {} for t in titles}
+    for cmd in COMMANDS:
+        key = next((cmd.words[:n] for n in (2, 1) if cmd.words[:n] in GROUP_SUMMARIES), cmd.words)
+        rows[_topic_of(cmd)].setdefault(key, []).append(cmd)
+    lines: list[str] = []
+    for title in titles:
+        if rows[title]:
+            lines.append(title)
+        for key, members in rows[title].items():
+            lines += _row(_group_name(key, members), GROUP_SUMMARIES.get(key) or members[0].summary)
+    return lines + ["", "Type .help .user for a group's commands, .help .user create for one command."]
+
+
+def _group_name(key: tuple[str, ...], members: list[Command]) -> str:
+    lead = "." + " ".join(key)
+    subs = [" ".join(c.words[len(key):]) for c in members if len(c.words) > len(key)]
+    if not subs:
+        return lead
+    joined = "|".join(subs)
+    return f"{lead} [{joined}]" if any(c.words == key for c in members) else f"{lead} {joined}"
+
+
+def _row(name: str, summary: str) -> list[str]:
+    lead = f"  {name}".ljust(OVERVIEW_COLUMN) + " "
+    indent = " " * (OVERVIEW_COLUMN + 1)
+    if len(lead) > len(indent):
+        return [lead.rstrip(), *textwrap.wrap(summary, WIDTH, initial_indent=indent, subsequent_indent=indent)]
+    return textwrap.wrap(summary, WIDTH, initial_indent=lead, subsequent_indent=indent)
+
+
+def topic_help(topic: str) -> list[str]:
+    """`.help <topic>`: a group's list (`.kg`, `.kg acl`), followed by the details of the
+    command the topic names exactly, if any."""
+    words = [w.lower() for w in topic.lstrip(".").split()]
+    members = [c for c in COMMANDS if words and c.words[:len(words)] == tuple(words)]
+    exact, used = match_command(words) if words else (None, 0)
+    if exact is not None and used != len(words):
+        exact = None
+    if not members and exact is None:
+        raise CommandError(f"Unknown command: .{clip(topic.lstrip('.'), 40)}. Type .help for the list.")
+    if exact is not None and members in ([], [exact]):
+        return command_help(exact)
+    lines = _two_columns(members)
+    if exact is not None:
+        lines += ["", *command_help(exact)]
+    return lines
+
+
+def command_help(cmd: Command) -> list[str]:
+    lines = [f"Usage: {cmd.usage}", *_wrap(cmd.summary + "."), f"Who may run it: {cmd.who}."]
+    if cmd.server_only:
+        lines.append("Only on a server (--url).")
+    arguments = [(f"<{p.name}>", p.kind.describe, p.default) for p in cmd.params] + \
+                [(f"{o.name}={o.placeholder}", o.kind.describe, o.default) for o in cmd.options]
+    if arguments:
+        lines.append("Arguments:")
+        for label, describe, default in arguments:
+            text = describe + (f" (default: {default})" if default else "")
+            lines += _wrap(text, lead=f"  {label}".ljust(NAME_COLUMN) + " ")
+    if any(o.kind.name == "action" for o in cmd.options):
+        lines.append("Actions:")
+        lines += _wrap(", ".join(audit_actions()), lead="  ")
+    if cmd.examples:
+        lines.append("Examples:")
+        lines += [f"  {e}" for e in cmd.examples]
+    return lines
+
+
+def _wrap(text: str, lead: str = "") -> list[str]:
+    if len(lead) > NAME_COLUMN + 1:          # a long label: its text starts on the next line
+        return [lead.rstrip(), *textwrap.wrap(text, WIDTH, initial_indent=" " * (NAME_COLUMN + 1),
+                                              subsequent_indent=" " * (NAME_COLUMN + 1))]
+    return textwrap.wrap(text, WIDTH, initial_indent=lead, subsequent_indent=" " * len(lead)) or [lead.rstrip()]
