@@ -90,7 +90,9 @@ def topic_help(topic: str) -> list[str]:
 
 
 def command_help(cmd: Command) -> list[str]:
-    lines = [f"Usage: {cmd.usage}", *_wrap(cmd.summary + "."), f"Who may run it: {cmd.who}."]
+    usage = textwrap.wrap(f"Usage: {cmd.usage}", WIDTH, subsequent_indent=" " * len(f"Usage: {cmd.name} "),
+                          break_long_words=False, break_on_hyphens=False)
+    lines = [*usage, *_wrap(cmd.summary + "."), f"Who may run it: {cmd.who}."]
     if cmd.server_only:
         lines.append("Only on a server (--url).")
     arguments = [(f"<{p.name}>", p.kind.describe, p.default) for p in cmd.params] + \
