@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -38,12 +39,19 @@ def build_parser(columns: int = 80) -> argparse.ArgumentParser:
     target.add_argument("--url", help="remote server, ws://HOST:PORT/ws or wss://HOST:PORT/ws")
     p.add_argument("--user", metavar="NAME", help="log in as NAME (password from INPUTLAYER_PASSWORD or asked)")
     p.add_argument("-c", dest="command", metavar="COMMAND", action=_Ordered, help="run COMMAND (repeatable)")
-    p.add_argument("-f", dest="file", metavar="FILE", action=_Ordered, help="run the commands in FILE")
+    p.add_argument("-f", dest="file", metavar="FILE", action=_Ordered,
+                   help="run the commands in FILE (- for stdin)")
     p.add_argument("--format", choices=("table", "plain", "json", "csv"), help="output format")
     p.add_argument("--on-error", choices=("stop", "continue"), default="stop",
                    help="in script mode: stop at the first failed command (default) or continue")
     p.add_argument("-1", "--single-transaction", action="store_true",
                    help="local target: commit all commands together or none")
+    p.add_argument("--echo", action="store_true",
+                   help="in script mode: print each line (passwords masked) before its result")
+    p.add_argument("--quiet", action="store_true",
+                   help="drop results that only report an action (errors still show)")
+    p.add_argument("--print-completion", choices=("bash", "zsh"), metavar="{bash,zsh}",
+                   help="print a completion script for the shell named, and exit")
     p.add_argument("--ca-file", metavar="PEM", help="extra trusted CA for wss://")
     p.add_argument("--config", metavar="TOML", help="config file")
     p.add_argument("--version", action="version", version=f"inputlayer {__version__}")
@@ -53,7 +61,12 @@ def build_parser(columns: int = 80) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
     env = env or Environment()
-    args = build_parser(env.columns).parse_args(argv)
+    parser = build_parser(env.columns)
+    args = parser.parse_args(argv)
+    if args.print_completion:
+        import shtab  # only here: start-up stays fast
+        env.out(shtab.complete(parser, args.print_completion))
+        return ExitStatus.OK
     try:
         config = load_config(args.config, env.env)
     except ConfigError as exc:
@@ -85,7 +98,7 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
             return run_interactive(backend, env, config, fmt=fmt)
         lines = script_lines(args, env)
         return run_script(backend, lines, env, fmt=fmt, on_error=args.on_error,
-                          single_transaction=args.single_transaction)
+                          single_transaction=args.single_transaction, echo=args.echo, quiet=args.quiet)
     except _Unreadable as exc:
         env.err(f"error: {exc}\n")
         return ExitStatus.ERROR
@@ -113,12 +126,17 @@ def open_backend(args: argparse.Namespace, env: Environment, config: Config, url
         from backend.targets.remote import RemoteBackend
         return RemoteBackend(url, ca_file=args.ca_file or env.env.get("INPUTLAYER_CA_FILE"))
     from backend.targets.local import LocalBackend
-    local = LocalBackend(resolve_data_dir(args.data_dir, env.env, config), config, env.env)
+    data_dir = os.path.abspath(os.path.expanduser(resolve_data_dir(args.data_dir, env.env, config)))
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise StoreError(f"{data_dir}: not a directory")
+    local = LocalBackend(data_dir, config, env.env)
     try:
         local.first_start(env.env, config, env.err)
     except BaseException:
         local.close()
         raise
+    if local.bootstrapped:      # a mistyped --data-dir must not go unnoticed
+        env.err(f"Created a new store in {data_dir}; admin bootstrapped.\n")
     return local
 
 
@@ -160,12 +178,17 @@ def script_lines(args, env: Environment) -> LineQueue:
     nothing), else stdin, streamed as it arrives."""
     if not args.sources:
         return LineQueue(stream=env.stdin)
+    if args.sources == [("file", "-")]:
+        return LineQueue(stream=env.stdin)       # streamed, as stdin without -f
     lines: list[Line] = []
     command_number = 0
     for kind, value in args.sources:
         if kind == "command":
             command_number += 1
             lines.append(Line("-c", command_number, value))
+            continue
+        if value == "-":
+            lines += decode_lines(env.stdin.read(), "<stdin>")
             continue
         try:
             with open(value, "rb") as fh:

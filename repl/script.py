@@ -16,11 +16,13 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 from backend.errors import CommandError, SessionEnded, StoreError
+from backend.language.parser import redact
 from backend.language.registry import COMMANDS
 from backend.targets.protocols import Backend, Batching
 
 from .environment import Environment, ExitStatus
 from .output import render, render_json_error
+from .password_source import resolve_password_source
 
 COMMENT_PREFIXES = ("#", "//")
 GROUP_MAX_COMMANDS = 500
@@ -47,9 +49,12 @@ def is_quit(text: str) -> bool:
     return text.strip().lower() in QUIT_WORDS
 
 
+BOM = "\ufeff"     # what editors on Windows put first in a UTF-8 file
+
+
 def decode_lines(data: bytes, source: str) -> Iterator[Line]:
     # Bytes that are not UTF-8 become U+FFFD: the line then fails cleanly instead of the run.
-    text = data.decode("utf-8", errors="replace")
+    text = data.decode("utf-8", errors="replace").removeprefix(BOM)
     for number, raw in enumerate(text.splitlines(), 1):
         yield Line(source, number, raw)
 
@@ -82,8 +87,9 @@ class LineQueue:
             parts.pop()
         for raw in parts:
             self._number += 1
+            text = raw.decode("utf-8", errors="replace").rstrip("\r")
             self._pending.append(Line(self._source, self._number,
-                                      raw.decode("utf-8", errors="replace").rstrip("\r")))
+                                      text.removeprefix(BOM) if self._number == 1 else text))
         if final:
             self._eof = True
 
@@ -94,6 +100,15 @@ class LineQueue:
             return
         chunk = os.read(self._fd, 1 << 16)
         self._take(chunk, final=not chunk)
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the lines come from a stream (stdin) rather than -c and -f."""
+        return self._stream is not None
+
+    def next_text(self) -> str | None:
+        line = self.next()
+        return None if line is None else line.text
 
     def next(self) -> Line | None:
         while not self._pending and not self._eof:
@@ -116,8 +131,11 @@ class LineQueue:
 
 
 def run_script(backend: Backend, lines: LineQueue, env: Environment, *, fmt: str, on_error: str,
-               single_transaction: bool) -> ExitStatus:
-    runner = _Runner(backend, env, fmt, stop_on_error=on_error == "stop")
+               single_transaction: bool, echo: bool = False, quiet: bool = False) -> ExitStatus:
+    """`echo` prints each line (its secrets masked) before its result; `quiet` drops results
+    that only report an action."""
+    runner = _Runner(backend, env, fmt, stop_on_error=on_error == "stop", echo=echo, quiet=quiet)
+    runner.password_line = lines.next_text if lines.streaming else env.stdin_line
     if not isinstance(backend, Batching):
         if single_transaction:
             raise ValueError("a single transaction needs a target that runs batches")
@@ -131,8 +149,13 @@ def run_script(backend: Backend, lines: LineQueue, env: Environment, *, fmt: str
 
 
 class _Runner:
-    def __init__(self, backend: Backend, env: Environment, fmt: str, stop_on_error: bool):
+    def __init__(self, backend: Backend, env: Environment, fmt: str, stop_on_error: bool, *,
+                 echo: bool = False, quiet: bool = False):
         self.backend = backend
+        self.echo = echo
+        self.quiet = quiet
+        # Where `password=-` reads from: the next line of the script when stdin is the script.
+        self.password_line: Callable[[], str | None] = env.stdin_line
         self.env = env
         self.fmt = fmt
         self.stop_on_error = stop_on_error
@@ -168,13 +191,18 @@ class _Runner:
 
     def _run(self, line: Line) -> tuple[list[tuple[str, str]], bool]:
         """Execute one line: (what to print, as (stream, text) pairs; whether the run must stop)."""
+        shown: list[tuple[str, str]] = []
+        if self.echo:     # on stderr in csv and json, which programs read from stdout
+            shown.append(("err" if self.fmt in ("csv", "json") else "out", redact(line.text) + "\n"))
         try:
-            result = self.backend.execute(line.text)
+            result = self.backend.execute(resolve_password_source(line.text, self.password_line))
         except CommandError as exc:
             self.failed = True
             stop = self.stop_on_error or isinstance(exc, SessionEnded)
-            return error_report(line, exc.message, self.fmt), stop
-        return [("out", render(result, self.fmt))], False
+            return shown + error_report(line, exc.message, self.fmt), stop
+        if self.quiet and result.is_message:
+            return shown, False
+        return [*shown, ("out", render(result, self.fmt))], False
 
     def _print(self, reports: list[tuple[str, str]]) -> None:
         """Write what a group printed, in order, with one write per run of the same stream."""

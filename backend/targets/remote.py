@@ -37,6 +37,7 @@ def _legacy_flag() -> dict:
 LEGACY = _legacy_flag()
 OPEN_TIMEOUT = 10.0
 MAX_REPLY_BYTES = 64 * 1024 * 1024     # the server streams large results; this bounds one frame
+MAX_MESSAGE_BYTES = 1024 * 1024        # the server's default max_message_bytes (protocol.md)
 
 
 class _KgRefused(AuthError):
@@ -47,7 +48,7 @@ class RemoteBackend:
     def __init__(self, url: str, *, ca_file: str | None = None, connect: bool = True, **socket_options: Any):
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise TargetUnreachable(f"cannot reach {url}: the URL must be ws://HOST:PORT/ws or wss://HOST:PORT/ws")
+            raise TargetUnreachable(_url_advice(url))
         self.url = url
         self.secure = parts.scheme == "wss"
         try:
@@ -96,6 +97,10 @@ class RemoteBackend:
         except ssl.SSLCertVerificationError as exc:
             raise TargetUnreachable(f"cannot reach {self.url}: certificate not trusted "
                                     f"({exc.verify_message}); pass --ca-file") from None
+        except ssl.SSLError:
+            plain = "ws://" + self.url[len("wss://"):]
+            raise TargetUnreachable(f"cannot reach {self.url}: TLS handshake failed: is the server using TLS? "
+                                    f"try {plain}") from None
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
             raise TargetUnreachable(f"cannot reach {self.url}: {_reason(exc)}") from None
         self._protocol = ClientProtocol()
@@ -194,10 +199,16 @@ class RemoteBackend:
     # --- commands ------------------------------------------------------------------------
 
     def execute(self, line: str) -> Result:
+        frame = self._protocol.execute(line)
+        # The server closes the connection on a message over its limit: refuse the line here,
+        # so it fails alone, as it would locally.
+        if len(frame) > MAX_MESSAGE_BYTES // 4 and len(frame.encode()) > MAX_MESSAGE_BYTES:
+            raise CommandError(f"Line too long: {len(line.encode())} bytes; a message to the server "
+                               f"holds at most {MAX_MESSAGE_BYTES} bytes")
         with self._lock:
             if self._ws is None:
                 raise TargetUnreachable(f"connection to {self.url} lost")
-            self._send(self._protocol.execute(line))
+            self._send(frame)
             event = self._next_event()
             if isinstance(event, Reply):
                 if event.result.switched_kg is not None:
@@ -211,6 +222,17 @@ class RemoteBackend:
     def close(self) -> None:
         with self._lock:
             self._drop()
+
+
+def _url_advice(url: str) -> str:
+    """What to type instead of a URL that is no ws:// or wss:// URL (`http://h:p/`, `h:p`)."""
+    parts = urlsplit(url if "://" in url else "//" + url)
+    try:
+        where = parts.netloc if parts.hostname and parts.port else "HOST:PORT"
+    except ValueError:
+        where = "HOST:PORT"
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return f"cannot reach {url}: use {scheme}://{where}/ws"
 
 
 def _reason(exc: BaseException) -> str:
