@@ -66,3 +66,21 @@ def test_declared_defaults_are_the_handlers_defaults():
         == DEFAULT_GRACE
     ttl = next(o for o in find_command(".token issue").options if o.name == "ttl").default
     assert parse_duration(ttl.split(";")[0]) == DEFAULT_TOKEN_TTL
+
+
+@pytest.mark.parametrize("rows, columns", [(24, 80), (40, 120)])
+def test_help_on_a_terminal_needs_no_pager(tmp_path, config_file, rows, columns):
+    from ptyshell import Terminal, pty_env
+
+    marker = tmp_path / "paged"
+    term = Terminal(["--data-dir", str(tmp_path / "d")], pty_env(tmp_path, config_file, PAGER=f"touch {marker}; cat"),
+                    rows=rows, columns=columns)
+    term.expect("admin@local:default>")
+    term.type(".help<Enter>")
+    term.expect("Type .help .user for a group's commands")
+    term.expect("admin@local:default>")
+    term.type(".quit<Enter>")
+    assert term.finish() == 0
+    assert not marker.exists()
+    shown = term.screen[term.screen.index("General"):term.screen.index("for one command.")]
+    assert "-[ RECORD" not in shown and all(len(line) < columns for line in shown.splitlines())
