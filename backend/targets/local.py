@@ -12,7 +12,8 @@ from ..result import Result
 
 
 class LocalBackend:
-    """A Backend with the Batching and Bootstrapping capabilities (targets.protocols)."""
+    """A Backend with the Batching, Bootstrapping, Atomic and QuietLogin capabilities
+    (targets.protocols)."""
     target = "local"
 
     def __init__(self, data_dir: str, config: Config, env: Mapping[str, str] | None = None, *,
@@ -20,6 +21,7 @@ class LocalBackend:
         """`env` gives INPUTLAYER_ENCRYPTION_KEY and INPUTLAYER_SHARED_KEY, when set."""
         self.store, self.engine = open_engine(data_dir, config, env or {}, clock=clock)
         self.session: Session | None = None
+        self.record_login = True      # False: a login writes nothing until the first change (policy apply)
         self.bootstrapped = False
 
     def bootstrap(self, admin_password: str | None) -> None:
@@ -30,10 +32,10 @@ class LocalBackend:
         self.bootstrapped = first_start(self.engine, env, config, show)
 
     def login(self, username: str, password: str) -> None:
-        self.session = self.engine.login(username, password, source="local")
+        self.session = self.engine.login(username, password, source="local", record=self.record_login)
 
     def authenticate(self, api_key: str) -> None:
-        self.session = self.engine.authenticate(api_key, source="local")
+        self.session = self.engine.authenticate(api_key, source="local", record=self.record_login)
 
     def use_bootstrap_admin(self) -> None:
         self.session = self.engine.trusted_session("admin")
@@ -54,6 +56,13 @@ class LocalBackend:
 
     def end_batch(self, commit: bool) -> None:
         self.engine.end_batch(commit)
+
+    def run_atomic(self, lines: list[str], *, note: str = "") -> list[Result]:
+        """Run `lines` in one transaction: all of them, or none when one fails (its error then
+        says `line <n>: `). `note` names where the lines came from in each audit record."""
+        if self.session is None:
+            raise CommandError("Not logged in")
+        return self.engine.execute_atomic(self.session, "\n".join(lines), note=note)
 
     def close(self) -> None:
         self.store.close()
