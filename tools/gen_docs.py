@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from backend.config import SCHEMA, Config
+from backend.config import PROFILE_SCHEMA, SCHEMA, Config
 from backend.language.registry import COMMANDS, TOPICS, Command, audit_actions
 
 from .reference import CONFIG_MEANINGS, ERRORS, RESULTS
@@ -77,6 +77,8 @@ def configuration_table() -> str:
         for part in key.split("."):
             value = getattr(value, part)
         rows.append(f"| `{key}` | {_default(value)} | {_cell(CONFIG_MEANINGS.get(key, ''))} |")
+    for key in PROFILE_SCHEMA:
+        rows.append(f"| `profiles.<name>.{key}` | — | {_cell(CONFIG_MEANINGS.get('profiles.' + key, ''))} |")
     return "\n".join(rows) + "\n"
 
 

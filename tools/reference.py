@@ -100,6 +100,12 @@ CONFIG_MEANINGS: dict[str, str] = {
                           "is admin) or `disabled` (everyone is admin; loopback only)",
     "shell.history_file": "the shell's history file (mode 0600); default "
                           "`$XDG_STATE_HOME/inputlayer/history`",
+    "profiles.url": "a named connection (`--profile NAME`, INPUTLAYER_PROFILE): the server, ws:// or wss://",
+    "profiles.data_dir": "a named connection: a local data directory instead of a server",
+    "profiles.user": "a named connection: the user to log in as (never a password: a profile holding "
+                     "one is refused)",
+    "profiles.ca_file": "a named connection: an extra trusted CA for wss://",
+    "profiles.format": "a named connection: the output format",
     "shell.format": "the shell's output format: table, plain, json or csv; default table on a terminal, "
                     "plain otherwise",
 }

@@ -10,18 +10,11 @@ from __future__ import annotations
 import textwrap
 
 from ..errors import CommandError
-from .registry import COMMANDS, GROUP_SUMMARIES, TOPICS, Command, audit_actions, clip, match_command
+from .registry import COMMANDS, OVERVIEW, Command, audit_actions, clip, match_command
 
 WIDTH = 79
 NAME_COLUMN = 18     # wide enough for the longest command name, `.kg acl revoke`
 OVERVIEW_COLUMN = 36   # a longer group name puts its summary on the next line
-
-
-def _topic_of(cmd: Command) -> str:
-    for title, groups in TOPICS:
-        if cmd.words[0] in groups:
-            return title
-    return "Other"
 
 
 def _two_columns(commands: list[Command]) -> list[str]:
@@ -38,19 +31,24 @@ def _two_columns(commands: list[Command]) -> list[str]:
 
 
 def overview() -> list[str]:
-    """One line per group of commands (GROUP_SUMMARIES) or lone command, under topic titles:
-    short enough for an 80x24 terminal without a pager."""
-    titles = [t for t, _ in TOPICS] + ["Other"]
-    rows: dict[str, dict[tuple[str, ...], list[Command]]] = {t: {} for t in titles}
+    """One line per OVERVIEW entry that names a command, then one per command none covers."""
+    prefixes = [tuple(p.split()) for entry, _ in OVERVIEW for p in entry]
+    covered: dict[tuple[str, ...], list[Command]] = {}
+    lone: list[Command] = []
     for cmd in COMMANDS:
-        key = next((cmd.words[:n] for n in (2, 1) if cmd.words[:n] in GROUP_SUMMARIES), cmd.words)
-        rows[_topic_of(cmd)].setdefault(key, []).append(cmd)
+        key = max((p for p in prefixes if cmd.words[:len(p)] == p), key=len, default=None)
+        if key is None:
+            lone.append(cmd)
+        else:
+            covered.setdefault(key, []).append(cmd)
     lines: list[str] = []
-    for title in titles:
-        if rows[title]:
-            lines.append(title)
-        for key, members in rows[title].items():
-            lines += _row(_group_name(key, members), GROUP_SUMMARIES.get(key) or members[0].summary)
+    for entry, summary in OVERVIEW:
+        keys = [k for k in (tuple(p.split()) for p in entry) if k in covered]
+        if keys:
+            name = "  ".join(_group_name(k, covered[k]) for k in keys)
+            lines += _row(name, summary or covered[keys[0]][0].summary)
+    for cmd in lone:
+        lines += _row(cmd.name, cmd.summary)
     return lines + ["", "Type .help .user for a group's commands, .help .user create for one command."]
 
 
