@@ -19,6 +19,7 @@ from backend.targets.protocols import Backend, Reconnecting
 
 from .completer import CommandCompleter, LiveNames
 from .display import format_result, needs_pager, page
+from .password_source import resolve_password_source
 from .environment import Environment, ExitStatus
 from .highlight import STYLE, CommandLexer, SecretMask
 from .history import PrivateHistory, history_path
@@ -106,7 +107,12 @@ class Shell:
 
     def execute(self, line: str) -> None:
         try:
+            # `password=@FILE` is read here; `password=-` at the terminal is a hidden prompt.
+            line = resolve_password_source(line, lambda: self.env.getpass("Password: "))
             completed = self._with_password(line)
+        except CommandError as exc:
+            self.error(exc.message)
+            return
         except (EOFError, KeyboardInterrupt):
             self.env.out("\n")
             return

@@ -120,3 +120,25 @@ def test_print_completion(config_file):
     for shell_name, marker in (("bash", "complete"), ("zsh", "#compdef")):
         proc = run_cli(["--print-completion", shell_name], env=cli_env(config_file))
         assert proc.returncode == 0 and marker in proc.stdout.decode() and "--data-dir" in proc.stdout.decode()
+
+
+def test_password_file_at_the_prompt_history_keeps_the_path(tmp_path, cheap_config):
+    from test_interactive import run_shell
+
+    from backend.targets.local import LocalBackend
+
+    backend = LocalBackend(str(tmp_path / "data"), cheap_config)
+    backend.bootstrap(ADMIN_PASSWORD)
+    backend.login("admin", ADMIN_PASSWORD)
+    try:
+        secret = tmp_path / "bob.secret"
+        secret.write_text("bob-from-a-file\n")
+        status, out, err, _ = run_shell(backend, tmp_path, f".user create bob password=@{secret}\r"
+                                        ".user password bob password=-\r\x04", passwords=["bob-new-secret"])
+        assert status == 0 and err == ""
+        assert out.count("User 'bob' created") == 1 and "Password updated for 'bob'." in out
+        history = (tmp_path / "history").read_text()
+        assert f"password=@{secret}" in history and "from-a-file" not in history and "new-secret" not in history
+        backend.login("bob", "bob-new-secret")
+    finally:
+        backend.close()
