@@ -19,11 +19,11 @@ from backend.targets.protocols import Backend, Reconnecting
 
 from .completer import CommandCompleter, LiveNames
 from .display import format_result, needs_pager, page
-from .password_source import resolve_password_source
 from .environment import Environment, ExitStatus
 from .highlight import STYLE, CommandLexer, SecretMask
 from .history import PrivateHistory, history_path
 from .output import printable
+from .password_source import resolve_password_source
 from .script import is_quit, is_skipped
 
 
