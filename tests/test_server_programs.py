@@ -36,3 +36,23 @@ def test_an_ambiguous_prefix_lists_the_matches(live, monkeypatch):  # noqa: F811
         assert reply["message"] == ("Session id 'abcdef12' is ambiguous: it starts "
                                     "abcdef12-0000-4000-8000-000000000001, abcdef12-0000-4000-8000-000000000002")
         assert admin.execute(".session kill abcdef12-0000-4000-8000-000000000002")["type"] == "result"
+
+
+def test_the_server_announces_its_message_limit_and_the_shell_keeps_to_it(serve):  # noqa: F811
+    import pytest
+
+    from backend.errors import CommandError
+    from backend.targets.remote import RemoteBackend
+    from serverkit import ADMIN_PASSWORD, Client
+
+    server = serve(max_message_bytes=4096)
+    with Client(server.url) as c:
+        assert c.login()["max_message_bytes"] == 4096
+    backend = RemoteBackend(server.url)
+    try:
+        backend.login("admin", ADMIN_PASSWORD)
+        with pytest.raises(CommandError, match="^Line too long: 5006 bytes; a message to this server holds at most 4096"):
+            backend.execute(".help " + "x" * 5000)
+        assert backend.execute(".whoami").rows[0][0] == "admin"       # the session lives on
+    finally:
+        backend.close()

@@ -82,7 +82,7 @@ CONFIG_MEANINGS: dict[str, str] = {
     "server.port": "the server's port; 0 picks a free one and prints it",
     "server.auth_timeout_secs": "seconds a connection has to log in before it is closed (1008)",
     "server.max_message_bytes": "largest message a client may send; a larger one closes the connection "
-                                "(1009). The shell refuses longer lines itself at the 1 MiB default",
+                                "(1009). The server announces it at login and the shell refuses longer lines itself",
     "server.trusted_proxies": "addresses or CIDR ranges of proxies whose X-Forwarded-For is believed",
     "server.allowed_ips": "CIDR allow-list for clients; empty allows everyone; others get HTTP 403",
     "server.tls.cert": "PEM certificate chain: with `key`, the server speaks TLS (wss://)",

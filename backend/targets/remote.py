@@ -37,7 +37,7 @@ def _legacy_flag() -> dict:
 LEGACY = _legacy_flag()
 OPEN_TIMEOUT = 10.0
 MAX_REPLY_BYTES = 64 * 1024 * 1024     # the server streams large results; this bounds one frame
-MAX_MESSAGE_BYTES = 1024 * 1024        # the server's default max_message_bytes (protocol.md)
+MAX_MESSAGE_BYTES = 1024 * 1024        # max_message_bytes of a server that does not announce it
 
 
 class _KgRefused(AuthError):
@@ -68,6 +68,7 @@ class RemoteBackend:
         self.role: str | None = None
         self.knowledge_graph: str | None = None
         self.features: frozenset[str] = frozenset()     # protocol additions the server announced
+        self.max_message_bytes = MAX_MESSAGE_BYTES
         if connect:
             self._connect()
 
@@ -166,6 +167,7 @@ class RemoteBackend:
             self.session_id, self.username = event.session_id, event.username
             self.role, self.knowledge_graph = event.role, event.knowledge_graph
             self.features = event.features
+            self.max_message_bytes = event.max_message_bytes or MAX_MESSAGE_BYTES
             return
         text = event.message if isinstance(event, Refused) else "unexpected reply"
         if isinstance(event, Refused) and not event.closing:
@@ -204,9 +206,10 @@ class RemoteBackend:
         frame = self._protocol.execute(line)
         # The server closes the connection on a message over its limit: refuse the line here,
         # so it fails alone, as it would locally.
-        if len(frame) > MAX_MESSAGE_BYTES // 4 and len(frame.encode()) > MAX_MESSAGE_BYTES:
-            raise CommandError(f"Line too long: {len(line.encode())} bytes; a message to the server "
-                               f"holds at most {MAX_MESSAGE_BYTES} bytes")
+        limit = self.max_message_bytes
+        if len(frame) > limit // 4 and len(frame.encode()) > limit:
+            raise CommandError(f"Line too long: {len(line.encode())} bytes; a message to this server "
+                               f"holds at most {limit} bytes")
         with self._lock:
             if self._ws is None:
                 raise TargetUnreachable(f"connection to {self.url} lost")
