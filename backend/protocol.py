@@ -93,7 +93,7 @@ PONG = '{"type": "pong"}'
 
 def authenticated(session_id: str, knowledge_graph: str, version: str, role: str, username: str,
                   max_message_bytes: int | None = None) -> str:
-    message = {"type": "authenticated", "session_id": session_id, "knowledge_graph": knowledge_graph,
+    message: dict[str, Any] = {"type": "authenticated", "session_id": session_id, "knowledge_graph": knowledge_graph,
                "version": version, "role": role, "username": username, "features": list(FEATURES)}
     if max_message_bytes is not None:     # so a client refuses a longer line instead of losing the session
         message["max_message_bytes"] = max_message_bytes
