@@ -15,12 +15,14 @@ from prompt_toolkit.document import Document
 from backend.config import SCHEMA, holds_secret
 from backend.language.parser import Analysis, analyze
 from backend.language.registry import (
+    AUDIT_OUTCOMES,
     COMMANDS,
     GROUPS,
     KG_ROLES,
     ROLES,
     Command,
     Kind,
+    audit_actions,
     find_command,
 )
 from backend.result import Result
@@ -29,7 +31,7 @@ from backend.result import Result
 # (first column).
 LIVE_SOURCES = {"users": "user list", "kgs": "kg list", "api_keys": "apikey list"}
 FIXED = {"roles": ROLES, "kg_roles": KG_ROLES, "durations": ("1h", "24h", "7d", "30d", "90d", "never"),
-         "actions": tuple(sorted({c.action for c in COMMANDS if c.writes})),
+         "actions": (*audit_actions(), "!auth"), "outcomes": AUDIT_OUTCOMES,
          "settings": tuple(sorted(key for key in SCHEMA if not holds_secret(key)))}
 # Every spelling of a command, aliases included: ("user", "create"), ("q",), ...
 SPELLINGS = sorted({(w, c) for c in COMMANDS for w in (c.words, *c.aliases)}, key=lambda s: s[0])

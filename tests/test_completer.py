@@ -188,3 +188,8 @@ def test_config_offers_the_settings_it_may_write():
     assert complete(".config set shell.f") == ["shell.format "]
     assert "bootstrap_admin_password " not in complete(".config set ")
     assert complete(".apikey alter ", api_keys=["job"]) == ["job "]
+
+
+def test_audit_filters_complete_their_names():
+    assert complete(".audit action=auth.l") == ["auth.login "]
+    assert complete(".audit outcome=de") == ["denied "]
