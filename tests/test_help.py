@@ -54,6 +54,8 @@ def test_audit_help_lists_the_action_names(engine, admin):
 def test_unknown_help_topic(engine, admin):
     with pytest.raises(CommandError, match="Unknown command: .nothing. Type .help for the list."):
         engine.execute(admin, ".help .nothing")
+    with pytest.raises(CommandError, match="^Unknown sub-command 'list' for .token. Valid: issue, revoke$"):
+        engine.execute(admin, ".help .token list")
 
 
 def test_every_line_of_every_help_fits_80_columns(engine, admin):

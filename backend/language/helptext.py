@@ -10,7 +10,8 @@ from __future__ import annotations
 import textwrap
 
 from ..errors import CommandError
-from .registry import COMMANDS, OVERVIEW, Command, audit_actions, clip, match_command
+from .parser import subcommand_error
+from .registry import COMMANDS, GROUPS, OVERVIEW, Command, audit_actions, clip, group_usage, match_command
 
 WIDTH = 79
 NAME_COLUMN = 18     # wide enough for the longest command name, `.kg acl revoke`
@@ -78,6 +79,8 @@ def topic_help(topic: str) -> list[str]:
     if exact is not None and used != len(words):
         exact = None
     if not members and exact is None:
+        if words and words[0] in GROUPS:
+            raise subcommand_error(words) or CommandError(f"Usage: {group_usage(words[0])}")
         raise CommandError(f"Unknown command: .{clip(topic.lstrip('.'), 40)}. Type .help for the list.")
     if exact is not None and members in ([], [exact]):
         return command_help(exact)

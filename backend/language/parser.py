@@ -115,7 +115,7 @@ def is_comment(text: str) -> bool:
     return not stripped or stripped.startswith(COMMENT_PREFIXES)
 
 
-def _subcommand_error(words: list[str]) -> CommandError | None:
+def subcommand_error(words: list[str]) -> CommandError | None:
     """For words that start like a group's commands but name none of them: the usage of the
     group (no further word) or `Unknown sub-command` with the valid ones."""
     lowered = [w.lower() for w in words]
@@ -165,11 +165,11 @@ def parse(line: str) -> Invocation:
             raise CommandError("Only administration commands are supported by this server.")
         group = texts[0][1:].lower()
         if group in GROUPS:
-            raise _subcommand_error([group, *texts[1:]]) or CommandError(f"Usage: {group_usage(group)}")
+            raise subcommand_error([group, *texts[1:]]) or CommandError(f"Usage: {group_usage(group)}")
         raise CommandError(f"Unknown command: .{clip(texts[0][1:], 40)}. Type .help for the list.")
     # `.kg foo` or `.kg acl foo` names no sub-command, and `.kg` takes no arguments.
     if not cmd.params and len(texts) > used and len(GROUPS[cmd.words[0]]) > 1:
-        error = _subcommand_error([texts[0][1:], *texts[1:]])
+        error = subcommand_error([texts[0][1:], *texts[1:]])
         if error is not None:
             raise error
     inv = Invocation(cmd, line)
