@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from backend.config import PROFILE_SCHEMA, SCHEMA, Config
-from backend.language.registry import COMMANDS, TOPICS, Command, audit_actions
+from backend.language.helptext import TOPICS
+from backend.language.registry import COMMANDS, Command, audit_actions
 
 from .reference import CONFIG_MEANINGS, ERRORS, RESULTS
 

@@ -11,7 +11,37 @@ import textwrap
 
 from ..errors import CommandError
 from .parser import subcommand_error
-from .registry import COMMANDS, GROUPS, OVERVIEW, Command, audit_actions, clip, group_usage, match_command
+from .registry import COMMANDS, GROUPS, Command, audit_actions, clip, group_usage, match_command
+
+# The sections of docs/commands.md: a title and the first words of the commands it holds.
+TOPICS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("General", ("help", "whoami", "status", "quit", "config", "format", "expanded", "timing", "pager", "read")),
+    ("Users", ("user",)),
+    ("Knowledge graphs and their access lists", ("kg",)),
+    ("API keys and session tokens", ("apikey", "token")),
+    ("Audit and lockouts", ("audit", "lockout")),
+    ("Sessions (server only)", ("session",)),
+)
+
+# `.help`'s overview, one line each, in this order: the command prefixes a line covers (the
+# longest prefix of a command wins) and its summary ("": the one command's own). A command no
+# line covers gets a line of its own at the end. Short enough for an 80x24 terminal.
+OVERVIEW: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("help",), ""),
+    (("whoami", "status"), "Who you are; the target, version, uptime"),
+    (("quit",), "Leave the shell (also .exit, .q)"),
+    (("config",), "The shell's config file"),
+    (("format", "expanded", "timing", "pager"), "How results are shown"),
+    (("read",), ""),
+    (("user",), "Users, their passwords and global roles"),
+    (("kg",), "Show, list, create, use, drop KGs"),
+    (("kg acl",), "Who may read, write or own a KG"),
+    (("apikey",), "API keys: role, KGs, expiry, IPs, rate"),
+    (("token",), "Short-lived signed tokens that act as you"),
+    (("audit",), "The audit log, and checking its hash chain"),
+    (("lockout",), "Addresses locked out after failed logins"),
+    (("session",), "Live sessions on a server: list, kill"),
+)
 
 WIDTH = 79
 NAME_COLUMN = 18     # wide enough for the longest command name, `.kg acl revoke`
