@@ -41,6 +41,8 @@ class SecurityConfig(NamedTuple):
 class ShellConfig(NamedTuple):
     history_file: str = ""
     format: str = ""
+    lock_wait_ms: int = 30_000          # how long a command waits for another process's write lock
+    max_transaction_secs: int = 60      # how long a -1 script may hold the store's write lock
 
 
 class Profile(NamedTuple):
@@ -118,6 +120,8 @@ SCHEMA: dict[str, Callable[[Any], Any]] = {
     "security.auth_mode": _choice("managed", "shared_key", "disabled"),
     "shell.history_file": _string,
     "shell.format": _choice("table", "plain", "json", "csv"),
+    "shell.lock_wait_ms": _int_range(0, 3_600_000),
+    "shell.max_transaction_secs": _int_range(1, 86400),
 }
 SECTIONS = {"server", "server.tls", "security", "shell"}
 

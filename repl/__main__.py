@@ -114,11 +114,12 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
             return run_interactive(shell, env, config, fmt=fmt)
         lines = script_lines(args, env)
         return run_script(shell, lines, env, fmt=fmt, on_error=args.on_error,
-                          single_transaction=args.single_transaction, echo=args.echo, quiet=args.quiet)
+                          single_transaction=args.single_transaction,
+                          max_transaction_secs=config.shell.max_transaction_secs, echo=args.echo, quiet=args.quiet)
     except _Unreadable as exc:
         env.err(f"error: {exc}\n")
         return ExitStatus.ERROR
-    except TargetUnreachable as exc:
+    except (TargetUnreachable, StoreError) as exc:
         env.err(f"error: {exc}\n")
         return ExitStatus.ERROR
     except KeyboardInterrupt:

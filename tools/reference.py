@@ -106,6 +106,10 @@ CONFIG_MEANINGS: dict[str, str] = {
                      "one is refused)",
     "profiles.ca_file": "a named connection: an extra trusted CA for wss://",
     "profiles.format": "a named connection: the output format",
+    "shell.lock_wait_ms": "how long, in milliseconds, the shell waits for another process's write lock "
+                          "on the data directory",
+    "shell.max_transaction_secs": "how long a `-1` script may hold the store's write lock before it is "
+                                  "rolled back",
     "shell.format": "the shell's output format: table, plain, json or csv; default table on a terminal, "
                     "plain otherwise",
 }

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import Config
-from ..errors import CommandError, PermissionDenied, SessionEnded, StoreError
+from ..errors import CommandError, PermissionDenied, SessionEnded, StoreError, StoreFailure
 from ..language.parser import Invocation, parse, parse_program
 from ..language.registry import COMMANDS
 from ..result import Result
@@ -200,7 +200,7 @@ class Engine:
                         exc.args = (f"line {n}: {exc.message}",)
                         raise
         except (sqlite3.DatabaseError, StoreError) as exc:
-            raise CommandError(f"The store could not complete the commands: {exc}. Nothing was changed.") from None
+            raise StoreFailure(f"The store could not complete the commands: {exc}. Nothing was changed.") from None
         finally:
             session.note = ""
             if denial is not None:
@@ -233,7 +233,7 @@ class Engine:
             self.record_denial(record)
             raise
         except (sqlite3.DatabaseError, StoreError) as exc:
-            raise CommandError(f"The store could not complete the command: {exc}. Nothing was changed.") from None
+            raise StoreFailure(f"The store could not complete the command: {exc}. Nothing was changed.") from None
         if result.switched_kg is not None:
             session.knowledge_graph = result.switched_kg
         return result

@@ -112,6 +112,11 @@ def check_kg_list(text: str) -> tuple[str, ...]:
 def check_secret(text: str) -> str:
     if len(text) > MAX_PASSWORD_CHARS:
         raise CommandError(f"Password too long: at most {MAX_PASSWORD_CHARS} characters")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:      # a lone surrogate: no bytes to hash
+            raise CommandError("Invalid password: it is not valid Unicode text") from None
     return text
 
 
