@@ -261,7 +261,7 @@ def test_session_list_and_kill(live):
         bob = logged_in(live.url, "bob", "pw-123456")
         listed = admin.execute(".session list")
         assert listed["columns"] == ["session_id", "username", "auth", "address", "knowledge_graph", "connected_at",
-                                     "current"]
+                                     "node", "current"]
         assert sorted(r[1] for r in listed["rows"]) == ["admin", "bob"]
         assert all(r[3] == "127.0.0.1" for r in listed["rows"])
         own = bob.execute(".session list")["rows"]

@@ -110,6 +110,12 @@ CONFIG_MEANINGS: dict[str, str] = {
                           "on the data directory",
     "shell.max_transaction_secs": "how long a `-1` script may hold the store's write lock before it is "
                                   "rolled back",
+    "cluster.redis_url": "Redis shared by a cluster's nodes for lockout and rate counters and the session "
+                         "list (also --redis, INPUTLAYER_REDIS_URL); empty: each node counts alone",
+    "cluster.node": "this node's name in `.session list` (default: the listener's host:port)",
+    "cluster.key_prefix": "prefix of every Redis key, so several clusters can share one Redis",
+    "cluster.session_ttl_secs": "how long a node's session list lives in Redis without renewal (renewed "
+                                "every third of it)",
     "shell.format": "the shell's output format: table, plain, json or csv; default table on a terminal, "
                     "plain otherwise",
 }

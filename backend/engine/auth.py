@@ -15,7 +15,7 @@ from ..errors import AuthError, ConfigError, LockedOut, SessionEnded
 from ..store import Store
 from .clock import Clock
 from .keys import key_digest, well_formed_key
-from .limits import Lockout
+from .limits import LockoutCounter
 from .passwords import PasswordHasher
 from .policy import (
     REFUSED_KEY_STATES,
@@ -34,7 +34,7 @@ KEY_TOUCH_INTERVAL = 60      # last_used_at is written at most once a minute per
 class Authenticator:
     """Turns credentials into Sessions, bound to the `default` KG when they may use it."""
 
-    def __init__(self, store: Store, config: Config, clock: Clock, hasher: PasswordHasher, lockout: Lockout,
+    def __init__(self, store: Store, config: Config, clock: Clock, hasher: PasswordHasher, lockout: LockoutCounter,
                  shared_key: str | None):
         self.store = store
         self.clock = clock

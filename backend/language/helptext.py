@@ -8,6 +8,7 @@ Lines stay within WIDTH columns, so the text reads on an 80-column terminal with
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Sequence
 
 from ..errors import CommandError
 from .parser import subcommand_error
@@ -32,7 +33,7 @@ OVERVIEW: tuple[tuple[tuple[str, ...], str], ...] = (
     (("quit",), "Leave the shell (also .exit, .q)"),
     (("config",), "The shell's config file"),
     (("format", "expanded", "timing", "pager"), "How results are shown"),
-    (("read",), ""),
+    (("read",), "Run the commands in a file"),
     (("user",), "Users, their passwords and global roles"),
     (("kg",), "Show, list, create, use, drop KGs"),
     (("kg acl",), "Who may read, write or own a KG"),
@@ -61,12 +62,12 @@ def _two_columns(commands: list[Command]) -> list[str]:
     return lines
 
 
-def overview() -> list[str]:
-    """One line per OVERVIEW entry that names a command, then one per command none covers."""
+def overview(commands: Sequence[Command] = COMMANDS) -> list[str]:
+    """One line per OVERVIEW entry that names one of `commands`, then one per command none covers."""
     prefixes = [tuple(p.split()) for entry, _ in OVERVIEW for p in entry]
     covered: dict[tuple[str, ...], list[Command]] = {}
     lone: list[Command] = []
-    for cmd in COMMANDS:
+    for cmd in commands:
         key = max((p for p in prefixes if cmd.words[:len(p)] == p), key=len, default=None)
         if key is None:
             lone.append(cmd)
@@ -76,7 +77,7 @@ def overview() -> list[str]:
     for entry, summary in OVERVIEW:
         keys = [k for k in (tuple(p.split()) for p in entry) if k in covered]
         if keys:
-            name = "  ".join(_group_name(k, covered[k]) for k in keys)
+            name = " ".join(_group_name(k, covered[k]) for k in keys)
             lines += _row(name, summary or covered[keys[0]][0].summary)
     for cmd in lone:
         lines += _row(cmd.name, cmd.summary)
@@ -100,11 +101,11 @@ def _row(name: str, summary: str) -> list[str]:
     return textwrap.wrap(summary, WIDTH, initial_indent=lead, subsequent_indent=indent)
 
 
-def topic_help(topic: str) -> list[str]:
-    """`.help <topic>`: a group's list (`.kg`, `.kg acl`), followed by the details of the
-    command the topic names exactly, if any."""
+def topic_help(topic: str, commands: Sequence[Command] = COMMANDS) -> list[str]:
+    """`.help <topic>`: a group's list (`.kg`, `.kg acl`) of those in `commands`, followed by the
+    details of the command the topic names exactly, if any (whether listed or not)."""
     words = [w.lower() for w in topic.lstrip(".").split()]
-    members = [c for c in COMMANDS if words and c.words[:len(words)] == tuple(words)]
+    members = [c for c in commands if words and c.words[:len(words)] == tuple(words)]
     exact, used = match_command(words) if words else (None, 0)
     if exact is not None and used != len(words):
         exact = None

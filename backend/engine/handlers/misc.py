@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ... import __version__
 from ...language.helptext import overview, topic_help
+from ...language.registry import COMMANDS, offered
 from ...result import Result
 from .base import Call, Env, handles
 
@@ -11,7 +12,10 @@ from .base import Call, Env, handles
 @handles("help")
 def show_help(env: Env, call: Call) -> Result:
     topic = call.args.get("command")
-    return Result.message(*(topic_help(topic) if topic else overview()))
+    # The lists hold what this caller may run on this target (a single command is still explained).
+    server = env.directory is not None
+    shown = [c for c in COMMANDS if offered(c, call.rights.role, server)]
+    return Result.message(*(topic_help(topic, shown) if topic else overview(shown)))
 
 
 @handles("whoami")

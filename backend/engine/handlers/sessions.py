@@ -16,8 +16,9 @@ def session_list(env: Env, call: Call) -> Result:
     if rights.role != "admin":
         live = [s for s in live if s.username == session.username]
     # `current` marks the caller's own session, the one not to kill by mistake.
-    return Result(["session_id", "username", "auth", "address", "knowledge_graph", "connected_at", "current"],
-                  [[s.id, s.username, s.auth, s.address, s.knowledge_graph or "", iso(s.connected_at),
+    return Result(["session_id", "username", "auth", "address", "knowledge_graph", "connected_at", "node",
+                   "current"],
+                  [[s.id, s.username, s.auth, s.address, s.knowledge_graph, iso(s.connected_at), s.node,
                     "yes" if s.id == session.id else ""]
                    for s in sorted(live, key=lambda s: s.connected_at)])
 
