@@ -81,7 +81,7 @@ def overview(commands: Sequence[Command] = COMMANDS) -> list[str]:
             lines += _row(name, summary or covered[keys[0]][0].summary)
     for cmd in lone:
         lines += _row(cmd.name, cmd.summary)
-    return lines + ["", "Type .help .user for a group's commands, .help .user create for one command."]
+    return lines + ["", "Type .help .kg for a group's commands, .help .kg use for one command."]
 
 
 def _group_name(key: tuple[str, ...], members: list[Command]) -> str:
