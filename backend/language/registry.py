@@ -194,6 +194,7 @@ PATH = Kind("path", str, describe="a file's path")
 
 
 AUTH_ACTIONS = ("auth.login", "auth.api_key", "auth.token", "auth.shared_key", "auth.anonymous")
+MAINTENANCE_ACTIONS = ("secrets.rotate", "store.upgrade")   # inputlayer-server rotate-secrets, a schema upgrade
 AUDIT_OUTCOMES = ("ok", "denied", "failed", "locked")
 SESSION_PREFIX_MIN = 8
 
@@ -502,7 +503,7 @@ def audit_actions() -> tuple[str, ...]:
 
 
 _AUDIT_ACTIONS = tuple(sorted({*(c.action for c in COMMANDS if not c.shell_only and (c.writes or c.rule.kind != "anyone")),
-                            *AUTH_ACTIONS}))
+                            *AUTH_ACTIONS, *MAINTENANCE_ACTIONS}))
 
 _BY_WORDS: dict[tuple[str, ...], Command] = {}
 for _cmd in COMMANDS:
