@@ -21,7 +21,7 @@ from ..store import Store
 from .auth import Authenticator
 from .clock import Clock, system_clock
 from .handlers import EXTRA_CHECKS, HANDLERS, Call, Env, audit_target, with_credential
-from .limits import Lockout, RateLimiter
+from .limits import Lockout, RateLimiter, account_lockout_config
 from .passwords import PasswordHasher, check_password_policy
 from .policy import (
     ACTION_LEVEL,
@@ -64,13 +64,14 @@ class Engine:
     def __init__(self, store: Store, config: Config, *, clock: Clock = system_clock,
                  hasher: PasswordHasher | None = None, lockout: Lockout | None = None,
                  directory: SessionDirectory | None = None, target: Callable[[], str] = lambda: "local",
-                 shared_key: str | None = None):
+                 shared_key: str | None = None, account_lockout: Lockout | None = None):
         self._store = store
         self._config = config
         self._clock = clock
         self._hasher = hasher or PasswordHasher(config.security)
         self._lockout = lockout or Lockout(config.security, clock)
-        self._auth = Authenticator(store, config, clock, self._hasher, self._lockout, shared_key)
+        account_lockout = account_lockout or Lockout(account_lockout_config(config.security), clock)
+        self._auth = Authenticator(store, config, clock, self._hasher, self._lockout, shared_key, account_lockout)
         self._rate_limiter = RateLimiter(clock)
         self._env = Env(store, clock, self._lockout, directory, target, clock())
         self._batch_denials: list[AuditRecord] = []
@@ -102,6 +103,15 @@ class Engine:
 
     def check_api_key(self, api_key: str, *, source: str, address: str = "") -> Session | None:
         return self._auth.check_api_key(api_key, source=source, address=address)
+
+    def flush_refusals(self, *, everything: bool = False) -> None:
+        """Audit the refusals counted while addresses or names were locked, for the windows
+        that have ended (`everything`: all, at shutdown)."""
+        self._auth.flush_refusals(everything=everything)
+
+    @property
+    def refusals_pending(self) -> bool:
+        return bool(self._auth.refusals)
 
     def record_api_key_logins(self, sessions: list[Session]) -> None:
         self._auth.record_api_key_logins(sessions)

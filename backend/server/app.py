@@ -23,6 +23,7 @@ from websockets.protocol import State
 from .. import __version__
 from ..config import Config, ServerConfig
 from ..engine import Clock, Engine, Lockout, system_clock
+from ..engine.limits import account_lockout_config
 from ..errors import SessionEnded
 from ..netaddr import client_address, networks
 from ..protocol import CHUNK_ROWS, GOING_AWAY, INTERNAL_ERROR, STREAM_THRESHOLD
@@ -70,10 +71,13 @@ class Server:
         self.options = options or ServerOptions()
         self.host = self.cfg.host
         self.port = self.cfg.port
+        self.clock = clock                  # the rate limits' too, so tests can hold time still
         self.lockout = Lockout(config.security, clock)
+        self.account_lockout = Lockout(account_lockout_config(config.security), clock)
         self.sessions = LiveSessions(self.end_session_threadsafe)
         self.engine = Engine(store, config, clock=clock, shared_key=shared_key, lockout=self.lockout,
-                             directory=self.sessions, target=lambda: f"{self.host}:{self.port}")
+                             account_lockout=self.account_lockout, directory=self.sessions,
+                             target=lambda: f"{self.host}:{self.port}")
         self.metrics = Metrics()
         self.connections: set[Connection] = set()
         self.trusted = networks(self.cfg.trusted_proxies)
@@ -150,6 +154,10 @@ class Server:
             await self._close_all(self._ws_server)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await run_in(self._sweep_pool, self.engine.flush_refusals, everything=True)
+        except Exception as exc:  # noqa: BLE001 -- shutting down: say so and go on
+            log.error("could not audit the refusals of locked addresses: %s", describe(exc))
         for pool in (self._auth_pool, self._exec_pool, self._sweep_pool):
             pool.shutdown(wait=True, cancel_futures=True)
         log.info("stopped")
@@ -202,7 +210,7 @@ class Server:
         address = self.address(ws, ws.request.headers.get_all("X-Forwarded-For"))
         query = parse_qs(urlsplit(ws.request.path).query)
         kg = query["kg"][0] if query.get("kg") else None
-        conn = Connection(ws, address, kg)
+        conn = Connection(ws, address, kg, max_program_lines=self.cfg.max_program_lines)
         self.connections.add(conn)
         self.metrics.connections_total += 1
         log.debug("connection opened: address=%s", address)
@@ -253,6 +261,8 @@ class Server:
                     pass
                 poked = self._poke.is_set()
                 self._poke.clear()
+                if self.engine.refusals_pending:
+                    await run_in(self._sweep_pool, self.engine.flush_refusals)
                 mark = await run_in(self._sweep_pool, self._data_version)
                 now = self._loop.time()
                 if not (poked or mark != last_mark or now - last_full >= FULL_SWEEP_INTERVAL):

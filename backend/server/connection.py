@@ -18,9 +18,11 @@ from ..engine import Session, UnrecordedDenial
 from ..errors import CommandError, PermissionDenied, SessionEnded, StoreError
 from ..language.parser import parse_program
 from ..protocol import (
+    MAX_PROGRAM_LINES,
     Action,
     Close,
     Execute,
+    Phase,
     Respond,
     Send,
     ServerProtocol,
@@ -28,22 +30,26 @@ from ..protocol import (
     reply_frames,
 )
 from ..result import Result
-from .programs import Planned, combine, program_shape
+from .programs import Planned, ProgramShape, combine, program_shape
 
 if TYPE_CHECKING:
     from .app import Server
 
 log = logging.getLogger("inputlayer.server")
 
+QUICK_PROGRAM_LINES = 16            # ~30 us a cheap line: at most about half a millisecond inline
+QUICK_PROGRAM_CHARS = 4096          # and no long line, which the lexer takes a character at a time
+
 
 class Connection:
     """One WebSocket connection, before and after it authenticates."""
 
-    def __init__(self, ws: ServerConnection, address: str, kg: str | None):
+    def __init__(self, ws: ServerConnection, address: str, kg: str | None, *,
+                 max_program_lines: int = MAX_PROGRAM_LINES):
         self.ws = ws
         self.address = address
         self.kg = kg                         # the `?kg=` asked for, if any
-        self.protocol = ServerProtocol()
+        self.protocol = ServerProtocol(max_program_lines=max_program_lines)
         self.session: Session | None = None
         self.busy = asyncio.Lock()           # held while a message is being answered
         self.ending = False                  # told to go (session ended, shutdown)
@@ -93,6 +99,10 @@ async def authenticate(app: Server, conn: Connection) -> bool:
             log.info("authentication timeout: address=%s", conn.address)
             await conn.perform(conn.protocol.timed_out(timeout))
             return False
+        if not conn.protocol.allow(app.clock()):
+            log.info("closed %s: too many messages before authentication", conn.address)
+            await conn.perform(conn.protocol.auth_rate_limited())
+            return False
         request = conn.protocol.receive(raw)
         if isinstance(request, (Respond, Execute)):
             log.info("closed %s: a message before authentication", conn.address)
@@ -128,34 +138,51 @@ async def _open_session(app: Server, conn: Connection, session: Session) -> bool
 async def serve_session(app: Server, conn: Connection) -> None:
     """Those that arrive meanwhile wait in the connection's buffer (max_queue), which is what
     pushes back on a client that floods."""
-    loop = asyncio.get_running_loop()
     try:
         async for raw in conn.ws:
-            allowed = conn.protocol.allow(loop.time())
+            request = _admitted(conn, raw, app.clock())
             async with conn.busy:
                 if conn.ending:
                     return
-                if not allowed:
+                if request is None:
                     await conn.perform(conn.protocol.rate_limited())
-                    continue
-                request = conn.protocol.receive(raw)
-                if isinstance(request, Execute):
-                    await execute(app, conn, request.program)
-                elif isinstance(request, Respond):
+                elif isinstance(request, Execute):
+                    await execute(app, conn, request.program, request.lines)
+                else:
                     await conn.perform(request.actions)
     except ConnectionClosed:
         pass
 
 
-async def execute(app: Server, conn: Connection, program: str) -> None:
+def _admitted(conn: Connection, raw: str | bytes, now: float) -> Execute | Respond | None:
+    """The request in `raw` when the connection's rate allows it (a program costs one per
+    line), else None. A spent budget refuses the message before it is parsed."""
+    if conn.protocol.exhausted(now):
+        return None
+    request = conn.protocol.receive(raw)
+    if isinstance(request, Respond) and conn.protocol.phase is Phase.CLOSED:
+        return request                       # a protocol violation closes, whatever the rate
+    assert isinstance(request, (Execute, Respond))
+    return request if conn.protocol.allow(now, request.lines if isinstance(request, Execute) else 1) else None
+
+
+def _plan(program: str) -> tuple[Planned, ProgramShape]:
+    planned = parse_program(program)
+    return planned, program_shape(planned)
+
+
+async def execute(app: Server, conn: Connection, program: str, lines: int = 1) -> None:
     session = conn.session
     assert session is not None
-    planned = parse_program(program)
-    shape = program_shape(planned)
-    name = shape.name
     started = time.perf_counter()
+    # A short program of cheap commands runs on the event loop (a thread hand-off would cost
+    # more than it); anything longer is parsed, run and encoded in the pool, so that no client
+    # holds the loop, which every other client needs, for more than about a millisecond.
+    small = lines <= QUICK_PROGRAM_LINES and len(program) <= QUICK_PROGRAM_CHARS
+    planned, shape = _plan(program) if small else await app.run(_plan, program)
+    name = shape.name
     try:
-        if shape.quick:
+        if small and shape.quick:
             results, ended = run_program(app, session, planned, shape.writes, defer_denial_audit=True)
         else:
             results, ended = await app.run(run_program, app, session, planned, shape.writes)
@@ -170,11 +197,19 @@ async def execute(app: Server, conn: Connection, program: str) -> None:
     _finish(app, session, name, "ok", started)
     if shape.writes:
         app.poke()              # other sessions may have just lost their principal
-    for frame in reply_frames(combine(results), int(elapsed * 1000), threshold=app.options.stream_threshold,
-                              chunk_rows=app.options.chunk_rows):
+    if small:
+        frames = _frames(app, results, elapsed)
+    else:
+        frames = await app.run(_frames, app, results, elapsed)
+    for frame in frames:
         await conn.ws.send(frame)
     if ended is not None:
         await app.end_session(conn, ended)
+
+
+def _frames(app: Server, results: list[Result], elapsed: float) -> list[str]:
+    return reply_frames(combine(results), int(elapsed * 1000), threshold=app.options.stream_threshold,
+                        chunk_rows=app.options.chunk_rows)
 
 
 async def _refused(app: Server, conn: Connection, session: Session, name: str, started: float,

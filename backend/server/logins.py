@@ -11,6 +11,7 @@ from typing import Any
 
 from ..engine import Engine, Lockout, Session
 from ..errors import AuthError, LockedOut
+from ..netaddr import lockout_key
 from ..protocol import Authenticate, Login
 from .metrics import Metrics
 from .pools import run_in
@@ -93,7 +94,8 @@ class Logins:
     async def authenticate(self, peer: str, method: str, fn: Callable[..., Session], *args: Any,
                            **kwargs: Any) -> tuple[Session | None, str]:
         """Run login/authenticate off the loop and count the outcome."""
-        was_locked = bool(self._lockout.remaining(peer))
+        key = lockout_key(peer)
+        was_locked = bool(self._lockout.remaining(key))
         # A locked address costs no argon2 work: it must not queue behind the logins that do.
         pool = self._exec_pool if was_locked else self._auth_pool
         try:
@@ -101,7 +103,7 @@ class Logins:
         except AuthError as exc:
             outcome = "locked" if isinstance(exc, LockedOut) else "failed"
             self._metrics.logins[(method, outcome)] += 1
-            if not was_locked and self._lockout.remaining(peer):
+            if not was_locked and self._lockout.remaining(key):
                 self._metrics.lockouts += 1
                 log.warning("address %s locked out after repeated failed authentications", peer)
             log.info("authentication %s: method=%s address=%s", outcome, method, peer)
