@@ -25,6 +25,8 @@ CHUNK_BYTES = 512 * 1024            # ...and about this many bytes, so each chun
 RATE_LIMIT = 100                    # messages a second per connection (each line of a program counts)
 AUTH_RATE_LIMIT = 10                # messages a second per connection before it has logged in
 MAX_PROGRAM_LINES = 10_000          # lines in one execute (`max_program_lines`)
+MAX_LINE_CHARS = 65_536             # one line: the parser takes ~3 ms for the worst of this size
+COST_CHARS = 4096                   # a program costs at least one message per this many characters
 
 POLICY_VIOLATION = 1008
 UNSUPPORTED_DATA = 1003
@@ -46,6 +48,7 @@ class ErrorKind(enum.Enum):
     SESSION_ENDED = "Session ended: "
     RATE_LIMITED = "Rate limit exceeded"
     PROGRAM_TOO_LONG = "Program too long"
+    LINE_TOO_LONG = "Line too long"
     INVALID_MESSAGE = "Invalid message"
     UNKNOWN_TYPE = "Unknown message type"
     BINARY_FRAME = "Binary frames are not supported"
@@ -191,7 +194,8 @@ class Authenticate:
 @dataclass(frozen=True)
 class Execute:
     program: str
-    lines: int = 1          # program_lines(program): its cost toward the rate limit
+    lines: int = 1          # program_lines(program)
+    cost: int = 1           # messages it counts as toward the rate limit: its lines, or its size
 
 
 @dataclass(frozen=True)
@@ -260,7 +264,10 @@ class ServerProtocol:
             if lines > self.max_program_lines:
                 return _reply(error(f"{ErrorKind.PROGRAM_TOO_LONG.value}: {lines} lines; at most "
                                     f"{self.max_program_lines} in one execute. Nothing was run."))
-            return Execute(program, lines)
+            if len(program) > MAX_LINE_CHARS and max(map(len, program.split("\n"))) > MAX_LINE_CHARS:
+                return _reply(error(f"{ErrorKind.LINE_TOO_LONG.value}: at most {MAX_LINE_CHARS} characters "
+                                    "in one line. Nothing was run."))
+            return Execute(program, lines, max(lines, -(-len(program) // COST_CHARS)))
         shown = f" '{clip(kind, 40)}'" if isinstance(kind, str) and kind.isprintable() else ""
         return _reply(error(f"{ErrorKind.UNKNOWN_TYPE.value}{shown}: use execute or ping"))
 

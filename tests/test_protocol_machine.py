@@ -213,7 +213,10 @@ def test_a_program_over_max_program_lines_is_answered_by_the_protocol():
     server.max_program_lines = 3
     [action] = server.receive(protocol.execute(".whoami\n" * 4)).actions
     assert json.loads(action.frame)["message"].startswith("Program too long: 4 lines; at most 3")
-    assert server.receive(protocol.execute(".whoami\n" * 3)) == Execute(".whoami\n" * 3, 3)
+    assert server.receive(protocol.execute(".whoami\n" * 3)) == Execute(".whoami\n" * 3, 3, 3)
+    assert server.receive(protocol.execute(".help " + "x" * 9000)) == Execute(".help " + "x" * 9000, 1, 3)
+    [action] = server.receive(protocol.execute(".whoami\n.help " + "x" * 70_000)).actions
+    assert json.loads(action.frame)["message"].startswith("Line too long: at most 65536 characters")
 
 
 def test_a_lone_surrogate_in_a_login_becomes_text_that_can_be_encoded():

@@ -164,12 +164,15 @@ class Engine:
         return self._run(session, inv or parse(line.strip()), defer_denial_audit)
 
     def execute_program(self, session: Session, program: str | list[PlannedLine], *,
-                        defer_denial_audit: bool = False) -> list[Result]:
+                        defer_denial_audit: bool = False, numbered: bool | None = None) -> list[Result]:
         """Several lines, each parsed and authorized on its own; stops at the first failure,
         whose message is prefixed with its line number. Earlier lines stay done. `program`
-        may come already parsed, by parse_program()."""
+        may come already parsed, by parse_program(), or be a part of a longer program (then
+        `numbered` says whether the whole has several lines)."""
         results = []
         lines = parse_program(program) if isinstance(program, str) else program
+        if numbered is None:
+            numbered = len(lines) > 1
         for n, _, parsed in lines:
             try:
                 if isinstance(parsed, CommandError):
@@ -178,7 +181,7 @@ class Engine:
             except SessionEnded:
                 raise
             except CommandError as exc:
-                if len(lines) > 1:
+                if numbered:
                     # The same error, its class and details kept, numbered for the reader.
                     exc.args = (f"line {n}: {exc.message}",)
                 raise

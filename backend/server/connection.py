@@ -30,7 +30,8 @@ from ..protocol import (
     reply_frames,
 )
 from ..result import Result
-from .programs import Planned, ProgramShape, combine, program_shape
+from .programs import Planned, combine, program_shape
+from .slices import run_in_slices
 
 if TYPE_CHECKING:
     from .app import Server
@@ -156,36 +157,38 @@ async def serve_session(app: Server, conn: Connection) -> None:
 
 def _admitted(conn: Connection, raw: str | bytes, now: float) -> Execute | Respond | None:
     """The request in `raw` when the connection's rate allows it (a program costs one per
-    line), else None. A spent budget refuses the message before it is parsed."""
+    line, or per 4 KiB), else None. A spent budget refuses the message before it is parsed."""
     if conn.protocol.exhausted(now):
         return None
     request = conn.protocol.receive(raw)
     if isinstance(request, Respond) and conn.protocol.phase is Phase.CLOSED:
         return request                       # a protocol violation closes, whatever the rate
     assert isinstance(request, (Execute, Respond))
-    return request if conn.protocol.allow(now, request.lines if isinstance(request, Execute) else 1) else None
-
-
-def _plan(program: str) -> tuple[Planned, ProgramShape]:
-    planned = parse_program(program)
-    return planned, program_shape(planned)
+    return request if conn.protocol.allow(now, request.cost if isinstance(request, Execute) else 1) else None
 
 
 async def execute(app: Server, conn: Connection, program: str, lines: int = 1) -> None:
     session = conn.session
     assert session is not None
     started = time.perf_counter()
-    # A short program of cheap commands runs on the event loop (a thread hand-off would cost
-    # more than it); anything longer is parsed, run and encoded in the pool, so that no client
-    # holds the loop, which every other client needs, for more than about a millisecond.
+    # A short program runs as it always did: on the event loop when every line is cheap (a
+    # thread hand-off would cost more than it), else in the pool. A longer one runs a slice at
+    # a time (slices.py), so that no client holds the loop for more than about a millisecond.
     small = lines <= QUICK_PROGRAM_LINES and len(program) <= QUICK_PROGRAM_CHARS
-    planned, shape = _plan(program) if small else await app.run(_plan, program)
-    name = shape.name
     try:
-        if small and shape.quick:
-            results, ended = run_program(app, session, planned, shape.writes, defer_denial_audit=True)
+        if small:
+            planned = parse_program(program)
+            shape = program_shape(planned)
+            name, writes = shape.name, shape.writes
+            if shape.quick:
+                results, ended = run_program(app, session, planned, writes, defer_denial_audit=True)
+            else:
+                results, ended = await app.run(run_program, app, session, planned, writes)
         else:
-            results, ended = await app.run(run_program, app, session, planned, shape.writes)
+            texts = program.split("\n")
+            name = _long_program_name(texts)
+            results, writes = await run_in_slices(app, session, texts, numbered=name == "program")
+            ended = await app.run(_ended_by_writes, app, session) if writes else None
     except SessionEnded as exc:
         app.metrics.command(name, "ended", time.perf_counter() - started)
         await app.end_session(conn, exc.reason)
@@ -195,21 +198,13 @@ async def execute(app: Server, conn: Connection, program: str, lines: int = 1) -
         return
     elapsed = time.perf_counter() - started
     _finish(app, session, name, "ok", started)
-    if shape.writes:
+    if writes:
         app.poke()              # other sessions may have just lost their principal
-    if small:
-        frames = _frames(app, results, elapsed)
-    else:
-        frames = await app.run(_frames, app, results, elapsed)
-    for frame in frames:
+    for frame in reply_frames(combine(results), int(elapsed * 1000), threshold=app.options.stream_threshold,
+                              chunk_rows=app.options.chunk_rows):
         await conn.ws.send(frame)
     if ended is not None:
         await app.end_session(conn, ended)
-
-
-def _frames(app: Server, results: list[Result], elapsed: float) -> list[str]:
-    return reply_frames(combine(results), int(elapsed * 1000), threshold=app.options.stream_threshold,
-                        chunk_rows=app.options.chunk_rows)
 
 
 async def _refused(app: Server, conn: Connection, session: Session, name: str, started: float,
@@ -246,11 +241,24 @@ def run_program(app: Server, session: Session, planned: Planned, writes: bool, *
     results = app.engine.execute_program(session, planned, defer_denial_audit=defer_denial_audit)
     if not writes:
         return results, None         # reading cannot end one's own session
+    return results, _ended_by_writes(app, session)
+
+
+def _ended_by_writes(app: Server, session: Session) -> str | None:
     try:
         app.engine.check_session(session)
     except SessionEnded as exc:
-        return results, exc.reason
-    return results, None
+        return exc.reason
+    return None
+
+
+def _long_program_name(texts: list[str]) -> str:
+    """The metric label of a program too long to run at once: `program` for several lines,
+    else the command of its one line."""
+    lines = [t for t in texts if t.strip()]
+    if len(lines) != 1:
+        return "program" if lines else "empty"
+    return program_shape([(1, lines[0], CommandError(""))]).name
 
 
 def describe(exc: BaseException) -> str:
