@@ -28,16 +28,17 @@ def bootstrap_banner(generated_password: str) -> str:
             "Store it now: it will not be shown again.\n" + "=" * 72 + "\n")
 
 
-def open_store(data_dir: str, env: Mapping[str, str]) -> Store:
-    """The store on `data_dir`, encrypted under INPUTLAYER_ENCRYPTION_KEY when set."""
-    return SQLiteStore(data_dir, encryption_key=key_from_env(env))
+def open_store(data_dir: str, env: Mapping[str, str], *, lock_wait_ms: int = 30_000) -> Store:
+    """The store on `data_dir`, encrypted under INPUTLAYER_ENCRYPTION_KEY when set; a write
+    waits at most `lock_wait_ms` for another process's write lock."""
+    return SQLiteStore(data_dir, encryption_key=key_from_env(env), busy_timeout_ms=lock_wait_ms)
 
 
 def open_engine(data_dir: str, config: Config, env: Mapping[str, str], *,
                 clock: Clock = system_clock) -> tuple[Store, Engine]:
     """The store on `data_dir` (encrypted under INPUTLAYER_ENCRYPTION_KEY when set) and the
     engine over it; the store is closed again when the engine cannot start."""
-    store = open_store(data_dir, env)
+    store = open_store(data_dir, env, lock_wait_ms=config.shell.lock_wait_ms)
     try:
         return store, Engine(store, config, clock=clock, shared_key=env.get("INPUTLAYER_SHARED_KEY"))
     except BaseException:

@@ -44,6 +44,17 @@ class SecurityConfig(NamedTuple):
 class ShellConfig(NamedTuple):
     history_file: str = ""
     format: str = ""
+    lock_wait_ms: int = 30_000          # how long a command waits for another process's write lock
+    max_transaction_secs: int = 60      # how long a -1 script may hold the store's write lock
+
+
+class Profile(NamedTuple):
+    """A named connection (`[profiles.NAME]`): where, as whom, how shown. Never a secret."""
+    url: str = ""
+    data_dir: str = ""
+    user: str = ""
+    ca_file: str = ""
+    format: str = ""
 
 
 class Config(NamedTuple):
@@ -52,6 +63,7 @@ class Config(NamedTuple):
     server: ServerConfig = ServerConfig()
     security: SecurityConfig = SecurityConfig()
     shell: ShellConfig = ShellConfig()
+    profiles: tuple[tuple[str, Profile], ...] = ()     # (name, profile), sorted by name
     source: str = ""   # the file it was read from, for messages
 
 
@@ -114,14 +126,64 @@ SCHEMA: dict[str, Callable[[Any], Any]] = {
     "security.auth_mode": _choice("managed", "shared_key", "disabled"),
     "shell.history_file": _string,
     "shell.format": _choice("table", "plain", "json", "csv"),
+    "shell.lock_wait_ms": _int_range(0, 3_600_000),
+    "shell.max_transaction_secs": _int_range(1, 86400),
 }
 SECTIONS = {"server", "server.tls", "security", "shell"}
+
+
+def _url(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith(("ws://", "wss://")):
+        raise ValueError("expected ws://HOST:PORT/ws or wss://HOST:PORT/ws")
+    return value
+
+
+PROFILE_SCHEMA: dict[str, Callable[[Any], Any]] = {
+    "url": _url,
+    "data_dir": _string,
+    "user": _string,
+    "ca_file": _string,
+    "format": SCHEMA["shell.format"],
+}
+PROFILE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+# Words that mark a key as holding a secret: refused in a profile, and by `.config set`.
+SECRET_WORDS = ("password", "secret", "api_key", "apikey", "token", "private_key")
+
+
+def holds_secret(key: str) -> bool:
+    return any(word in key.lower() for word in SECRET_WORDS)
+
+
+def _profiles(value: Any, path: str) -> tuple[tuple[str, Profile], ...]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{path}: 'profiles' must be a table of tables ([profiles.NAME])")
+    profiles = []
+    for name, table in value.items():
+        if not name or not set(name) <= PROFILE_NAME_CHARS:
+            raise ConfigError(f"{path}: bad profile name '{name}': use letters, digits, '_', '-'")
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{path}: 'profiles.{name}' must be a table ([profiles.{name}])")
+        fields = {}
+        for key, raw in table.items():
+            dotted = f"profiles.{name}.{key}"
+            if holds_secret(key):
+                raise ConfigError(f"{path}: profiles never hold passwords or keys: remove '{dotted}'")
+            if key not in PROFILE_SCHEMA:
+                raise ConfigError(f"{path}: unknown key '{dotted}'")
+            try:
+                fields[key] = PROFILE_SCHEMA[key](raw)
+            except ValueError as exc:
+                raise ConfigError(f"{path}: bad value for '{dotted}': {exc}") from None
+        profiles.append((name, Profile(**fields)))
+    return tuple(sorted(profiles))
 
 
 def _flatten(table: Mapping[str, Any], prefix: str, path: str, out: dict[str, Any]) -> None:
     for key, value in table.items():
         dotted = f"{prefix}{key}"
-        if dotted in SECTIONS:
+        if dotted == "profiles":
+            out[dotted] = _profiles(value, path)
+        elif dotted in SECTIONS:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{path}: '{dotted}' must be a table ([{dotted}])")
             _flatten(value, dotted + ".", path, out)
@@ -142,13 +204,14 @@ def parse_config(text: str, path: str) -> Config:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     flat: dict[str, Any] = {}
     _flatten(document, "", path, flat)
+    profiles = flat.pop("profiles", ())
     checked = {}
     for key, value in flat.items():
         try:
             checked[key] = SCHEMA[key](value)
         except ValueError as exc:
             raise ConfigError(f"{path}: bad value for '{key}': {exc}") from None
-    return with_values(Config(source=path), checked)
+    return with_values(Config(profiles=profiles, source=path), checked)
 
 
 def with_values(config: Config, values: Mapping[str, Any]) -> Config:
@@ -182,6 +245,28 @@ def config_path(flag: str | None, env: Mapping[str, str]) -> Path | None:
     base = env.get("XDG_CONFIG_HOME") or os.path.join(env.get("HOME", "~"), ".config")
     default = Path(os.path.expanduser(base)) / "inputlayer" / "config.toml"
     return default if default.is_file() else None
+
+
+def config_target(flag: str | None, env: Mapping[str, str]) -> Path:
+    """Where `.config set` writes: the file in use, else the XDG path (created then)."""
+    found = config_path(flag, env)
+    if found is not None:
+        return found
+    base = env.get("XDG_CONFIG_HOME") or os.path.join(env.get("HOME", "~"), ".config")
+    return Path(os.path.expanduser(base)) / "inputlayer" / "config.toml"
+
+
+def select_profile(config: Config, flag: str | None, env: Mapping[str, str]) -> Profile:
+    """--profile, else INPUTLAYER_PROFILE, else no profile (empty); unknown names are an error."""
+    name = flag or env.get("INPUTLAYER_PROFILE")
+    if not name:
+        return Profile()
+    profiles = dict(config.profiles)
+    if name not in profiles:
+        known = ", ".join(profiles) or "none"
+        where = f" in {config.source}" if config.source else ""
+        raise ConfigError(f"unknown profile '{name}'{where}; known profiles: {known}")
+    return profiles[name]
 
 
 def load_config(flag: str | None, env: Mapping[str, str]) -> Config:

@@ -21,6 +21,10 @@ class SessionEnded(CommandError):
         self.reason = reason
 
 
+class StoreFailure(CommandError):
+    """The store could not complete a command (locked, full, damaged): nothing was changed."""
+
+
 class AuthError(Exception):
     """Authentication failed; the message is safe to show to the client."""
 

@@ -27,6 +27,8 @@ AUTH_RATE_LIMIT = 10                # messages a second per connection before it
 MAX_PROGRAM_LINES = 10_000          # lines in one execute (`max_program_lines`)
 MAX_LINE_CHARS = 65_536             # one line: the parser takes ~3 ms for the worst of this size
 COST_CHARS = 4096                   # a program costs at least one message per this many characters
+FEATURES = ("atomic",)              # what this server adds to the protocol, told at login
+MAX_NOTE_CHARS = 200                # an atomic program's note, added to its audit source
 
 POLICY_VIOLATION = 1008
 UNSUPPORTED_DATA = 1003
@@ -76,8 +78,12 @@ def authenticate(api_key: str) -> str:
     return json.dumps({"type": "authenticate", "api_key": api_key})
 
 
-def execute(program: str) -> str:
-    return json.dumps({"type": "execute", "program": program})
+def execute(program: str, *, atomic: bool = False, note: str = "") -> str:
+    """An execute frame; `atomic` asks for all of the program's lines or none (a feature: only
+    to a server that announced it)."""
+    if not atomic:
+        return json.dumps({"type": "execute", "program": program})
+    return json.dumps({"type": "execute", "program": program, "atomic": True, "note": note})
 
 
 def error(message: str) -> str:
@@ -93,7 +99,7 @@ PONG = '{"type": "pong"}'
 
 def authenticated(session_id: str, knowledge_graph: str, version: str, role: str, username: str) -> str:
     return json.dumps({"type": "authenticated", "session_id": session_id, "knowledge_graph": knowledge_graph,
-                       "version": version, "role": role, "username": username})
+                       "version": version, "role": role, "username": username, "features": list(FEATURES)})
 
 
 def session_ended_text(reason: str) -> str:
@@ -105,12 +111,7 @@ def reply_frames(result: Result, elapsed_ms: int, *, threshold: int = STREAM_THR
     """The JSON text frames that answer one execute: one `result`, or a stream when that would
     be larger than `threshold` bytes."""
     rows = result.rows
-    message: dict[str, Any] = {"type": "result", "columns": result.columns, "rows": rows,
-                               "row_count": len(rows), "total_count": len(rows), "truncated": False,
-                               "execution_time_ms": elapsed_ms}
-    if result.switched_kg is not None:
-        message["switched_kg"] = result.switched_kg
-    text = _to_json(message)
+    text = _to_json(_result_message(result, elapsed_ms))
     if len(text) <= threshold // 4 or len(text.encode()) <= threshold:      # UTF-8: at most 4 bytes a character
         return [text]
     start: dict[str, Any] = {"type": "result_start", "columns": result.columns, "total_count": len(rows),
@@ -131,6 +132,24 @@ def reply_frames(result: Result, elapsed_ms: int, *, threshold: int = STREAM_THR
         frames.append(_to_json({"type": "result_chunk", "rows": chunk, "chunk_index": len(frames) - 1}))
     frames.append(json.dumps({"type": "result_end", "row_count": len(rows), "chunk_count": len(frames) - 1}))
     return frames
+
+
+def atomic_reply(results: list[Result], combined: Result, elapsed_ms: int) -> str:
+    """The one `result` frame that answers an atomic program: the program's combined result, as
+    for any program (so a reader that knows nothing of `results` still reads it), and each
+    line's own result in `results`."""
+    message = _result_message(combined, elapsed_ms)
+    message["results"] = [{"columns": r.columns, "rows": r.rows} for r in results]
+    return _to_json(message)
+
+
+def _result_message(result: Result, elapsed_ms: int) -> dict[str, Any]:
+    message: dict[str, Any] = {"type": "result", "columns": result.columns, "rows": result.rows,
+                               "row_count": len(result.rows), "total_count": len(result.rows),
+                               "truncated": False, "execution_time_ms": elapsed_ms}
+    if result.switched_kg is not None:
+        message["switched_kg"] = result.switched_kg
+    return message
 
 
 def read(raw: str | bytes) -> dict | None:
@@ -196,6 +215,8 @@ class Execute:
     program: str
     lines: int = 1          # program_lines(program)
     cost: int = 1           # messages it counts as toward the rate limit: its lines, or its size
+    atomic: bool = False        # all lines or none
+    note: str = ""              # where an atomic program comes from (a policy file), for the audit
 
 
 @dataclass(frozen=True)
@@ -267,7 +288,14 @@ class ServerProtocol:
             if len(program) > MAX_LINE_CHARS and max(map(len, program.split("\n"))) > MAX_LINE_CHARS:
                 return _reply(error(f"{ErrorKind.LINE_TOO_LONG.value}: at most {MAX_LINE_CHARS} characters "
                                     "in one line. Nothing was run."))
-            return Execute(program, lines, max(lines, -(-len(program) // COST_CHARS)))
+            cost = max(lines, -(-len(program) // COST_CHARS))
+            if msg.get("atomic") is not True:
+                return Execute(program, lines, cost)
+            note = msg.get("note", "")
+            if not isinstance(note, str) or not note.isprintable() or len(note) > MAX_NOTE_CHARS:
+                return _reply(error(ErrorKind.INVALID_MESSAGE.value + f': "note" must be printable text of '
+                                                                      f"at most {MAX_NOTE_CHARS} characters"))
+            return Execute(program, lines, cost, atomic=True, note=note)
         shown = f" '{clip(kind, 40)}'" if isinstance(kind, str) and kind.isprintable() else ""
         return _reply(error(f"{ErrorKind.UNKNOWN_TYPE.value}{shown}: use execute or ping"))
 
@@ -348,6 +376,7 @@ class Authenticated:
     username: str | None
     role: str | None
     knowledge_graph: str | None          # None: bound to no KG
+    features: frozenset[str] = frozenset()   # protocol additions the server announced
 
 
 @dataclass(frozen=True)
@@ -362,6 +391,7 @@ class Refused:
 @dataclass(frozen=True)
 class Reply:
     result: Result
+    results: tuple[Result, ...] = ()     # each line's own, in the reply to an atomic program
 
 
 ClientEvent = Authenticated | Refused | Reply
@@ -385,8 +415,8 @@ class ClientProtocol:
         self.phase = Phase.AUTH
         return authenticate(api_key)
 
-    def execute(self, program: str) -> str:
-        return execute(program)
+    def execute(self, program: str, *, atomic: bool = False, note: str = "") -> str:
+        return execute(program, atomic=atomic, note=note)
 
     def receive(self, raw: str | bytes) -> ClientEvent | None:
         msg = read(raw)
@@ -398,7 +428,10 @@ class ClientProtocol:
             return self._receive_stream(msg)
         kind = msg.get("type")
         if kind == "result":
-            return Reply(_result(msg.get("columns") or [], msg.get("rows") or [], msg.get("switched_kg")))
+            results = msg.get("results")
+            each = tuple(_result(r.get("columns") or [], r.get("rows") or [], None)
+                         for r in results if isinstance(r, dict)) if isinstance(results, list) else ()
+            return Reply(_result(msg.get("columns") or [], msg.get("rows") or [], msg.get("switched_kg")), each)
         if kind == "result_start":
             self._stream, self._rows = msg, []
             return None
@@ -410,8 +443,11 @@ class ClientProtocol:
         kind = msg.get("type")
         if kind == "authenticated":
             self.phase = Phase.SESSION
+            features = msg.get("features")
             return Authenticated(msg.get("session_id"), msg.get("username"), msg.get("role"),
-                                 msg.get("knowledge_graph") or None)
+                                 msg.get("knowledge_graph") or None,
+                                 frozenset(f for f in features if isinstance(f, str)) if isinstance(features, list)
+                                 else frozenset())
         text = str(msg.get("message") or "unexpected reply")
         if kind == "auth_error":
             locked = text.startswith(ErrorKind.LOCKED_OUT.value)

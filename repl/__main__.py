@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from backend import __version__
-from backend.config import Config, load_config, resolve_data_dir
+from backend.config import Config, config_target, load_config, resolve_data_dir, select_profile
 from backend.errors import AuthError, ConfigError, StoreError, TargetUnreachable
 from backend.targets.protocols import Backend, Bootstrapping
 
@@ -32,11 +33,10 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(columns: int = 80) -> argparse.ArgumentParser:
     # argparse makes a formatter for every argument; given no width, each imports shutil.
     p = _Parser(prog="inputlayer", description="Administration shell for InputLayer knowledge-graph servers.",
+                epilog="Access as code: inputlayer export [-o FILE] | plan FILE [--prune] | "
+                       "apply FILE [--prune] [--yes] (see inputlayer plan --help).",
                 formatter_class=lambda prog: argparse.HelpFormatter(prog, width=columns - 2))
-    target = p.add_mutually_exclusive_group()
-    target.add_argument("--data-dir", metavar="DIR", help="local data directory (the embedded default)")
-    target.add_argument("--url", help="remote server, ws://HOST:PORT/ws or wss://HOST:PORT/ws")
-    p.add_argument("--user", metavar="NAME", help="log in as NAME (password from INPUTLAYER_PASSWORD or asked)")
+    add_connection_options(p)
     p.add_argument("-c", dest="command", metavar="COMMAND", action=_Ordered, help="run COMMAND (repeatable)")
     p.add_argument("-f", dest="file", metavar="FILE", action=_Ordered, help="run the commands in FILE")
     p.add_argument("--format", choices=("table", "plain", "json", "csv"), help="output format")
@@ -44,18 +44,33 @@ def build_parser(columns: int = 80) -> argparse.ArgumentParser:
                    help="in script mode: stop at the first failed command (default) or continue")
     p.add_argument("-1", "--single-transaction", action="store_true",
                    help="local target: commit all commands together or none")
-    p.add_argument("--ca-file", metavar="PEM", help="extra trusted CA for wss://")
-    p.add_argument("--config", metavar="TOML", help="config file")
     p.add_argument("--version", action="version", version=f"inputlayer {__version__}")
     p.set_defaults(sources=None)
     return p
 
 
+def add_connection_options(p: argparse.ArgumentParser) -> None:
+    """Target and credential options: the shell's, and those of export, plan and apply."""
+    p.add_argument("--profile", metavar="NAME", help="connection profile from the config file (else INPUTLAYER_PROFILE)")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--data-dir", metavar="DIR", help="local data directory (the embedded default)")
+    target.add_argument("--url", help="remote server, ws://HOST:PORT/ws or wss://HOST:PORT/ws")
+    p.add_argument("--user", metavar="NAME", help="log in as NAME (password from INPUTLAYER_PASSWORD or asked)")
+    p.add_argument("--ca-file", metavar="PEM", help="extra trusted CA for wss://")
+    p.add_argument("--config", metavar="TOML", help="config file")
+
+
 def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
     env = env or Environment()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verb_at = policy_verb(argv)
+    if verb_at is not None:
+        from .policy import run_policy
+        return run_policy(argv, verb_at, env)
     args = build_parser(env.columns).parse_args(argv)
     try:
         config = load_config(args.config, env.env)
+        apply_profile(args, env, config)
     except ConfigError as exc:
         env.err(f"error: {exc}\n")
         return ExitStatus.ERROR
@@ -80,16 +95,19 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
         if problem:
             env.err(problem + "\n")
             return ExitStatus.ERROR
+        from .settings import ShellSide
+        shell = ShellSide(backend, config_target(args.config, env.env))
         if interactive:
             from .interactive import run_interactive  # prompt-toolkit only now
-            return run_interactive(backend, env, config, fmt=fmt)
+            return run_interactive(shell, env, config, fmt=fmt)
         lines = script_lines(args, env)
-        return run_script(backend, lines, env, fmt=fmt, on_error=args.on_error,
-                          single_transaction=args.single_transaction)
+        return run_script(shell, lines, env, fmt=fmt, on_error=args.on_error,
+                          single_transaction=args.single_transaction,
+                          max_transaction_secs=config.shell.max_transaction_secs)
     except _Unreadable as exc:
         env.err(f"error: {exc}\n")
         return ExitStatus.ERROR
-    except TargetUnreachable as exc:
+    except (TargetUnreachable, StoreError) as exc:
         env.err(f"error: {exc}\n")
         return ExitStatus.ERROR
     except KeyboardInterrupt:
@@ -97,6 +115,20 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
         return ExitStatus.STOPPED
     finally:
         backend.close()
+
+
+def apply_profile(args, env: Environment, config: Config) -> None:
+    """Fill in from the selected profile what flags and environment variables leave open."""
+    profile = select_profile(config, args.profile, env.env)
+    variables = env.env
+    if not (args.url or args.data_dir or variables.get("INPUTLAYER_URL") or variables.get("INPUTLAYER_DATA_DIR")):
+        args.url = profile.url or None
+        args.data_dir = os.path.expanduser(profile.data_dir) if profile.data_dir else None
+    if not (args.user or variables.get("INPUTLAYER_USER")):
+        args.user = profile.user or None
+    if not (args.ca_file or variables.get("INPUTLAYER_CA_FILE")) and profile.ca_file:
+        args.ca_file = os.path.expanduser(profile.ca_file)
+    args.format = args.format or profile.format or None
 
 
 def _preload_interactive() -> None:
@@ -148,6 +180,25 @@ def log_in(backend: Backend, args: argparse.Namespace, env: Environment, interac
             return NO_CREDENTIALS
     except AuthError as exc:
         return f"error: authentication failed: {exc.message}"
+    return None
+
+
+# Options of the shell that take a value: a word after one of them is not a verb.
+VALUE_OPTIONS = {"--profile", "--data-dir", "--url", "--user", "-c", "-f", "--format", "--on-error", "--ca-file",
+                 "--config", "-o", "--output"}
+POLICY_VERBS = ("export", "plan", "apply")
+
+
+def policy_verb(argv: list[str]) -> int | None:
+    """The index of `export`, `plan` or `apply` when it is the first word that is not an option."""
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            return None
+        if not word.startswith("-"):
+            return i if word in POLICY_VERBS else None
+        i += 2 if word in VALUE_OPTIONS else 1
     return None
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from prompt_toolkit.completion import Completer, Completion
 from prompt_toolkit.document import Document
 
+from backend.config import SCHEMA, holds_secret
 from backend.language.parser import Analysis, analyze
 from backend.language.registry import (
     COMMANDS,
@@ -28,7 +29,8 @@ from backend.result import Result
 # (first column).
 LIVE_SOURCES = {"users": "user list", "kgs": "kg list", "api_keys": "apikey list"}
 FIXED = {"roles": ROLES, "kg_roles": KG_ROLES, "durations": ("1h", "24h", "7d", "30d", "90d", "never"),
-         "actions": tuple(sorted({c.action for c in COMMANDS if c.writes}))}
+         "actions": tuple(sorted({c.action for c in COMMANDS if c.writes})),
+         "settings": tuple(sorted(key for key in SCHEMA if not holds_secret(key)))}
 # Every spelling of a command, aliases included: ("user", "create"), ("q",), ...
 SPELLINGS = sorted({(w, c) for c in COMMANDS for w in (c.words, *c.aliases)}, key=lambda s: s[0])
 

@@ -181,3 +181,10 @@ def test_a_quoted_equals_sign_is_a_value_not_an_option():
     # As the parser reads it: `'a=b'` is the label, so the options come next.
     assert complete(".apikey create 'a=b' ") == ["role=", "kg=", "expires=", "user=", "ips=", "rate="]
     assert complete(".apikey create etl role=editor ") == ["kg=", "expires=", "user=", "ips=", "rate="]
+
+
+def test_config_offers_the_settings_it_may_write():
+    assert complete(".config ") == ["get ", "list ", "set ", "unset "]
+    assert complete(".config set shell.f") == ["shell.format "]
+    assert "bootstrap_admin_password " not in complete(".config set ")
+    assert complete(".apikey alter ", api_keys=["job"]) == ["job "]

@@ -389,3 +389,15 @@ def test_auto_suggestion_never_shows_a_secret():
     suggest = SafeAutoSuggest()
     assert suggest.get_suggestion(buffer, Document(".user l")).text == "ist"
     assert suggest.get_suggestion(buffer, Document(".user p")) is None
+
+
+def test_config_runs_in_the_shell_and_keeps_the_file_s_comments(local, tmp_path):
+    from repl.settings import ShellSide
+
+    config_file = tmp_path / "config.toml"
+    config_file.write_text("# mine\n[shell]\nformat = \"table\"   # for now\n")
+    status, out, err, _ = run_shell(ShellSide(local, config_file), tmp_path,
+                                    ".config set shell.format json\r.config get shell.format\r.config set x 1\r\x04")
+    assert status == 0 and err == "error: unknown key 'x'\n"
+    assert f"Set shell.format in {config_file}." in out and "shell.format | json" in out
+    assert config_file.read_text() == "# mine\n[shell]\nformat = \"json\"   # for now\n"

@@ -85,7 +85,7 @@ def test_authenticated_opens_the_session_phase():
     server = ServerProtocol()
     actions = server.authenticated("sid", "", "1.0", "viewer", "bob")
     assert sent(actions) == [{"type": "authenticated", "session_id": "sid", "knowledge_graph": "",
-                              "version": "1.0", "role": "viewer", "username": "bob"}]
+                              "version": "1.0", "role": "viewer", "username": "bob", "features": ["atomic"]}]
     assert server.phase is Phase.SESSION
     assert server.receive(protocol.execute(".whoami")) == Execute(".whoami")
 
@@ -148,7 +148,7 @@ def test_client_reads_authenticated_then_results():
     client = ClientProtocol()
     client.login("admin", "pw")
     event = client.receive(protocol.authenticated("sid", "", "1.0", "admin", "admin"))
-    assert event == Authenticated("sid", "admin", "admin", None)
+    assert event == Authenticated("sid", "admin", "admin", None, frozenset({"atomic"}))
     assert client.receive('{"type": "pong"}') is None
     event = client.receive(protocol.reply_frames(Result(["a"], [[None, 1]]), 0)[0])
     assert isinstance(event, Reply) and event.result.rows == [["", "1"]]
@@ -223,3 +223,23 @@ def test_a_lone_surrogate_in_a_login_becomes_text_that_can_be_encoded():
     request = ServerProtocol().receive('{"type": "login", "username": "a\\ud800", "password": "\\udfff"}')
     assert request == Login("a\\ud800", "\\udfff")
     request.username.encode()
+
+
+# --- atomic programs (policy apply) --------------------------------------------------------------
+
+def test_an_atomic_execute_carries_its_note_and_a_bad_note_is_refused():
+    server = ServerProtocol()
+    server.authenticated("sid", "", "1.0", "admin", "admin")
+    assert server.receive(protocol.execute(".kg create a", atomic=True, note="apply p.toml")) == \
+        Execute(".kg create a", atomic=True, note="apply p.toml")
+    assert server.receive('{"type": "execute", "program": ".whoami", "atomic": "yes"}') == Execute(".whoami")
+    refused = server.receive('{"type": "execute", "program": ".whoami", "atomic": true, "note": "\\u001b[2J"}')
+    assert isinstance(refused, Respond) and "note" in sent(refused.actions)[0]["message"]
+
+
+def test_the_client_reads_each_result_of_an_atomic_reply():
+    client = ClientProtocol()
+    client.receive(protocol.authenticated("sid", "", "1.0", "admin", "admin"))
+    each = [Result(["message"], [["a"]]), Result(["x", "y"], [["1", "2"]])]
+    event = client.receive(protocol.atomic_reply(each, each[-1], 3))
+    assert isinstance(event, Reply) and event.result == each[-1] and event.results == tuple(each)

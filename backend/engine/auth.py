@@ -75,7 +75,11 @@ class Authenticator:
             self.store.append_audit(now, "system", "bootstrap", "kg.create", "default", "ok", "bootstrap")
         return True, generated
 
-    def login(self, username: str, password: str, *, source: str, address: str = "") -> Session:
+    def login(self, username: str, password: str, *, source: str, address: str = "",
+              record: bool = True) -> Session:
+        """A password session. With record=False a good login writes nothing (no audit record,
+        no last_login_at) until the session first changes something (record_login): a policy
+        apply with nothing to do leaves the store as it was."""
         if self.auth_mode != "managed":
             return self._mode_login(None, username, source, address)
         self._refuse_if_locked(address, source, "auth.login", username)
@@ -89,6 +93,12 @@ class Authenticator:
             self._auth_failed(address, source, "auth.login", username,
                               "unknown user" if user is None else "wrong password", account=username)
         now = self.clock()
+        if not record:
+            quiet = Session(username, "password", source, address, password_version=user["password_version"],
+                            connected_at=now)
+            quiet.login_unrecorded = True
+            self.bind_default_kg(quiet)
+            return quiet
         with self.store.write():
             current = self.store.user(username)
             if current is None or current["password_version"] != user["password_version"]:
@@ -104,10 +114,15 @@ class Authenticator:
         self.bind_default_kg(session)
         return session
 
-    def authenticate(self, api_key: str, *, source: str, address: str = "") -> Session:
-        """Log in with an API key, or with a session token (a JWT), wherever a key is accepted."""
+    def authenticate(self, api_key: str, *, source: str, address: str = "", record: bool = True) -> Session:
+        """Log in with an API key, or with a session token (a JWT), wherever a key is accepted.
+        record=False: as for login()."""
         if self.auth_mode != "managed":
             return self._mode_login(api_key, "", source, address)
+        quiet = None if record else self.check_api_key(api_key, source=source, address=address)
+        if quiet is not None:
+            quiet.login_unrecorded = True
+            return quiet
         if api_key.startswith("eyJ") and api_key.count(".") == 2:
             return self._authenticate_token(api_key, source=source, address=address)
         self._refuse_if_locked(address, source, "auth.api_key", "")
@@ -138,6 +153,19 @@ class Authenticator:
                     self.store.touch_key(row["id"], now)
                 self.store.append_audit(now, session.username, session.audit_source, "auth.api_key",
                                         session.key_label or "", "ok", "method=api_key")
+
+    def record_login(self, session: Session) -> None:
+        """Audit a login made with record=False, now that its session is about to change something."""
+        if not session.login_unrecorded:
+            return
+        session.login_unrecorded = False
+        if session.method == "api_key":
+            self.record_api_key_logins([session])
+            return
+        with self.store.write():
+            self.store.touch_login(session.username, session.connected_at)
+            self.store.append_audit(session.connected_at, session.username, session.audit_source, "auth.login",
+                                    session.username, "ok", "method=password")
 
     def trusted_session(self, username: str, *, source: str = "local") -> Session:
         """A password session for a user this very process just bootstrapped."""

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import Config
-from ..errors import CommandError, PermissionDenied, SessionEnded, StoreError
+from ..errors import CommandError, PermissionDenied, SessionEnded, StoreError, StoreFailure
 from ..language.parser import Invocation, parse, parse_program
 from ..language.registry import COMMANDS
 from ..result import Result
@@ -95,11 +95,12 @@ class Engine:
     def bootstrap(self, admin_password: str | None) -> tuple[bool, str | None]:
         return self._auth.bootstrap(admin_password)
 
-    def login(self, username: str, password: str, *, source: str, address: str = "") -> Session:
-        return self._auth.login(username, password, source=source, address=address)
+    def login(self, username: str, password: str, *, source: str, address: str = "",
+              record: bool = True) -> Session:
+        return self._auth.login(username, password, source=source, address=address, record=record)
 
-    def authenticate(self, api_key: str, *, source: str, address: str = "") -> Session:
-        return self._auth.authenticate(api_key, source=source, address=address)
+    def authenticate(self, api_key: str, *, source: str, address: str = "", record: bool = True) -> Session:
+        return self._auth.authenticate(api_key, source=source, address=address, record=record)
 
     def check_api_key(self, api_key: str, *, source: str, address: str = "") -> Session | None:
         return self._auth.check_api_key(api_key, source=source, address=address)
@@ -187,6 +188,38 @@ class Engine:
                 raise
         return results
 
+    def execute_atomic(self, session: Session, program: str | list[PlannedLine], *, note: str = "") -> list[Result]:
+        """A program's lines as one transaction, on any target: all of them, or none when one
+        fails (its error then starts `line <n>: `). A refusal stays audited. `note` (where the
+        program came from: a policy file) joins the audit source of every change."""
+        self._auth.record_login(session)
+        lines = parse_program(program) if isinstance(program, str) else program
+        results: list[Result] = []
+        denial: AuditRecord | None = None
+        session.note = note
+        try:
+            with self._store.write():
+                for n, _, parsed in lines:
+                    try:
+                        if isinstance(parsed, CommandError):
+                            raise parsed
+                        results.append(self._run(session, parsed, True))
+                    except UnrecordedDenial as refused:
+                        denial = refused.audit_record
+                        raise PermissionDenied(f"line {n}: {refused.message}") from None
+                    except SessionEnded:
+                        raise
+                    except CommandError as exc:
+                        exc.args = (f"line {n}: {exc.message}",)
+                        raise
+        except (sqlite3.DatabaseError, StoreError) as exc:
+            raise StoreFailure(f"The store could not complete the commands: {exc}. Nothing was changed.") from None
+        finally:
+            session.note = ""
+            if denial is not None:
+                self.record_denial(denial)      # after the rollback: a refusal is a fact about its caller
+        return results
+
     def _run(self, session: Session, inv: Invocation, defer_denial_audit: bool) -> Result:
         cmd = inv.command
         if cmd.shell_only:
@@ -196,6 +229,7 @@ class Engine:
         handler = HANDLERS[cmd]
         try:
             if cmd.writes:
+                self._auth.record_login(session)
                 password_hash = self._hash_ahead(session, inv) if cmd.words in SECRET_COMMANDS else None
                 with self._store.write():
                     rights = self._admit(session, inv)
@@ -212,7 +246,7 @@ class Engine:
             self.record_denial(record)
             raise
         except (sqlite3.DatabaseError, StoreError) as exc:
-            raise CommandError(f"The store could not complete the command: {exc}. Nothing was changed.") from None
+            raise StoreFailure(f"The store could not complete the command: {exc}. Nothing was changed.") from None
         if result.switched_kg is not None:
             session.knowledge_graph = result.switched_kg
         return result

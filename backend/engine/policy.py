@@ -37,7 +37,9 @@ class Session:
         "key_label",
         "knowledge_graph",
         "login_role",
+        "login_unrecorded",
         "method",
+        "note",
         "password_version",
         "source",
         "token_claims",
@@ -61,6 +63,8 @@ class Session:
         self.connected_at = connected_at
         self.id = new_session_id()
         self.login_role = ""                  # the effective role when it logged in (what a client is told)
+        self.note = ""                        # where its commands come from (a policy file), for the audit
+        self.login_unrecorded = False         # logged in with record=False: audited with its first change
 
     def __repr__(self) -> str:
         return f"Session({self.username!r}, {self.auth!r}, id={self.id!r})"
@@ -73,7 +77,8 @@ class Session:
 
     @property
     def audit_source(self) -> str:
-        return audit_source(self.source, self.address)
+        source = audit_source(self.source, self.address)
+        return f"{source} ({self.note})" if self.note else source
 
 
 def audit_source(source: str, address: str) -> str:
@@ -186,6 +191,8 @@ def _key_rights(store: Store, session: Session, key_id: int, user_role: str, now
     row = store.key_by_id(key_id)
     if row is None or row["revoked_at"] is not None:
         raise SessionEnded("API key revoked")
+    if not address_allowed(row, session.address):     # its `ips=` may have been narrowed since
+        raise SessionEnded("API key not allowed from this address")
     state = key_state(row, now, session.key_digest)
     if state == "expired":
         raise SessionEnded("API key expired")

@@ -59,6 +59,43 @@ def parse_duration(text: str) -> int | None:
     return int(m.group(1)) * DURATION_UNITS[m.group(2)]
 
 
+class UtcTime(float):
+    """An absolute expiry (seconds since the epoch), where a duration counts from now."""
+
+
+UTC_TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+
+
+def parse_expiry(text: str) -> int | UtcTime | None:
+    """A duration, `never`, or a UTC time such as 2027-02-28T00:00:00Z."""
+    if UTC_TIME_RE.fullmatch(text):
+        from datetime import datetime, timezone
+        try:
+            moment = datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        except ValueError:
+            raise CommandError(f"Invalid time '{clip(text)}': no such date or time") from None
+        return UtcTime(moment.timestamp())
+    try:
+        return parse_duration(text)
+    except CommandError:
+        raise CommandError(f"Invalid duration '{clip(text)}': use e.g. 30s, 15m, 24h, 90d, never, "
+                           "or a UTC time like 2027-02-28T00:00:00Z") from None
+
+
+def check_kg_scope(text: str) -> tuple[str, ...] | None:
+    """`*` (every KG) or a list of names."""
+    return None if text == "*" else check_kg_list(text)
+
+
+def check_networks_or_any(text: str) -> tuple[str, ...]:
+    """`*` (from anywhere: no limit) or CIDR ranges."""
+    return () if text == "*" else check_networks(text)
+
+
+def check_rate_or_none(text: str) -> tuple[int, int] | None:
+    return None if text.lower() == "none" else check_rate(text)
+
+
 def check_positive_int(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) <= 1_000_000:
         raise CommandError(f"Invalid number '{clip(text)}': use a whole number from 1 to 1000000")
@@ -75,6 +112,11 @@ def check_kg_list(text: str) -> tuple[str, ...]:
 def check_secret(text: str) -> str:
     if len(text) > MAX_PASSWORD_CHARS:
         raise CommandError(f"Password too long: at most {MAX_PASSWORD_CHARS} characters")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:      # a lone surrogate: no bytes to hash
+            raise CommandError("Invalid password: it is not valid Unicode text") from None
     return text
 
 
@@ -134,7 +176,13 @@ ADDRESS = Kind("address", check_address)
 IDENT = Kind("id", check_token_id)
 NETWORKS = Kind("networks", check_networks)
 RATE = Kind("rate", check_rate)
+EXPIRY = Kind("duration", parse_expiry, completes="durations")
+KG_SCOPE = Kind("kg_list", check_kg_scope, completes="kgs")
+ANY_NETWORKS = Kind("networks", check_networks_or_any)
+RATE_OR_NONE = Kind("rate", check_rate_or_none)
 TOPIC = Kind("topic", str, completes="commands")
+SETTING = Kind("setting", str, completes="settings")
+TEXT = Kind("text", str)
 
 
 class Param(NamedTuple):
@@ -211,6 +259,17 @@ COMMANDS: tuple[Command, ...] = (
             Rule("anyone"), quick=True),
     Command(("quit",), (), "Leave the shell", "shell only", Rule("anyone"), shell_only=True,
             aliases=(("exit",), ("q",))),
+    # The shell's own settings (the config file; policy.md)
+    Command(("config", "list"), (), "List the settings in the shell's config file", "shell only",
+            Rule("anyone"), shell_only=True),
+    Command(("config", "get"), (Param("key", SETTING),), "Show one setting of the config file", "shell only",
+            Rule("anyone"), shell_only=True, examples=(".config get shell.format",)),
+    Command(("config", "set"), (Param("key", SETTING), Param("value", TEXT)),
+            "Set a setting in the config file, keeping its comments and layout", "shell only",
+            Rule("anyone"), shell_only=True,
+            examples=(".config set shell.format json", ".config set profiles.prod.url wss://il.example.com/ws")),
+    Command(("config", "unset"), (Param("key", SETTING),), "Remove a setting from the config file",
+            "shell only", Rule("anyone"), shell_only=True),
     # Users
     Command(("user", "list"), (), "List users", "admin", Rule("admin", denied=USERS_DENIED)),
     Command(("user", "create"),
@@ -264,13 +323,23 @@ COMMANDS: tuple[Command, ...] = (
             "Create an API key (its secret is shown once)", "admin",
             Rule("admin", denied=KEYS_DENIED), writes=True,
             options=(Option("role", ROLE, "<r>"), Option("kg", KG_LIST, "<a,b>"),
-                     Option("expires", DURATION, "<d>"), Option("user", USER, "<owner>"),
+                     Option("expires", EXPIRY, "<d|time>"), Option("user", USER, "<owner>"),
                      Option("ips", NETWORKS, "<cidr,...>"), Option("rate", RATE, "<n>/<s|m|h|d>")),
             examples=(".apikey create etl-job role=editor kg=sales expires=90d",
                       ".apikey create ci-bot ips=10.20.0.0/16 rate=100/m")),
     Command(("apikey", "list"), (), "List API keys (never their secrets)", "admin",
             Rule("admin", denied=KEYS_DENIED),
             options=(Option("user", USER, "<owner>"),)),
+    Command(("apikey", "show"), (Param("label", LABEL),),
+            "Show an API key's owner, limits and status (never its secret)", "admin",
+            Rule("admin", denied=KEYS_DENIED)),
+    Command(("apikey", "alter"), (Param("label", LABEL),),
+            "Change an API key's role cap, KGs, expiry, address ranges or rate in place; its secret stays",
+            "admin", Rule("admin", denied=KEYS_DENIED), writes=True,
+            options=(Option("role", ROLE, "<r>"), Option("kg", KG_SCOPE, "<a,b|*>"),
+                     Option("expires", EXPIRY, "<d|time>"), Option("ips", ANY_NETWORKS, "<cidr,...|*>"),
+                     Option("rate", RATE_OR_NONE, "<n>/<s|m|h|d>|none")),
+            examples=(".apikey alter etl-job role=viewer kg=sales,hr", ".apikey alter ci-bot ips=* rate=none")),
     Command(("apikey", "revoke"), (Param("label", LABEL),), "Revoke an API key", "admin",
             Rule("admin", denied=KEYS_DENIED), writes=True),
     Command(("apikey", "rotate"), (Param("label", LABEL),),

@@ -26,6 +26,7 @@ from ..protocol import (
     Respond,
     Send,
     ServerProtocol,
+    atomic_reply,
     error,
     reply_frames,
 )
@@ -147,6 +148,8 @@ async def serve_session(app: Server, conn: Connection) -> None:
                     return
                 if request is None:
                     await conn.perform(conn.protocol.rate_limited())
+                elif isinstance(request, Execute) and request.atomic:
+                    await execute_atomic(app, conn, request.program, request.note)
                 elif isinstance(request, Execute):
                     await execute(app, conn, request.program, request.lines)
                 else:
@@ -205,6 +208,38 @@ async def execute(app: Server, conn: Connection, program: str, lines: int = 1) -
         await conn.ws.send(frame)
     if ended is not None:
         await app.end_session(conn, ended)
+
+
+async def execute_atomic(app: Server, conn: Connection, program: str, note: str) -> None:
+    """`"atomic": true`: every line of the program, or none (protocol.md). Always off the loop:
+    the whole program holds the store's write lock."""
+    session = conn.session
+    assert session is not None
+    started = time.perf_counter()
+    try:
+        results, ended = await app.run(run_atomic, app, session, program, note)
+    except SessionEnded as exc:
+        app.metrics.command("atomic", "ended", time.perf_counter() - started)
+        await app.end_session(conn, exc.reason)
+        return
+    except Exception as exc:  # noqa: BLE001 -- every failure gets a reply; _refused sorts them
+        await _refused(app, conn, session, "atomic", started, exc)
+        return
+    elapsed = time.perf_counter() - started
+    _finish(app, session, "atomic", "ok", started)
+    app.poke()
+    await conn.send(atomic_reply(results, combine(results), int(elapsed * 1000)))
+    if ended is not None:
+        await app.end_session(conn, ended)
+
+
+def run_atomic(app: Server, session: Session, program: str, note: str) -> tuple[list[Result], str | None]:
+    results = app.engine.execute_atomic(session, program, note=note)
+    try:
+        app.engine.check_session(session)
+    except SessionEnded as exc:
+        return results, exc.reason
+    return results, None
 
 
 async def _refused(app: Server, conn: Connection, session: Session, name: str, started: float,

@@ -11,30 +11,40 @@ import os
 from pathlib import Path
 
 from ..errors import StoreError
-from .sqlite import DB_FILE, SQLiteStore
+from .sqlite import DB_FILE, SQLiteStore, lockfile
 
 
 def rekey(data_dir: str | os.PathLike, old_key: bytes | None, new_key: bytes | None) -> int:
-    """Returns the number of rows copied."""
+    """Returns the number of rows copied. The store's lock is held exclusively throughout: a
+    process that has the store open makes rekey refuse, one that tries to open it meanwhile is
+    refused, so no acknowledged change can be written to the file being replaced."""
     data_dir = Path(data_dir)
     db = data_dir / DB_FILE
     if not db.exists():
         raise StoreError(f"no store to rekey in {data_dir}")
-    old = SQLiteStore(data_dir, encryption_key=old_key)
+    held = lockfile.acquire(db, exclusive=True)
     try:
-        with old.write():        # holds the write lock: no other process changes it meanwhile
+        return _rekey(data_dir, db, old_key, new_key)
+    finally:
+        lockfile.release(held)
+
+
+def _rekey(data_dir: Path, db: Path, old_key: bytes | None, new_key: bytes | None) -> int:
+    old = SQLiteStore(data_dir, encryption_key=old_key, take_lock=False)
+    try:
+        with old.write():
             snapshot = old.export_rows()
             _, problem = old.verify_audit()
             if problem:
                 raise StoreError(f"refusing to rekey: {problem}")
     finally:
         old.close()
-    if Path(str(db) + "-wal").exists():
-        raise StoreError("the store is in use by another process: stop the server and shells first")
+    if Path(str(db) + "-wal").exists():     # a program that does not take the lock file
+        raise StoreError(lockfile.IN_USE)
     tmp = data_dir / (DB_FILE + ".rekey")
     for leftover in (tmp, Path(str(tmp) + "-wal"), Path(str(tmp) + "-shm")):
         leftover.unlink(missing_ok=True)
-    new = SQLiteStore(data_dir, encryption_key=new_key, path=tmp)
+    new = SQLiteStore(data_dir, encryption_key=new_key, path=tmp, take_lock=False)
     try:
         with new.write():
             copied = new.import_rows(snapshot)

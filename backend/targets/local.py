@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 from ..bootstrap import first_start, open_engine
 from ..config import Config
 from ..engine import Clock, Session, system_clock
-from ..errors import CommandError
+from ..errors import CommandError, StoreError
 from ..result import Result
 
 
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    """A database fault met outside a command (bootstrap, login, a batch's begin or end) is a
+    StoreError: the shell reports it on one line with exit status 2."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"the store failed: {exc}") from None
+
+
 class LocalBackend:
-    """A Backend with the Batching and Bootstrapping capabilities (targets.protocols)."""
+    """A Backend with the Batching, Bootstrapping, Atomic and QuietLogin capabilities
+    (targets.protocols)."""
     target = "local"
 
     def __init__(self, data_dir: str, config: Config, env: Mapping[str, str] | None = None, *,
@@ -20,23 +33,29 @@ class LocalBackend:
         """`env` gives INPUTLAYER_ENCRYPTION_KEY and INPUTLAYER_SHARED_KEY, when set."""
         self.store, self.engine = open_engine(data_dir, config, env or {}, clock=clock)
         self.session: Session | None = None
+        self.record_login = True      # False: a login writes nothing until the first change (policy apply)
         self.bootstrapped = False
 
     def bootstrap(self, admin_password: str | None) -> None:
-        self.bootstrapped, _ = self.engine.bootstrap(admin_password)
+        with _store_errors():
+            self.bootstrapped, _ = self.engine.bootstrap(admin_password)
 
     def first_start(self, env: Mapping[str, str], config: Config, show: Callable[[str], None]) -> None:
         """The programs' bootstrap (bootstrap.first_start): the password from `env` or config."""
-        self.bootstrapped = first_start(self.engine, env, config, show)
+        with _store_errors():
+            self.bootstrapped = first_start(self.engine, env, config, show)
 
     def login(self, username: str, password: str) -> None:
-        self.session = self.engine.login(username, password, source="local")
+        with _store_errors():
+            self.session = self.engine.login(username, password, source="local", record=self.record_login)
 
     def authenticate(self, api_key: str) -> None:
-        self.session = self.engine.authenticate(api_key, source="local")
+        with _store_errors():
+            self.session = self.engine.authenticate(api_key, source="local", record=self.record_login)
 
     def use_bootstrap_admin(self) -> None:
-        self.session = self.engine.trusted_session("admin")
+        with _store_errors():
+            self.session = self.engine.trusted_session("admin")
 
     def execute(self, line: str) -> Result:
         if self.session is None:
@@ -50,10 +69,19 @@ class LocalBackend:
         self.engine.discard_prepared()
 
     def begin_batch(self, *, atomic: bool = False) -> None:
-        self.engine.begin_batch(atomic=atomic)
+        with _store_errors():
+            self.engine.begin_batch(atomic=atomic)
 
     def end_batch(self, commit: bool) -> None:
-        self.engine.end_batch(commit)
+        with _store_errors():
+            self.engine.end_batch(commit)
+
+    def run_atomic(self, lines: list[str], *, note: str = "") -> list[Result]:
+        """Run `lines` in one transaction: all of them, or none when one fails (its error then
+        says `line <n>: `). `note` names where the lines came from in each audit record."""
+        if self.session is None:
+            raise CommandError("Not logged in")
+        return self.engine.execute_atomic(self.session, "\n".join(lines), note=note)
 
     def close(self) -> None:
         self.store.close()

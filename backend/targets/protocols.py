@@ -37,6 +37,23 @@ class Batching(Protocol):
 
 
 @runtime_checkable
+class Atomic(Protocol):
+    """A target that runs several lines as one transaction: all of them, or none when one
+    fails (its error then starts `line <n>: `). `note` joins the audit source of each change."""
+
+    def run_atomic(self, lines: list[str], *, note: str = "") -> list[Result]: ...
+
+
+@runtime_checkable
+class QuietLogin(Protocol):
+    """A target whose login can wait to be recorded until the session first changes something
+    (the local engine; a server records every login): an apply with nothing to do writes
+    nothing."""
+
+    record_login: bool
+
+
+@runtime_checkable
 class Reconnecting(Protocol):
     """A target behind a connection that may drop (a server): reconnect() logs in again with
     the same credentials."""

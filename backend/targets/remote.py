@@ -66,6 +66,7 @@ class RemoteBackend:
         self.username: str | None = None
         self.role: str | None = None
         self.knowledge_graph: str | None = None
+        self.features: frozenset[str] = frozenset()     # protocol additions the server announced
         if connect:
             self._connect()
 
@@ -159,6 +160,7 @@ class RemoteBackend:
         if isinstance(event, Authenticated):
             self.session_id, self.username = event.session_id, event.username
             self.role, self.knowledge_graph = event.role, event.knowledge_graph
+            self.features = event.features
             return
         text = event.message if isinstance(event, Refused) else "unexpected reply"
         if isinstance(event, Refused) and not event.closing:
@@ -203,6 +205,24 @@ class RemoteBackend:
                 if event.result.switched_kg is not None:
                     self.knowledge_graph = event.result.switched_kg
                 return event.result
+            if isinstance(event, Refused) and event.kind is ErrorKind.SESSION_ENDED:
+                self._drop()
+                raise SessionEnded(event.message)
+            raise CommandError(event.message if isinstance(event, Refused) else "unexpected reply")
+
+    def run_atomic(self, lines: list[str], *, note: str = "") -> list[Result]:
+        """Run `lines` on the server in one transaction (`"atomic": true`), or refuse, before
+        sending anything, on a server that would run them one by one."""
+        with self._lock:
+            if self._ws is None:
+                raise TargetUnreachable(f"connection to {self.url} lost")
+            if "atomic" not in self.features:
+                raise CommandError("The server cannot run several commands as one transaction (it is older "
+                                   "than this shell); nothing was sent")
+            self._send(self._protocol.execute("\n".join(lines), atomic=True, note=note))
+            event = self._next_event()
+            if isinstance(event, Reply):
+                return list(event.results)
             if isinstance(event, Refused) and event.kind is ErrorKind.SESSION_ENDED:
                 self._drop()
                 raise SessionEnded(event.message)

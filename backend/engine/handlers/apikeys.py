@@ -1,11 +1,13 @@
-"""API keys: create, list, revoke, rotate."""
+"""API keys: create, list, show, alter, revoke, rotate."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ...display import iso
 from ...errors import CommandError
+from ...language.registry import UtcTime
 from ...result import Result
 from ..keys import key_digest, new_api_key
 from ..policy import ROLE_RANK, key_state
@@ -30,11 +32,8 @@ def apikey_create(env: Env, call: Call) -> Result:
     existing = env.store.key(label)
     if existing is not None and existing["revoked_at"] is None:
         raise CommandError(f"API key with label '{label}' already exists")
-    lifetime = call.options.get("expires")
-    if lifetime == 0:
-        raise CommandError("Invalid duration '0s': a key's expiry must be in the future")
     now = env.clock()
-    expires_at = None if lifetime is None else now + lifetime
+    expires_at = _expires_at(call.options.get("expires"), now)
     secret = new_api_key()
     ips, rate = call.options.get("ips", ()), call.options.get("rate")
     env.store.add_key(label, owner, role, kgs, key_digest(env.store.secret, secret), now, expires_at,
@@ -59,6 +58,70 @@ def apikey_list(env: Env, call: Call) -> Result:
         rows.append([k["label"], iso(k["created_at"]), k["owner"], k["role"], kgs, expires,
                      iso(k["last_used_at"]), key_state(k, now)])
     return Result(["label", "created_at", "owner", "role", "kgs", "expires_at", "last_used_at", "status"], rows)
+
+
+@handles("apikey show")
+def apikey_show(env: Env, call: Call) -> Result:
+    row = env.store.key(call.args["label"])
+    if row is None:
+        raise CommandError(f"API key '{call.args['label']}' not found")
+    kgs, expires = _scope_and_expiry(env, row)
+    rate = f"{row['rate'][0]}/{RATE_UNITS[row['rate'][1]]}" if row.get("rate") else ""
+    return Result(["key", "value"], [
+        ["label", row["label"]], ["owner", row["owner"]], ["role", row["role"]], ["kgs", kgs],
+        ["expires_at", expires], ["ips", ",".join(row.get("ips") or ())], ["rate", rate],
+        ["status", key_state(row, env.clock())], ["created_at", iso(row["created_at"])],
+        ["last_used_at", iso(row["last_used_at"])]])
+
+
+@handles("apikey alter")
+def apikey_alter(env: Env, call: Call) -> Result:
+    """Limits changed in place: the secret, owner and label stay (policy apply uses this)."""
+    label, options = call.args["label"], call.options
+    if not options:
+        raise CommandError(f"Usage: {call.inv.command.usage}")
+    row = _live_key(env, label)
+    changes: dict[str, Any] = {}
+    if "role" in options:
+        owner_role = env.existing_user(row["owner"])["role"]
+        if ROLE_RANK[options["role"]] > ROLE_RANK[owner_role]:
+            raise CommandError(f"Role '{options['role']}' exceeds the owner's role '{owner_role}'")
+        changes["role"] = options["role"]
+    if "expires" in options:
+        changes["expires_at"] = _expires_at(options["expires"], env.clock())
+    if "ips" in options:
+        changes["ips"] = list(options["ips"])
+    if "rate" in options:
+        changes["rate"] = list(options["rate"]) if options["rate"] else None
+    for kg in options.get("kg") or ():
+        if env.store.kg(kg) is None:
+            raise CommandError(f"Knowledge graph '{kg}' not found")
+    if "kg" in options:
+        env.store.set_key_scope(row["id"], options["kg"])
+    env.store.update_key(row["id"], **changes)
+    env.audit(call, "; ".join(f"{name}={shown(options[name])}" for name, shown in _ALTER_SHOWN.items()
+                              if name in options))
+    return Result.message(f"API key '{label}' altered.")
+
+
+_ALTER_SHOWN: dict[str, Callable[[Any], str]] = {
+    "role": str, "kg": lambda v: "*" if v is None else ",".join(v),
+    "expires": lambda v: "never" if v is None else iso(v) if isinstance(v, UtcTime) else f"{v}s",
+    "ips": lambda v: ",".join(v) or "*", "rate": lambda v: "none" if v is None else f"{v[0]}/{v[1]}s"}
+RATE_UNITS = {1: "s", 60: "m", 3600: "h", 86400: "d"}
+
+
+def _expires_at(value: int | UtcTime | None, now: float) -> float | None:
+    """When a key given `expires=` (a duration, `never` or a UTC time) stops working."""
+    if value is None:
+        return None
+    if isinstance(value, UtcTime):
+        if value <= now:
+            raise CommandError("Invalid expiry: that time has passed; a key's expiry must be in the future")
+        return float(value)
+    if value == 0:
+        raise CommandError("Invalid duration '0s': a key's expiry must be in the future")
+    return now + value
 
 
 @handles("apikey revoke")

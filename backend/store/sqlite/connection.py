@@ -18,6 +18,7 @@ from typing import Any
 from ...errors import StoreError
 from ..codec import Codec
 from ..interface import GENESIS_HASH
+from . import lockfile
 from .schema import APPLICATION_ID, DB_FILE, SCHEMA, SCHEMA_VERSION, private_file
 
 DEFERRED_WRITES_MAX = 256       # row writes an atomic batch holds back at most (see _write)
@@ -27,7 +28,9 @@ class Connection:
     """The writer, the readers and the state of the writer's open transaction."""
 
     def __init__(self, data_dir: str | os.PathLike, *, encryption_key: bytes | None = None,
-                 busy_timeout_ms: int = 30_000, path: Path | None = None):
+                 busy_timeout_ms: int = 30_000, path: Path | None = None, take_lock: bool = True):
+        """`take_lock`: hold the store's lock file shared while open (False: the caller holds
+        it, as rekey does, exclusively)."""
         self.dir = Path(data_dir)
         self.path = path or self.dir / DB_FILE
         self.codec = Codec(encryption_key)
@@ -52,16 +55,30 @@ class Connection:
         self._deferred: list[tuple[str, Any]] = []
         self._secrets: dict[str, str] = {}
         self.secret = b""
-        self._open(busy_timeout_ms)
+        self._lock_fd: int | None = None
+        self._open(busy_timeout_ms, take_lock)
 
     # --- opening -------------------------------------------------------------------------
 
-    def _open(self, busy_timeout_ms: int) -> None:
+    def _open(self, busy_timeout_ms: int, take_lock: bool) -> None:
         try:
             self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot open the store in {self.dir}: {exc.strerror or exc}") from None
+        if take_lock:
+            self._lock_fd = lockfile.acquire(self.path, exclusive=False)
+        try:
+            self._connect(busy_timeout_ms)
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _connect(self, busy_timeout_ms: int) -> None:
+        try:
             private_file(self.path)
         except OSError as exc:
             raise StoreError(f"cannot open the store in {self.dir}: {exc.strerror or exc}") from None
+        self._check_readonly()
         try:
             self._main = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                          timeout=busy_timeout_ms / 1000)
@@ -80,31 +97,63 @@ class Connection:
             if extra.exists():
                 os.chmod(extra, 0o600)
 
-    def _configure(self) -> None:
+    def _check_readonly(self) -> None:
+        """Check the file is ours, in our format, under our key, on a connection that cannot
+        write any file (not even -shm): a refused open changes no byte, even when a crash left
+        a WAL that the first writing connection would merge and delete."""
+        while True:
+            wal, shm = (Path(str(self.path) + suffix).exists() for suffix in ("-wal", "-shm"))
+            # Without a WAL the file alone is the store; with one, its index is read, never rebuilt.
+            mode = "immutable=1" if not wal else "mode=ro&readonly_shm=1" if shm else "mode=ro"
+            try:
+                self._probe(f"{self.path.resolve().as_uri()}?{mode}")
+                return
+            except StoreError:
+                # Read as immutable while another process began writing (its WAL appears
+                # first): read again, through the WAL.
+                if wal or not Path(str(self.path) + "-wal").exists():
+                    raise
+
+    def _probe(self, uri: str) -> None:
         try:
-            app_id = self.conn.execute("PRAGMA application_id").fetchone()[0]
-            tables = self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            probe = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=self._busy_timeout)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the store: {self.path}: {exc}") from None
+        try:
+            app_id = probe.execute("PRAGMA application_id").fetchone()[0]
+            tables = probe.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             if app_id != APPLICATION_ID and (app_id != 0 or tables):
                 raise StoreError(f"cannot open the store: {self.path} is not an InputLayer store "
                                  "(another program's database); choose another --data-dir")
             if app_id == APPLICATION_ID:
-                self._check_format()        # before anything could write: a wrong key changes no byte
+                self._check_format(probe)
+        except (sqlite3.DatabaseError, ValueError, KeyError) as exc:
+            raise StoreError(f"cannot open the store: {self.path} is not a valid database ({exc}); "
+                             "restore it from a backup or choose another --data-dir") from None
+        finally:
+            probe.close()
+
+    def _configure(self) -> None:
+        try:
+            app_id = self.conn.execute("PRAGMA application_id").fetchone()[0]
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.execute("PRAGMA foreign_keys=ON")
             self.conn.execute("PRAGMA secure_delete=ON")
             if app_id != APPLICATION_ID:
                 self._create_schema()
+            else:
+                self._use_secrets(self._meta("secrets"))
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open the store: {self.path} is not a valid database ({exc}); "
                              "restore it from a backup or choose another --data-dir") from None
 
-    def _check_format(self) -> None:
-        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+    def _check_format(self, probe: sqlite3.Connection) -> None:
+        version = probe.execute("PRAGMA user_version").fetchone()[0]
         if version != SCHEMA_VERSION:
             raise StoreError(f"cannot open the store: {self.path} has format version {version}, "
                              f"this program reads version {SCHEMA_VERSION}")
-        row = self.conn.execute("SELECT data FROM meta WHERE name = 'format'").fetchone()
+        row = probe.execute("SELECT data FROM meta WHERE name = 'format'").fetchone()
         if row is None:
             raise StoreError(f"cannot open the store: {self.path} is damaged (no format record)")
         fmt = json.loads(row[0])
@@ -115,7 +164,6 @@ class Connection:
                              "the store first with `inputlayer-server rekey`")
         if fmt["encrypted"] and fmt["key_id"] != self.codec.key_id:
             raise StoreError("wrong encryption key: INPUTLAYER_ENCRYPTION_KEY is not the key of this store")
-        self._use_secrets(self._meta("secrets"))
 
     def _create_schema(self) -> None:
         self._main.execute("BEGIN IMMEDIATE")
@@ -130,6 +178,8 @@ class Connection:
                 # Server-side secrets live in their own table, apart from the digests they key.
                 self._set_meta("secrets", {"hmac": secrets.token_hex(32), "token": secrets.token_hex(32)})
                 self._set_meta("audit_head", {"seq": 0, "hash": GENESIS_HASH})
+            else:
+                self._check_format(self._main)      # another process created it meanwhile
             self._main.execute("COMMIT")
         except BaseException:
             self._main.execute("ROLLBACK")
@@ -178,6 +228,12 @@ class Connection:
                 with in_use:                 # never close a connection another thread is reading on
                     reader.close()
             self._main.close()
+            self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            lockfile.release(self._lock_fd)
+            self._lock_fd = None
 
     def data_version(self) -> int:
         """Changes when any other connection commits: lets a server notice a local shell's change."""

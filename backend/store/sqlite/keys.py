@@ -4,6 +4,8 @@ current or previous (rotating) secret; its graphs, when scoped, live in api_key_
 
 from __future__ import annotations
 
+from typing import Any
+
 from .rows import Rows, known
 
 
@@ -71,6 +73,15 @@ class Keys(Rows):
                        "ips": list(ips), "rate": list(rate) if rate else None})
         for kg in kgs:
             self._change("INSERT INTO api_key_kgs VALUES (?, ?)", (key_id, self._kg_ref(kg)))
+
+    def update_key(self, key_id: int, **changes: Any) -> None:
+        self._key_put({**known(self.key_by_id(key_id), "API key"), **changes})
+
+    def set_key_scope(self, key_id: int, kgs: tuple[str, ...] | None) -> None:
+        self._change("DELETE FROM api_key_kgs WHERE key_id = ?", (key_id,))
+        for kg in kgs or ():
+            self._change("INSERT INTO api_key_kgs VALUES (?, ?)", (key_id, self._kg_ref(kg)))
+        self.update_key(key_id, scoped=kgs is not None)
 
     def revoke_key(self, key_id: int, now: float) -> None:
         key = known(self.key_by_id(key_id), "API key")
