@@ -11,7 +11,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from . import __version__
-from .config import Config, TLSConfig, load_config, resolve_data_dir, with_values
+from .config import Config, TLSConfig, load_config, resolve_data_dir, resolve_redis_url, with_values
 from .errors import ConfigError, StoreError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 8080, or server.port)")
     p.add_argument("--data-dir", metavar="DIR", help="data directory (else INPUTLAYER_DATA_DIR, data_dir, XDG)")
     p.add_argument("--config", metavar="TOML", help="config file (else INPUTLAYER_CONFIG)")
+    p.add_argument("--redis", metavar="URL",
+                   help="Redis shared by the nodes of a cluster: lockouts, rate limits, sessions "
+                        "(else INPUTLAYER_REDIS_URL, cluster.redis_url; none: counted in memory)")
     p.add_argument("--tls-cert", metavar="PEM", help="TLS certificate chain (PEM); needs --tls-key")
     p.add_argument("--tls-key", metavar="PEM", help="TLS private key (PEM)")
     p.add_argument("--tls-keystore", metavar="P12",
@@ -63,9 +66,9 @@ def setup_logging(level: str) -> None:
     logging.getLogger("asyncio").setLevel(max(logging.WARNING, root.level))
 
 
-def server_config(args: argparse.Namespace, config: Config) -> Config:
-    """Flags override the config file (which overrides the defaults)."""
-    values: dict = {}
+def server_config(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> Config:
+    """Flags override the environment, which overrides the config file (then the defaults)."""
+    values: dict = {"cluster.redis_url": resolve_redis_url(args.redis, env, config)}
     if args.host is not None:
         values["server.host"] = args.host
     if args.port is not None:
@@ -75,7 +78,7 @@ def server_config(args: argparse.Namespace, config: Config) -> Config:
     if args.tls_cert or args.tls_key or args.tls_keystore:
         values["server.tls"] = TLSConfig(cert=args.tls_cert or "", key=args.tls_key or "",
                                          keystore=args.tls_keystore or "")
-    return with_values(config, values) if values else config
+    return with_values(config, values)
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -92,7 +95,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     from .server import Server, tls_context
 
     try:
-        config = server_config(args, load_config(args.config, env))
+        config = server_config(args, load_config(args.config, env), env)
         ssl_context = tls_context(config.server.tls, env.get("INPUTLAYER_TLS_KEYSTORE_PASSWORD"))
     except ConfigError as exc:
         sys.stderr.write(f"error: {exc}\n")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from .config import Config
-from .engine import Clock, Engine, system_clock
+from .engine import Clock, Engine, LockoutCounter, RateCounter, system_clock
 from .store import SQLiteStore, Store
 from .store.codec import key_from_env
 
@@ -34,13 +34,15 @@ def open_store(data_dir: str, env: Mapping[str, str], *, lock_wait_ms: int = 30_
     return SQLiteStore(data_dir, encryption_key=key_from_env(env), busy_timeout_ms=lock_wait_ms)
 
 
-def open_engine(data_dir: str, config: Config, env: Mapping[str, str], *,
-                clock: Clock = system_clock) -> tuple[Store, Engine]:
+def open_engine(data_dir: str, config: Config, env: Mapping[str, str], *, clock: Clock = system_clock,
+                lockout: LockoutCounter | None = None, rate_limiter: RateCounter | None = None) -> tuple[Store, Engine]:
     """The store on `data_dir` (encrypted under INPUTLAYER_ENCRYPTION_KEY when set) and the
-    engine over it; the store is closed again when the engine cannot start."""
+    engine over it, with the given counters (else in memory); the store is closed again when
+    the engine cannot start."""
     store = open_store(data_dir, env, lock_wait_ms=config.shell.lock_wait_ms)
     try:
-        return store, Engine(store, config, clock=clock, shared_key=env.get("INPUTLAYER_SHARED_KEY"))
+        return store, Engine(store, config, clock=clock, shared_key=env.get("INPUTLAYER_SHARED_KEY"),
+                             lockout=lockout, rate_limiter=rate_limiter)
     except BaseException:
         store.close()
         raise

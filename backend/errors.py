@@ -47,3 +47,7 @@ class ConfigError(Exception):
 
 class TargetUnreachable(Exception):
     """The server cannot be reached, or the connection was lost (exit status 2)."""
+
+
+class NotSent(TargetUnreachable):
+    """The connection was found lost before a command left: it may be run after reconnecting."""

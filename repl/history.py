@@ -55,6 +55,8 @@ class PrivateHistory(FileHistory):
         super().__init__(str(path))
 
     def store_string(self, string: str) -> None:
-        entry = file_entry(string)
-        if entry is not None:
-            super().store_string(entry)
+        # A pasted block is several commands: each line is redacted by its own grammar (read as
+        # one line, a secret on the second would bind to no parameter and be kept).
+        entries = [e for e in map(file_entry, string.split("\n")) if e is not None]
+        if entries:
+            super().store_string("\n".join(entries))

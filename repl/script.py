@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 from backend.errors import CommandError, SessionEnded, StoreError, StoreFailure
-from backend.language.registry import COMMANDS
+from backend.language.registry import COMMANDS, Command, find_command
 from backend.targets.protocols import Backend, Batching
 
 from .environment import Environment, ExitStatus
@@ -39,8 +39,17 @@ def is_skipped(text: str) -> bool:
     return not stripped or stripped.startswith(COMMENT_PREFIXES)
 
 
-QUIT_WORDS = {"." + " ".join(words) for cmd in COMMANDS if cmd.shell_only
-              for words in (cmd.words, *cmd.aliases)}
+_QUIT = find_command("quit")
+assert _QUIT is not None
+QUIT_WORDS = {"." + " ".join(words) for words in (_QUIT.words, *_QUIT.aliases)}
+# `exit`, `\q`, `help`...: the interactive prompt takes them; elsewhere they are errors with a hint.
+BARE_WORDS = {word: cmd for cmd in COMMANDS for word in cmd.bare}
+BARE_HINT = "use .quit / .help"
+
+
+def bare_command(text: str) -> Command | None:
+    """The command a bare word at the prompt stands for (`exit` -> .quit), or None."""
+    return BARE_WORDS.get(text.strip().lower())
 
 
 def is_quit(text: str) -> bool:
@@ -185,7 +194,10 @@ class _Runner:
             self.failed = True
             self.store_failed = isinstance(exc, StoreFailure)
             stop = self.stop_on_error or isinstance(exc, (SessionEnded, StoreFailure))
-            return error_report(line, exc.message, self.fmt), stop
+            message = exc.message
+            if bare_command(line.text) is not None:
+                message += f" ({BARE_HINT})"
+            return error_report(line, message, self.fmt), stop
         return [("out", render(result, self.fmt))], False
 
     def _print(self, reports: list[tuple[str, str]]) -> None:

@@ -14,6 +14,8 @@ from backend.engine import Engine
 from backend.store import SQLiteStore
 from fakes import FakeClock
 
+pytest_plugins = ["rediskit"]      # the throw-away Redis of the cluster tests
+
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_PASSWORD = "s3cret-pass"
 CHEAP_ARGON2 = {"security.argon2_memory_kib": 8, "security.argon2_time_cost": 1,

@@ -19,7 +19,7 @@ from ..netaddr import lockout_key
 from ..store import Store
 from .clock import Clock
 from .keys import key_digest, well_formed_key
-from .limits import Lockout
+from .limits import LockoutCounter
 from .passwords import PasswordHasher
 from .policy import (
     REFUSED_KEY_STATES,
@@ -33,6 +33,7 @@ from .policy import (
 from .refusals import RefusalCounter
 
 INVALID_CREDENTIALS = "Invalid credentials"
+ACCOUNT_KEY = "user:"         # the per-account lockout's keys: never an address, even in a shared Redis
 MAX_USERNAME_CHARS = 64      # a longer name at login is refused unread: never hashed, stored or audited
 KEY_TOUCH_INTERVAL = 60      # last_used_at is written at most once a minute per key
 
@@ -40,13 +41,13 @@ KEY_TOUCH_INTERVAL = 60      # last_used_at is written at most once a minute per
 class Authenticator:
     """Turns credentials into Sessions, bound to the `default` KG when they may use it."""
 
-    def __init__(self, store: Store, config: Config, clock: Clock, hasher: PasswordHasher, lockout: Lockout,
-                 shared_key: str | None, account_lockout: Lockout):
+    def __init__(self, store: Store, config: Config, clock: Clock, hasher: PasswordHasher, lockout: LockoutCounter,
+                 shared_key: str | None, account_lockout: LockoutCounter):
         self.store = store
         self.clock = clock
         self.hasher = hasher
         self.lockout = lockout
-        self.account_lockout = account_lockout     # keyed by user name, as given
+        self.account_lockout = account_lockout     # keyed by ACCOUNT_KEY + the user name as given
         self.refusals = RefusalCounter(clock)
         self.auth_mode = config.security.auth_mode
         if self.auth_mode == "shared_key" and not shared_key:
@@ -289,7 +290,7 @@ class Authenticator:
         path and answer for both). Server logins only: a local shell holds the store anyway."""
         if not address:
             return
-        left = self.account_lockout.remaining(username)
+        left = self.account_lockout.remaining(ACCOUNT_KEY + username)
         if left:
             self.refusals.count("account", username, self.clock() + left, audit_source(source, lockout_key(address)),
                                 "auth.login", username)
@@ -311,7 +312,7 @@ class Authenticator:
                      account: str | None = None) -> NoReturn:
         key = lockout_key(address) if address else ""
         locked = self.lockout.record_failure(key) if key else False
-        if key and account is not None and self.account_lockout.record_failure(account):
+        if key and account is not None and self.account_lockout.record_failure(ACCOUNT_KEY + account):
             reason += "; user name locked"
         with self.store.write():
             self.store.append_audit(self.clock(), target or "-", audit_source(source, address), action, target,

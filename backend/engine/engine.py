@@ -21,7 +21,7 @@ from ..store import Store
 from .auth import Authenticator
 from .clock import Clock, system_clock
 from .handlers import EXTRA_CHECKS, HANDLERS, Call, Env, audit_target, with_credential
-from .limits import Lockout, RateLimiter, account_lockout_config
+from .limits import Lockout, LockoutCounter, RateCounter, RateLimiter, account_lockout_config
 from .passwords import PasswordHasher, check_password_policy
 from .policy import (
     ACTION_LEVEL,
@@ -62,17 +62,18 @@ class Engine:
     """Authenticates, authorizes and runs commands; one per store, shared by its sessions."""
 
     def __init__(self, store: Store, config: Config, *, clock: Clock = system_clock,
-                 hasher: PasswordHasher | None = None, lockout: Lockout | None = None,
-                 directory: SessionDirectory | None = None, target: Callable[[], str] = lambda: "local",
-                 shared_key: str | None = None, account_lockout: Lockout | None = None):
+                 hasher: PasswordHasher | None = None, lockout: LockoutCounter | None = None,
+                 rate_limiter: RateCounter | None = None, directory: SessionDirectory | None = None,
+                 target: Callable[[], str] = lambda: "local", shared_key: str | None = None,
+                 account_lockout: LockoutCounter | None = None):
         self._store = store
         self._config = config
         self._clock = clock
         self._hasher = hasher or PasswordHasher(config.security)
-        self._lockout = lockout or Lockout(config.security, clock)
+        self._lockout: LockoutCounter = lockout or Lockout(config.security, clock)
         account_lockout = account_lockout or Lockout(account_lockout_config(config.security), clock)
         self._auth = Authenticator(store, config, clock, self._hasher, self._lockout, shared_key, account_lockout)
-        self._rate_limiter = RateLimiter(clock)
+        self._rate_limiter: RateCounter = rate_limiter or RateLimiter(clock)
         self._env = Env(store, clock, self._lockout, directory, target, clock())
         self._batch_denials: list[AuditRecord] = []
         self._parsed_ahead: dict[str, Invocation] = {}     # see prepare()
@@ -83,7 +84,7 @@ class Engine:
         return self._store
 
     @property
-    def lockout(self) -> Lockout:
+    def lockout(self) -> LockoutCounter:
         return self._lockout
 
     @property

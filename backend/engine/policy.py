@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..errors import CommandError, PermissionDenied, SessionEnded
 from ..language.parser import Invocation
@@ -95,9 +95,21 @@ def new_session_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+class ListedSession(NamedTuple):
+    """A live session as `.session list` shows it; on a cluster, it may live on another node."""
+    id: str
+    username: str
+    auth: str
+    address: str
+    knowledge_graph: str
+    connected_at: float
+    node: str
+
+
 class SessionDirectory(Protocol):
-    """What a server offers the engine for `.session` and `.status`."""
-    def sessions(self) -> list[Session]: ...
+    """What a server offers the engine for `.session` and `.status`: this node's sessions, or
+    with Redis every node's (scaleout.md)."""
+    def sessions(self) -> list[ListedSession]: ...
     def kill(self, session_id: str, reason: str) -> bool: ...
 
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from ..bootstrap import first_start, open_engine
 from ..config import Config
 from ..engine import Clock, Session, system_clock
 from ..errors import CommandError, StoreError
 from ..result import Result
+
+if TYPE_CHECKING:
+    from ..cluster import RedisLink
 
 
 @contextmanager
@@ -31,10 +35,27 @@ class LocalBackend:
     def __init__(self, data_dir: str, config: Config, env: Mapping[str, str] | None = None, *,
                  clock: Clock = system_clock):
         """`env` gives INPUTLAYER_ENCRYPTION_KEY and INPUTLAYER_SHARED_KEY, when set."""
-        self.store, self.engine = open_engine(data_dir, config, env or {}, clock=clock)
+        self._link: RedisLink | None = None
+        try:
+            self.store, self.engine = open_engine(data_dir, config, env or {}, clock=clock,
+                                                  **self._shared_counters(config, clock))
+        except BaseException:
+            if self._link is not None:
+                self._link.close()
+            raise
         self.session: Session | None = None
         self.record_login = True      # False: a login writes nothing until the first change (policy apply)
         self.bootstrapped = False
+
+    def _shared_counters(self, config: Config, clock: Clock) -> dict:
+        """With a cluster's Redis (scaleout.md), the shell sees and clears the lockouts every
+        node counts there, and spends a key's `rate=` from the same budget."""
+        if not config.cluster.redis_url:
+            return {}
+        from ..cluster import RedisLink, SharedLockout, SharedRateLimiter  # only a cluster needs redis-py
+
+        self._link = link = RedisLink(config.cluster.redis_url, config.cluster.key_prefix)
+        return {"lockout": SharedLockout(config.security, clock, link), "rate_limiter": SharedRateLimiter(clock, link)}
 
     def bootstrap(self, admin_password: str | None) -> None:
         with _store_errors():
@@ -84,4 +105,6 @@ class LocalBackend:
         return self.engine.execute_atomic(self.session, "\n".join(lines), note=note)
 
     def close(self) -> None:
+        if self._link is not None:
+            self._link.close()
         self.store.close()
