@@ -86,6 +86,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["rekey"]:
         return rekey_main(argv[1:], env)
+    if argv[:1] == ["rotate-secrets"]:
+        return rotate_secrets_main(argv[1:], env)
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     log = logging.getLogger("inputlayer.server")
@@ -156,6 +158,29 @@ def rekey_main(argv: Sequence[str], env: Mapping[str, str]) -> int:
         return 2
     state = "encrypted under the new key" if new else "decrypted (plaintext)"
     sys.stdout.write(f"Store in {data_dir} {state}: {copied} rows re-written.\n")
+    return 0
+
+
+def rotate_secrets_main(argv: Sequence[str], env: Mapping[str, str]) -> int:
+    """`inputlayer-server rotate-secrets`: new token-signing and audit keys for a stopped store."""
+    p = _Parser(prog="inputlayer-server rotate-secrets",
+                description="Replace the token-signing and audit keys of a stopped store: every session "
+                            "token ends, the audit chain continues under the new key, API keys keep working.")
+    p.add_argument("--data-dir", metavar="DIR")
+    p.add_argument("--config", metavar="TOML")
+    args = p.parse_args(argv)
+    from .store.codec import key_from_env
+    from .store.rotate import rotate_secrets
+
+    try:
+        config = load_config(args.config, env)
+        data_dir = resolve_data_dir(args.data_dir, env, config)
+        records = rotate_secrets(data_dir, key_from_env(env))
+    except (ConfigError, StoreError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    sys.stdout.write(f"Server secrets of {data_dir} rotated: every token ended, {records} audit records "
+                     "re-keyed.\n")
     return 0
 
 

@@ -2,7 +2,9 @@
 
 Everything is read and checked under the old key, written to a new file beside the old one,
 flushed, then renamed over it: interrupted at any point, the directory holds either the old
-store (opens with the old key) or the new one (opens with the new key), never a mix.
+store (opens with the old key) or the new one (opens with the new key), never a mix. The server
+secrets file is re-sealed the same way: `secrets.new` under the new key, renamed after the
+database (an interruption between the two is finished when the store is next opened).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import os
 from pathlib import Path
 
 from ..errors import StoreError
+from .codec import Codec
+from .secrets import pending_path, promote_pending, write_secrets
 from .sqlite import DB_FILE, SQLiteStore, lockfile
 
 
@@ -31,6 +35,7 @@ def rekey(data_dir: str | os.PathLike, old_key: bytes | None, new_key: bytes | N
 
 def _rekey(data_dir: Path, db: Path, old_key: bytes | None, new_key: bytes | None) -> int:
     old = SQLiteStore(data_dir, encryption_key=old_key, take_lock=False)
+    server_secrets = old.secrets
     try:
         with old.write():
             snapshot = old.export_rows()
@@ -44,7 +49,7 @@ def _rekey(data_dir: Path, db: Path, old_key: bytes | None, new_key: bytes | Non
     tmp = data_dir / (DB_FILE + ".rekey")
     for leftover in (tmp, Path(str(tmp) + "-wal"), Path(str(tmp) + "-shm")):
         leftover.unlink(missing_ok=True)
-    new = SQLiteStore(data_dir, encryption_key=new_key, path=tmp, take_lock=False)
+    new = SQLiteStore(data_dir, encryption_key=new_key, path=tmp, take_lock=False, secrets=server_secrets)
     try:
         with new.write():
             copied = new.import_rows(snapshot)
@@ -57,7 +62,16 @@ def _rekey(data_dir: Path, db: Path, old_key: bytes | None, new_key: bytes | Non
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, db)
+    new_codec = Codec(new_key)
+    pending = pending_path(old.secrets_file)
+    pending.unlink(missing_ok=True)
+    write_secrets(pending, new_codec, server_secrets, replace=False)
+    try:
+        os.replace(tmp, db)
+    except BaseException:
+        pending.unlink(missing_ok=True)
+        raise
+    promote_pending(old.secrets_file, new_codec, server_secrets.fingerprint())
     dir_fd = os.open(data_dir, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

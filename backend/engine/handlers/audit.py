@@ -6,6 +6,7 @@ from ...display import iso
 from ...errors import CommandError
 from ...netaddr import lockout_key
 from ...result import Result
+from ..delegation import unscoped_only
 from .base import Call, Env, handles
 
 
@@ -28,13 +29,13 @@ def audit_verify(env: Env, call: Call) -> Result:
     return Result.message(f"Audit log intact: {count} records.")
 
 
-@handles("lockout list")
+@handles("lockout list", check=unscoped_only("manage lockouts"))
 def lockout_list(env: Env, call: Call) -> Result:
     return Result(["address", "failures", "locked_until"],
                   [[a, str(n), iso(until)] for a, n, until in env.lockout.entries()])
 
 
-@handles("lockout clear")
+@handles("lockout clear", check=unscoped_only("manage lockouts"))
 def lockout_clear(env: Env, call: Call) -> Result:
     address = lockout_key(call.args["address"])     # an IPv6 address: its /64, as listed
     if not env.lockout.clear(address):

@@ -1,14 +1,16 @@
-"""The SQLite store's audit log: hash-chained records, each appended in the transaction of the
-change it records, the chain's head saved once per commit.
+"""The SQLite store's audit log: records chained by HMAC under the audit key, each appended in
+the transaction of the change it records, the chain's head (sealed by the same key) saved once
+per commit.
 """
 
 from __future__ import annotations
 
+import hmac
 import threading
 from collections.abc import Iterator
 
 from ...errors import StoreError
-from ..interface import AUDIT_FIELDS, GENESIS_HASH, audit_hash, audit_payload
+from ..interface import AUDIT_FIELDS, GENESIS_HASH, audit_hash, audit_payload, head_mac
 from .rows import Rows
 
 
@@ -19,7 +21,7 @@ class AuditChain(Rows):
         head = self._current_head()
         seq = head["seq"] + 1
         record = (seq, now, actor, source, action, target, outcome, detail)
-        text, digest = audit_payload(head["hash"], record)
+        text, digest = audit_payload(self._audit_mac, head["hash"], record)
         self._write("INSERT INTO audit VALUES (?, ?)", (seq, self.codec.seal_text("audit", str(seq), text)))
         self._audit_head = {"seq": seq, "hash": digest}
         self._head_unsaved = True
@@ -60,12 +62,29 @@ class AuditChain(Rows):
                     return count, f"Audit log broken at record {expected_seq}: record missing or out of order"
                 if rec["prev_hash"] != prev_hash:
                     return count, f"Audit log broken at record {expected_seq}: chain does not link to the record before"
-                if audit_hash(prev_hash, tuple(rec[f] for f in AUDIT_FIELDS)) != rec["hash"]:
+                if audit_hash(self._audit_mac, prev_hash, tuple(rec[f] for f in AUDIT_FIELDS)) != rec["hash"]:
                     return count, f"Audit log broken at record {expected_seq}: contents do not match its hash"
                 prev_hash, expected_seq, count = rec["hash"], expected_seq + 1, count + 1
         except StoreError:
             return count, f"Audit log broken at record {expected_seq}: the sealed record was altered"
         head = self._current_head()
-        if head != {"seq": count, "hash": prev_hash}:
+        if (head["seq"], head["hash"]) != (count, prev_hash):
             return count, f"Audit log broken at record {count + 1}: the latest records were removed"
+        unsaved = self._owner == threading.get_ident() and self._audit_head is not None
+        if not unsaved and not hmac.compare_digest(head.get("mac", ""), head_mac(self._audit_mac, count, prev_hash)):
+            # (a writer's own unsaved head is sealed at its commit)
+            return count, f"Audit log broken at record {count}: the chain's head was rewritten"
         return count, None
+
+    def _rechain(self) -> None:
+        """Re-key every record's hash under the current audit key (after rotate-secrets, or
+        the upgrade from the unkeyed chain); the caller has verified the old chain. Inside a
+        write: the new head is saved, sealed, at commit."""
+        prev_hash, last = GENESIS_HASH, 0
+        for seq, data in self.conn.execute("SELECT seq, data FROM audit ORDER BY seq").fetchall():
+            _, *record, _ = self.codec.open("audit", str(seq), data)
+            text, prev_hash = audit_payload(self._audit_mac, prev_hash, tuple(record))
+            self._write("UPDATE audit SET data = ? WHERE seq = ?", (self.codec.seal_text("audit", str(seq), text), seq))
+            last = seq
+        self._audit_head = {"seq": last, "hash": prev_hash}
+        self._head_unsaved = True
