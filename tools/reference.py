@@ -83,6 +83,7 @@ CONFIG_MEANINGS: dict[str, str] = {
     "server.auth_timeout_secs": "seconds a connection has to log in before it is closed (1008)",
     "server.max_message_bytes": "largest message a client may send; a larger one closes the connection "
                                 "(1009). The server announces it at login and the shell refuses longer lines itself",
+    "server.max_program_lines": "most lines one `execute` program may hold; a longer one is refused whole",
     "server.trusted_proxies": "addresses or CIDR ranges of proxies whose X-Forwarded-For is believed",
     "server.allowed_ips": "CIDR allow-list for clients; empty allows everyone; others get HTTP 403",
     "server.tls.cert": "PEM certificate chain: with `key`, the server speaks TLS (wss://)",
@@ -93,6 +94,10 @@ CONFIG_MEANINGS: dict[str, str] = {
     "security.lockout_failures": "failed logins from one address within the window that lock it",
     "security.lockout_window_secs": "the window, in seconds, in which failures are counted",
     "security.lockout_secs": "how long a locked address is refused without any password check",
+    "security.account_lockout_failures": "failed password logins for one user name, from any addresses, within "
+                                         "the window that refuse that name's password logins for a while "
+                                         "(its API keys and open sessions keep working)",
+    "security.account_lockout_secs": "how long a user name's password logins are refused after that",
     "security.argon2_memory_kib": "argon2id memory cost of password hashes, in KiB",
     "security.argon2_time_cost": "argon2id passes",
     "security.argon2_parallelism": "argon2id lanes",

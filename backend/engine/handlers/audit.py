@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ...display import iso
 from ...errors import CommandError
+from ...netaddr import lockout_key
 from ...result import Result
 from ..delegation import unscoped_only
 from .base import Call, Env, handles
@@ -38,7 +39,7 @@ def lockout_list(env: Env, call: Call) -> Result:
 
 @handles("lockout clear", check=unscoped_only("manage lockouts"))
 def lockout_clear(env: Env, call: Call) -> Result:
-    address = call.args["address"]
+    address = lockout_key(call.args["address"])     # an IPv6 address: its /64, as listed
     if not env.lockout.clear(address):
         raise CommandError(f"No lockout for {address}")
     env.audit(call)
