@@ -402,3 +402,19 @@ def test_replacing_the_secrets_ends_tokens_keeps_keys_and_rechains_the_audit_log
     store.close()
     with pytest.raises(StoreError, match="not this store's"):
         target.open()                          # the old file no longer matches the store
+
+
+def test_rotate_secrets_on_postgresql_writes_the_new_file_and_keeps_keys(target, config_file):
+    from conftest import cli_env, run_cli
+
+    setup = shell_run(target, config_file, *target.cli_args(), "-c", ".apikey create survivor")
+    key = setup.stdout.split("\t")[0]
+    before = target.secret_file.read_bytes()
+    proc = run_cli(["rotate-secrets", "--store", target.url], program="backend",
+                   env=cli_env(config_file, **target.cli_env()))
+    assert proc.returncode == 0 and b"every token ended" in proc.stdout, proc.stderr
+    assert target.secret_file.read_bytes() != before
+    assert oct(target.secret_file.stat().st_mode & 0o777) == "0o600"
+    check = shell_run(target, config_file, *target.cli_args(), "-c", ".whoami", "-c", ".audit verify",
+                      INPUTLAYER_API_KEY=key)
+    assert check.returncode == 0 and "Audit log intact" in check.stdout, check.stderr
