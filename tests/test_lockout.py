@@ -100,10 +100,10 @@ def test_a_locked_user_name_is_listed_after_the_addresses_and_an_admin_can_lift_
     until = iso(clock() + 60)
     assert rows[:6] == [["10.0.0.0", "1", ""], ["10.0.0.1", "1", ""], ["10.0.0.2", "1", ""], ["10.0.0.3", "1", ""],
                         ["10.0.0.4", "1", ""], ["10.7.0.1", "20", until]]
-    assert rows[6:] == [["user:admin", "5", until]] + [[f"user:n{n:02}", "1", ""] for n in range(20)]
+    assert rows[6:] == [["user:admin", "5", until]]          # names with fewer failures are not news
     assert engine.execute(admin, ".lockout clear user:admin").rows == [["Lockout cleared for user:admin."]]
     assert engine.login("admin", ADMIN_PASSWORD, source="ws", address="10.0.1.1").username == "admin"
-    assert [r[0] for r in engine.execute(admin, ".lockout list").rows][5:7] == ["10.7.0.1", "user:n00"]
+    assert engine.execute(admin, ".lockout list").rows[5:] == [["10.7.0.1", "20", until]]
     with engine.store.read():
         [record] = engine.store.audit_records(limit=1, actor=None, action="lockout.clear", since=None)
     assert (record["actor"], record["target"], record["outcome"]) == ("admin", "user:admin", "ok")

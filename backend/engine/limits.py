@@ -113,9 +113,11 @@ def address_entries(addresses: LockoutCounter) -> list[Entry]:
 
 
 def lockout_entries(addresses: LockoutCounter, accounts: LockoutCounter) -> list[Entry]:
-    """What `.lockout list` shows: locked addresses, then user names as `user:<name>` (the form
-    `.lockout clear` takes), each with the counts of its own table (its limit, its lock time)."""
-    return address_entries(addresses) + [e for e in accounts.entries() if e[0].startswith(ACCOUNT_KEY)]
+    """What `.lockout list` shows: addresses with recent failures, then locked user names as
+    `user:<name>` (the form `.lockout clear` takes), each with the counts of its own table. A
+    name only once locked: every mistyped login (and any name an attacker sprays) is no news."""
+    return address_entries(addresses) + [e for e in accounts.entries()
+                                         if e[0].startswith(ACCOUNT_KEY) and e[2] is not None]
 
 
 def account_lockout_config(cfg: SecurityConfig) -> SecurityConfig:
