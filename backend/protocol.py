@@ -97,9 +97,13 @@ def auth_error(message: str) -> str:
 PONG = '{"type": "pong"}'
 
 
-def authenticated(session_id: str, knowledge_graph: str, version: str, role: str, username: str) -> str:
-    return json.dumps({"type": "authenticated", "session_id": session_id, "knowledge_graph": knowledge_graph,
-                       "version": version, "role": role, "username": username, "features": list(FEATURES)})
+def authenticated(session_id: str, knowledge_graph: str, version: str, role: str, username: str,
+                  max_message_bytes: int | None = None) -> str:
+    message: dict[str, Any] = {"type": "authenticated", "session_id": session_id, "knowledge_graph": knowledge_graph,
+               "version": version, "role": role, "username": username, "features": list(FEATURES)}
+    if max_message_bytes is not None:     # so a client refuses a longer line instead of losing the session
+        message["max_message_bytes"] = max_message_bytes
+    return json.dumps(message)
 
 
 def session_ended_text(reason: str) -> str:
@@ -334,9 +338,9 @@ class ServerProtocol:
     # --- outcomes the application reports ------------------------------------------------
 
     def authenticated(self, session_id: str, knowledge_graph: str, version: str, role: str,
-                      username: str) -> tuple[Action, ...]:
+                      username: str, max_message_bytes: int | None = None) -> tuple[Action, ...]:
         self.phase = Phase.SESSION
-        return (Send(authenticated(session_id, knowledge_graph, version, role, username)),)
+        return (Send(authenticated(session_id, knowledge_graph, version, role, username, max_message_bytes)),)
 
     def refused(self, message: str) -> tuple[Action, ...]:
         """A failed login: the client may try again on this connection."""
@@ -377,6 +381,7 @@ class Authenticated:
     role: str | None
     knowledge_graph: str | None          # None: bound to no KG
     features: frozenset[str] = frozenset()   # protocol additions the server announced
+    max_message_bytes: int | None = None     # the largest message the server accepts, when it says
 
 
 @dataclass(frozen=True)
@@ -445,10 +450,12 @@ class ClientProtocol:
         if kind == "authenticated":
             self.phase = Phase.SESSION
             features = msg.get("features")
+            limit = msg.get("max_message_bytes")
             return Authenticated(msg.get("session_id"), msg.get("username"), msg.get("role"),
                                  msg.get("knowledge_graph") or None,
                                  frozenset(f for f in features if isinstance(f, str)) if isinstance(features, list)
-                                 else frozenset())
+                                 else frozenset(),
+                                 limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None)
         text = str(msg.get("message") or "unexpected reply")
         if kind == "auth_error":
             locked = text.startswith(ErrorKind.LOCKED_OUT.value)

@@ -36,7 +36,7 @@ def test_general(engine, admin):
     assert engine.execute(admin, ".whoami").rows == [["admin", "admin", "password", "default"]]
     status = dict(engine.execute(admin, ".status").rows)
     assert status["target"] == "local" and status["role"] == "admin" and "version" in status
-    assert engine.execute(admin, ".help").columns == ["command", "description"]
+    assert engine.execute(admin, ".help").columns == ["message"]
     assert msg(engine.execute(admin, ".help .kg acl grant"))[0] == "Usage: .kg acl grant <kg> <user> <role>"
     assert len(engine.execute(admin, ".help user").rows) == 6
     assert err(engine, admin, ".help .nothing") == "Unknown command: .nothing. Type .help for the list."

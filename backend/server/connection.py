@@ -133,7 +133,8 @@ async def _open_session(app: Server, conn: Connection, session: Session) -> bool
     log.info("authenticated: user=%s auth=%s address=%s session=%s", session.username,
              session.auth, conn.address, session.id)
     await conn.perform(conn.protocol.authenticated(session.id, session.knowledge_graph or "", __version__,
-                                                   session.login_role, session.username))
+                                                   session.login_role, session.username,
+                                                   app.cfg.max_message_bytes))
     return True
 
 

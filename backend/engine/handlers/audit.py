@@ -15,8 +15,10 @@ from .base import Call, Env, handles
 @handles("audit")
 def audit(env: Env, call: Call) -> Result:
     since = call.options.get("since")
+    hide, action = call.options.get("action", (False, None))
     records = env.store.audit_records(limit=call.options.get("limit", 50), actor=call.options.get("user"),
-                                      action=call.options.get("action"),
+                                      action=None if hide else action, hide_action=action if hide else None,
+                                      outcome=call.options.get("outcome"),
                                       since=None if since is None else env.clock() - since)
     return Result(["seq", "time", "actor", "source", "action", "target", "outcome", "detail"],
                   [[str(r["seq"]), iso(r["time"]), r["actor"], r["source"], r["action"], r["target"],

@@ -38,15 +38,21 @@ class AuditChain(Rows):
             yield {**dict(zip(AUDIT_FIELDS, record)), "prev_hash": prev_hash, "hash": digest, "row_seq": seq}
 
     def audit_records(self, *, limit: int, actor: str | None, action: str | None,
-                      since: float | None) -> list[dict]:
-        """Newest first; `actor` matches the actor or the target, `action` a name or a prefix."""
+                      since: float | None, outcome: str | None = None,
+                      hide_action: str | None = None) -> list[dict]:
+        """Newest first; `actor` matches the actor or the target, `action` a name or a prefix,
+        `outcome` exactly; records whose action `hide_action` names (or prefixes) are left out."""
         found = []
         for rec in self._audit_rows("DESC"):
             if since is not None and rec["time"] < since:
                 break
             if actor is not None and actor not in (rec["actor"], rec["target"]):
                 continue
-            if action is not None and rec["action"] != action and not rec["action"].startswith(action + "."):
+            if action is not None and not _names(action, rec["action"]):
+                continue
+            if hide_action is not None and _names(hide_action, rec["action"]):
+                continue
+            if outcome is not None and rec["outcome"] != outcome:
                 continue
             found.append(rec)
             if len(found) == limit:
@@ -88,3 +94,8 @@ class AuditChain(Rows):
             last = seq
         self._audit_head = {"seq": last, "hash": prev_hash}
         self._head_unsaved = True
+
+
+def _names(action: str, recorded: str) -> bool:
+    """Whether `action` is the recorded action or its group (`user` names `user.create`)."""
+    return recorded == action or recorded.startswith(action + ".")
