@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .language.registry import clip
+from .language.kinds import clip
 from .result import Result
 from .store.codec import json_encoder
 

@@ -19,9 +19,10 @@ from prompt_toolkit.output import ColorDepth
 
 from backend.config import Config
 from backend.errors import AuthError, CommandError, NotSent, SessionEnded, TargetUnreachable
+from backend.language.kinds import ROLES
 from backend.language.lexer import quote_word
 from backend.language.parser import MASK, Invocation, Part, Role, analyze, parse, secret_spans
-from backend.language.registry import ROLES, Command
+from backend.language.registry import Command
 from backend.result import Result
 from backend.targets.protocols import Backend, Reconnecting, Timed, Watching
 
