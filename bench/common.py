@@ -51,9 +51,12 @@ def default_config():
 def child_env(**extra: str) -> dict[str, str]:
     """The environment of a program under test: what a user has. This sandbox sets
     PYTHONDONTWRITEBYTECODE=1, which would make every start re-compile every source (~30 ms);
-    users do not have it, so it is removed. No inherited INPUTLAYER_* variable."""
+    users do not have it, so it is removed. No inherited INPUTLAYER_* variable. PYTHONPATH is
+    this checkout, so the console scripts run its code even when the package is installed
+    (editable) from another checkout."""
     env = {k: v for k, v in os.environ.items()
-           if k != "PYTHONDONTWRITEBYTECODE" and not k.startswith("INPUTLAYER_")}
+           if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH") and not k.startswith("INPUTLAYER_")}
+    env["PYTHONPATH"] = str(ROOT)
     env.update({k: v for k, v in extra.items() if v is not None})
     return env
 
@@ -199,13 +202,15 @@ class Outcome:
         self.targets.append(Target(key, text, measured, ok))
 
 
-def prepare_store(data_dir: Path, config, *, keys: int = 1, setup=None) -> list[str]:
-    """Bootstrap a store in this process and create `keys` admin API keys; `setup(engine,
-    session)` may add more. Returns the keys' secrets."""
+def prepare_store(location: Path | str, config, *, keys: int = 1, setup=None,
+                  env: dict[str, str] | None = None) -> list[str]:
+    """Bootstrap a store (a data directory, or a postgresql:// URL with the server secrets file
+    in `env`) in this process and create `keys` admin API keys; `setup(engine, session)` may
+    add more. Returns the keys' secrets."""
     from backend.engine import Engine
-    from backend.store import SQLiteStore
+    from backend.store.locate import open_store
 
-    store = SQLiteStore(data_dir)
+    store = open_store(str(location), env or {})
     try:
         engine = Engine(store, config)
         engine.bootstrap(ADMIN_PASSWORD)
