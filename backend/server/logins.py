@@ -11,6 +11,7 @@ from typing import Any
 
 from ..engine import Engine, LockoutCounter, Session
 from ..errors import AuthError, LockedOut
+from ..netaddr import lockout_key
 from ..protocol import Authenticate, Login
 from .metrics import Metrics
 from .pools import run_in
@@ -98,7 +99,8 @@ class Logins:
     async def authenticate(self, peer: str, method: str, fn: Callable[..., Session], *args: Any,
                            **kwargs: Any) -> tuple[Session | None, str]:
         """Run login/authenticate off the loop and count the outcome."""
-        was_locked = bool(await self._lockout.aremaining(peer))
+        key = lockout_key(peer)
+        was_locked = bool(await self._lockout.aremaining(key))
         # A locked address costs no argon2 work: it must not queue behind the logins that do.
         pool = self._exec_pool if was_locked else self._auth_pool
         try:
@@ -106,7 +108,7 @@ class Logins:
         except AuthError as exc:
             outcome = "locked" if isinstance(exc, LockedOut) else "failed"
             self._metrics.login(method, outcome)
-            if not was_locked and await self._lockout.aremaining(peer):
+            if not was_locked and await self._lockout.aremaining(key):
                 self._metrics.lockout()
                 log.warning("address %s locked out after repeated failed authentications", peer)
             log.info("authentication %s: method=%s address=%s", outcome, method, peer)
