@@ -18,6 +18,7 @@ from backend.config import (
     with_values,
 )
 from backend.errors import AuthError, ConfigError, StoreError, TargetUnreachable
+from backend.store.postgres.url import is_postgres_url
 from backend.targets.protocols import Backend, Bootstrapping
 
 from .environment import Environment, ExitStatus
@@ -177,7 +178,7 @@ def open_backend(args: argparse.Namespace, env: Environment, config: Config, url
     if url:
         from backend.targets.remote import RemoteBackend
         return RemoteBackend(url, ca_file=args.ca_file or env.env.get("INPUTLAYER_CA_FILE"))
-    from backend.store.locate import describe_store, is_postgres_url
+    from backend.store.locate import describe_store
     from backend.targets.local import LocalBackend
     config = with_values(config, {"cluster.redis_url": resolve_redis_url(args.redis, env.env, config)})
     location = resolve_store(args.store, args.data_dir, env.env, config)

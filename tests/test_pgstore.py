@@ -383,3 +383,22 @@ def test_a_user_dropped_through_one_node_loses_its_session_on_the_other(target, 
     finally:
         for node in nodes:
             node.stop()
+
+
+def test_replacing_the_secrets_ends_tokens_keeps_keys_and_rechains_the_audit_log(pg_engine, target):
+    from backend.store.secrets import ServerSecrets
+
+    engine, admin = pg_engine
+    key = engine.execute(admin, ".apikey create survivor").rows[0][0]
+    token = engine.execute(admin, ".token issue").rows[0][0]
+    store = engine.store
+    new = ServerSecrets.generate(hmac=store.secrets.hmac)          # digests of keys stay valid
+    with store.write():
+        store.replace_secrets(new)
+    assert engine.authenticate(key, source="local").username == "admin"
+    with pytest.raises(AuthError):
+        engine.authenticate(token, source="local")
+    assert engine.execute(admin, ".audit verify").rows[0][0].startswith("Audit log intact")
+    store.close()
+    with pytest.raises(StoreError, match="not this store's"):
+        target.open()                          # the old file no longer matches the store

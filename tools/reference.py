@@ -76,6 +76,7 @@ ERRORS: dict[tuple[str, ...], tuple[str, ...]] = {
 
 CONFIG_MEANINGS: dict[str, str] = {
     "data_dir": "the data directory of the local store (shell without --url, and the server)",
+    "store": "a postgresql:// URL (or a data directory) of the store, instead of data_dir; PostgreSQL needs INPUTLAYER_SERVER_SECRET_FILE",
     "bootstrap_admin_password": "the password `admin` gets when a store with no users is bootstrapped; "
                                 "ignored afterwards. Prefer INPUTLAYER_ADMIN_PASSWORD",
     "server.host": "the address the server listens on; a non-loopback address without TLS prints a warning",

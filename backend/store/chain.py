@@ -12,8 +12,7 @@ from .interface import AUDIT_FIELDS, GENESIS_HASH, audit_hash, head_mac
 
 
 def matching_records(newest_first: Iterable[dict], *, limit: int, actor: str | None, action: str | None,
-                     since: float | None, outcome: str | None = None,
-                     hide_action: str | None = None) -> list[dict]:
+                     since: float | None, outcome: str | None = None, hide_action: str | None = None) -> list[dict]:
     """`actor` matches the actor or the target, `action` a name or a prefix, `outcome` exactly;
     records whose action `hide_action` names (or prefixes) are left out."""
     found = []

@@ -61,3 +61,4 @@ class AuditChain(Rows):
             last = seq
         self._audit_head = {"seq": last, "hash": prev_hash}
         self._head_unsaved = True
+
