@@ -307,10 +307,6 @@ def default_data_dir(env: Mapping[str, str]) -> str:
     return os.path.join(os.path.expanduser(base), "inputlayer")
 
 
-def resolve_data_dir(flag: str | None, env: Mapping[str, str], config: Config) -> str:
-    return flag or env.get("INPUTLAYER_DATA_DIR") or config.data_dir or default_data_dir(env)
-
-
 def resolve_store(store_flag: str | None, data_dir_flag: str | None, env: Mapping[str, str],
                   config: Config) -> str:
     """Where the store is: a postgresql:// URL or a data directory. Flags, then environment,
