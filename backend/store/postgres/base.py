@@ -7,6 +7,11 @@ it guards see the same rows, and the audit chain's one head is read and updated 
 a time (seq has no gaps). A change that touched rows also bumps `generation` and sends NOTIFY in
 its own transaction, so listeners hear of exactly what committed.
 
+Round trips, not fsync, bound the writer: a change's row writes (and a batch command's savepoint)
+are held back and sent together, in one pipeline, when something must read the writer's
+connection or at commit, whose statements join the same pipeline. A command of a batch that
+fails before its writes were sent just drops them; once sent, its savepoint undoes them.
+
 Reads run on pooled connections, one snapshot a command (reads.py).
 """
 
@@ -29,6 +34,7 @@ from .url import CONNECT_TIMEOUT_SECS, connect_kwargs, redact_text, redact_url
 
 NOTIFY_CHANNEL = "inputlayer_changes"
 READERS_MAX = 8                 # pooled reading connections of one process
+HELD_MAX = 1000                 # statements held back at most before they are sent
 
 
 class _Change:
@@ -68,7 +74,9 @@ class PgBase(Snapshots):
         self._head_unsaved = False
         self._changed: set[str] = set()            # tables changed: the NOTIFY payload
         self._failed = False                       # a statement failed inside an atomic batch
-        self._savepoints: dict[str, tuple] = {}    # savepoint -> the audit head to restore
+        self._savepoints: dict[str, tuple] = {}    # savepoint -> the audit head to restore, held mark
+        self._held: list[tuple[str, Any]] = []     # statements not yet sent, in order (_send)
+        self._sent = 0                             # how many times held statements were sent
         try:
             self._kwargs = connect_kwargs(url)
         except ValueError as exc:
@@ -126,9 +134,33 @@ class PgBase(Snapshots):
 
     @property
     def conn(self) -> psycopg.Connection:
-        """This thread's connection: its reader inside read(), else the writer."""
+        """This thread's connection: its reader inside read(), else the writer, with the
+        statements held back sent first (a read sees this transaction's own writes)."""
         reader = getattr(self._tls, "conn", None)
-        return reader if reader is not None else self._main
+        if reader is not None:
+            return reader
+        if self._held and self._owner == threading.get_ident():
+            self._send_held()
+        return self._main
+
+    def _send(self, sql: str, params: Any = ()) -> None:
+        """A write inside the transaction: held back, to be sent with the next ones."""
+        self._held.append((sql, params))
+        if len(self._held) >= HELD_MAX:
+            self._send_held()
+
+    def _send_held(self) -> None:
+        """Send the held statements in one pipeline: one round trip for all of them. A failure
+        leaves the transaction failed: nothing of it may commit."""
+        held, self._held = self._held, []
+        self._sent += 1
+        try:
+            with self._main.pipeline():
+                for sql, params in held:
+                    self._main.execute(sql, params)
+        except psycopg.Error as exc:
+            self._failed = True
+            raise self._fault("cannot write to the store", exc) from None
 
     def close(self) -> None:
         with self._lock:
@@ -153,8 +185,8 @@ class PgBase(Snapshots):
                 return None
             if self._depth:
                 name = f"sp{self._depth}"
-                self._main.execute(f"SAVEPOINT {name}")
-                self._savepoints[name] = (self._audit_head, self._head_unsaved)
+                self._savepoints[name] = (self._audit_head, self._head_unsaved, len(self._held), self._sent)
+                self._send(f"SAVEPOINT {name}")
                 self._depth += 1
                 return name
             self._begin()
@@ -185,14 +217,19 @@ class PgBase(Snapshots):
             self._lock.release()
 
     def _end_savepoint(self, name: str, failed: bool) -> None:
+        head, head_unsaved, mark, sent = self._savepoints.pop(name)
+        if not failed:
+            self._send(f"RELEASE {name}")
+            return
+        self._cache.clear()
+        self._audit_head, self._head_unsaved = head, head_unsaved   # its appends are undone too
+        if sent == self._sent:
+            del self._held[mark:]          # nothing of it was sent: its savepoint neither
+            return
+        # Not pipelined: psycopg forgets its prepared statements when a ROLLBACK completes, which
+        # statements queued behind it in a pipeline would still name.
         try:
-            if failed:
-                head = self._savepoints.pop(name)
-                self._main.execute(f"ROLLBACK TO {name}")
-                self._cache.clear()
-                self._audit_head, self._head_unsaved = head     # its appends are undone too
-            else:
-                self._savepoints.pop(name)
+            self.conn.execute(f"ROLLBACK TO {name}")
             self._main.execute(f"RELEASE {name}")
         except psycopg.Error as exc:
             raise self._fault("cannot write to the store", exc) from None
@@ -226,6 +263,7 @@ class PgBase(Snapshots):
         self._changed = set()
         self._failed = False
         self._savepoints = {}
+        self._held = []
 
     def _begin(self) -> None:
         self._forget()
@@ -235,8 +273,9 @@ class PgBase(Snapshots):
             try:
                 if self._main.broken or self._main.closed:
                     self._main = self._connect()     # the server restarted, or the network dropped
-                self._main.execute("BEGIN")
-                self._main.execute("SELECT pg_advisory_xact_lock(%s)", (schema.LOCK_KEY,))
+                with self._main.pipeline():
+                    self._main.execute("BEGIN")
+                    self._main.execute("SELECT pg_advisory_xact_lock(%s)", (schema.LOCK_KEY,))
                 return
             except psycopg.Error as exc:
                 lost = connection_lost(exc, self._main)
@@ -257,9 +296,12 @@ class PgBase(Snapshots):
             if self._head_unsaved and head is not None:
                 self._set_meta("audit_head", {**head, "mac": head_mac(self._audit_mac, head["seq"], head["hash"])})
             if self._changed:
-                self._main.execute("UPDATE generation SET n = n + 1 WHERE id = 1")
-                self._main.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, ",".join(sorted(self._changed))))
-            self._main.execute("COMMIT")
+                self._send("UPDATE generation SET n = n + 1 WHERE id = 1")
+                self._send("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, ",".join(sorted(self._changed))))
+            self._send("COMMIT")
+            self._send_held()
+            if self._main.info.transaction_status != pq.TransactionStatus.IDLE:
+                raise StoreError("cannot write to the store: the commit did not complete")
             self._forget()
         except psycopg.Error as exc:
             self._rollback()
@@ -285,7 +327,7 @@ class PgBase(Snapshots):
         return self.codec.open("meta", name, row[0])
 
     def _set_meta(self, name: str, value: dict | None) -> None:
-        self._main.execute("INSERT INTO meta VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET data = excluded.data",
+        self._send("INSERT INTO meta VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET data = excluded.data",
                            (name, self.codec.seal("meta", name, value or {})))
 
     def data_version(self) -> int:

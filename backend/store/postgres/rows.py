@@ -21,7 +21,7 @@ class PgRows(PgBase):
     def _change(self, table: str, sql: str, params=()) -> None:
         """Every write of a row other than the audit log's goes through here."""
         self._changed.add(table)
-        self._main.execute(sql, params)
+        self._send(sql, params)
 
     def _get(self, table: str, ref: str) -> dict | None:
         return self._memo((table, ref), self._load_row, table, ref, writer_too=True)

@@ -34,7 +34,7 @@ class PostgresStore(PgRows):
         seq = head["seq"] + 1
         record = (seq, now, actor, source, action, target, outcome, detail)
         text, digest = audit_payload(self._audit_mac, head["hash"], record)
-        self._main.execute("INSERT INTO audit VALUES (%s, %s)", (seq, self.codec.seal_text("audit", str(seq), text)))
+        self._send("INSERT INTO audit VALUES (%s, %s)", (seq, self.codec.seal_text("audit", str(seq), text)))
         self._audit_head = {"seq": seq, "hash": digest}
         self._head_unsaved = True
 
@@ -68,10 +68,10 @@ class PostgresStore(PgRows):
         """Re-key every record's hash under the current audit key (rotate-secrets); the caller
         has verified the old chain. Inside write(): the new head is saved, sealed, at commit."""
         prev_hash, last = GENESIS_HASH, 0
-        for seq, data in self._main.execute("SELECT seq, data FROM audit ORDER BY seq").fetchall():
+        for seq, data in self.conn.execute("SELECT seq, data FROM audit ORDER BY seq").fetchall():
             _, *record, _ = self.codec.open("audit", str(seq), data)
             text, prev_hash = audit_payload(self._audit_mac, prev_hash, tuple(record))
-            self._main.execute("UPDATE audit SET data = %s WHERE seq = %s",
+            self._send("UPDATE audit SET data = %s WHERE seq = %s",
                                (self.codec.seal_text("audit", str(seq), text), seq))
             last = seq
         self._audit_head = {"seq": last, "hash": prev_hash}
@@ -125,7 +125,7 @@ class PostgresStore(PgRows):
                           self._plain("")))
             self._key_put(key)
         # Explicit ids leave the identity behind: new keys must continue after the copied ones.
-        self._main.execute("SELECT setval(pg_get_serial_sequence('api_keys', 'id'), "
+        self._send("SELECT setval(pg_get_serial_sequence('api_keys', 'id'), "
                            "greatest((SELECT max(id) FROM api_keys), 1))")
         for key_id, kg in rows["api_key_kgs"]:
             self._change("api_keys", "INSERT INTO api_key_kgs VALUES (%s, %s)", (key_id, self._kg_ref(kg)))
@@ -134,7 +134,7 @@ class PostgresStore(PgRows):
         for rec in rows["audit"]:
             seq = rec["row_seq"]
             value = encode_json([rec["prev_hash"], *(rec[f] for f in AUDIT_FIELDS), rec["hash"]])
-            self._main.execute("INSERT INTO audit VALUES (%s, %s)", (seq, self.codec.seal_text("audit", str(seq), value)))
+            self._send("INSERT INTO audit VALUES (%s, %s)", (seq, self.codec.seal_text("audit", str(seq), value)))
         return sum(len(rows[t]) for t in ("users", "kgs", "acl", "api_keys", "api_key_kgs", "tokens", "audit"))
 
     def rekey(self, new_key: bytes | None) -> int:
@@ -149,11 +149,11 @@ class PostgresStore(PgRows):
                 if problem:
                     raise StoreError(f"refusing to rekey: {problem}")
                 generation = self._scalar("SELECT n FROM generation")
-                self._main.execute(f"DROP SCHEMA {schema.NAMESPACE} CASCADE")
+                self.conn.execute(f"DROP SCHEMA {schema.NAMESPACE} CASCADE")
                 self.codec = Codec(new_key)
-                schema.create(self._main, self.codec, self.shown_url, self.secrets)
+                schema.create(self.conn, self.codec, self.shown_url, self.secrets)
                 # Readers elsewhere compare this counter: it must move on, never start over.
-                self._main.execute("UPDATE generation SET n = %s", (generation,))
+                self._send("UPDATE generation SET n = %s", (generation,))
                 copied = self.import_rows(rows)
         except BaseException:
             self.codec = old_codec          # the transaction rolled back: the old key still holds
