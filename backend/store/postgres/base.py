@@ -74,9 +74,10 @@ class PgBase(Snapshots):
         self._head_unsaved = False
         self._changed: set[str] = set()            # tables changed: the NOTIFY payload
         self._failed = False                       # a statement failed inside an atomic batch
-        self._savepoints: dict[str, tuple] = {}    # savepoint -> the audit head to restore, held mark
+        # Open savepoints, outermost first: the audit head to restore, and where in _held the
+        # savepoint goes (None once sent: a savepoint is only sent with something after it).
+        self._savepoints: dict[str, list] = {}
         self._held: list[tuple[str, Any]] = []     # statements not yet sent, in order (_send)
-        self._sent = 0                             # how many times held statements were sent
         try:
             self._kwargs = connect_kwargs(url)
         except ValueError as exc:
@@ -139,8 +140,9 @@ class PgBase(Snapshots):
         reader = getattr(self._tls, "conn", None)
         if reader is not None:
             return reader
-        if self._held and self._owner == threading.get_ident():
-            self._send_held()
+        if self._owner == threading.get_ident() and (
+                self._held or any(entry[2] is not None for entry in self._savepoints.values())):
+            self._send_held()       # a statement that fails must find its command's savepoint
         return self._main
 
     def _send(self, sql: str, params: Any = ()) -> None:
@@ -153,7 +155,10 @@ class PgBase(Snapshots):
         """Send the held statements in one pipeline: one round trip for all of them. A failure
         leaves the transaction failed: nothing of it may commit."""
         held, self._held = self._held, []
-        self._sent += 1
+        for name, entry in reversed(self._savepoints.items()):
+            if entry[2] is not None:
+                held.insert(entry[2], (f"SAVEPOINT {name}", ()))
+                entry[2] = None
         try:
             with self._main.pipeline():
                 for sql, params in held:
@@ -185,8 +190,7 @@ class PgBase(Snapshots):
                 return None
             if self._depth:
                 name = f"sp{self._depth}"
-                self._savepoints[name] = (self._audit_head, self._head_unsaved, len(self._held), self._sent)
-                self._send(f"SAVEPOINT {name}")
+                self._savepoints[name] = [self._audit_head, self._head_unsaved, len(self._held)]
                 self._depth += 1
                 return name
             self._begin()
@@ -217,13 +221,14 @@ class PgBase(Snapshots):
             self._lock.release()
 
     def _end_savepoint(self, name: str, failed: bool) -> None:
-        head, head_unsaved, mark, sent = self._savepoints.pop(name)
+        head, head_unsaved, mark = self._savepoints.pop(name)
         if not failed:
-            self._send(f"RELEASE {name}")
+            if mark is None:
+                self._send(f"RELEASE {name}")
             return
         self._cache.clear()
         self._audit_head, self._head_unsaved = head, head_unsaved   # its appends are undone too
-        if sent == self._sent:
+        if mark is not None:
             del self._held[mark:]          # nothing of it was sent: its savepoint neither
             return
         # Not pipelined: psycopg forgets its prepared statements when a ROLLBACK completes, which
