@@ -226,3 +226,19 @@ def test_replacing_the_secrets_ends_tokens_keeps_keys_and_rechains_the_audit_log
     store.close()
     with pytest.raises(StoreError, match="not this store's"):
         pg_target.open()                          # the old file no longer matches the store
+
+
+def test_a_writer_never_acts_on_a_row_another_node_changed_since(pg_engine, pg_target):
+    """The writer keeps the rows it read from one transaction to the next only while no other
+    commit changed a row: a role another node lowered is the one this node's next change sees."""
+    engine, admin = pg_engine
+    engine.execute(admin, ".user create nia nia-passphrase admin")
+    nia = engine.login("nia", "nia-passphrase", source="local")
+    engine.execute(nia, ".kg create first")                    # nia's row, read by this writer
+    other = Engine(pg_target.open(), _cheap())
+    try:
+        other.execute(other.login("admin", ADMIN_PASSWORD, source="local"), ".user role nia viewer")
+    finally:
+        other.store.close()
+    with engine.store.write():
+        assert engine.store.user("nia")["role"] == "viewer"

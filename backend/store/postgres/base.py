@@ -18,6 +18,8 @@ Reads run on pooled connections, one snapshot a command (reads.py).
 from __future__ import annotations
 
 import threading
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 import psycopg
@@ -70,6 +72,8 @@ class PgBase(Snapshots):
         self._read_done = threading.Condition()
         self._atomic = False
         self._cache: dict[tuple, Any] = {}
+        self._cache_stamp: Any = None              # the generation the writer's cached rows are of
+        self._begun_at: Any = None                 # the generation its transaction began at
         self._audit_head: dict | None = None       # the chain's head after this transaction's appends
         self._head_unsaved = False
         self._changed: set[str] = set()            # tables changed: the NOTIFY payload
@@ -78,6 +82,7 @@ class PgBase(Snapshots):
         # savepoint goes (None once sent: a savepoint is only sent with something after it).
         self._savepoints: dict[str, list] = {}
         self._held: list[tuple[str, Any]] = []     # statements not yet sent, in order (_send)
+        self._audit_held: list[tuple[str, Any]] = []   # an atomic batch's audit appends (_send_audit)
         try:
             self._kwargs = connect_kwargs(url)
         except ValueError as exc:
@@ -141,7 +146,7 @@ class PgBase(Snapshots):
         if reader is not None:
             return reader
         if self._owner == threading.get_ident() and (
-                self._held or any(entry[2] is not None for entry in self._savepoints.values())):
+                self._held or self._audit_held or any(entry[2] is not None for entry in self._savepoints.values())):
             self._send_held()       # a statement that fails must find its command's savepoint
         return self._main
 
@@ -151,6 +156,17 @@ class PgBase(Snapshots):
         if len(self._held) >= HELD_MAX:
             self._send_held()
 
+    def _send_audit(self, sql: str, params: Any) -> None:
+        """An audit append: in an atomic batch (no savepoints, all or nothing) held apart and
+        sent after the row writes, so that each kind goes as one run; nothing reads the audit
+        log without sending all held statements first."""
+        if self._atomic:
+            self._audit_held.append((sql, params))
+            if len(self._audit_held) >= HELD_MAX:
+                self._send_held()
+        else:
+            self._send(sql, params)
+
     def _send_held(self) -> None:
         """Send the held statements in one pipeline: one round trip for all of them. A failure
         leaves the transaction failed: nothing of it may commit."""
@@ -159,10 +175,17 @@ class PgBase(Snapshots):
             if entry[2] is not None:
                 held.insert(entry[2], (f"SAVEPOINT {name}", ()))
                 entry[2] = None
+        held += self._audit_held
+        self._audit_held = []
         try:
-            with self._main.pipeline():
-                for sql, params in held:
-                    self._main.execute(sql, params)
+            with self._main.cursor() as cursor, self._main.pipeline():
+                # A run of one statement goes as one executemany: far less Python per row.
+                for sql, run in groupby(held, key=itemgetter(0)):
+                    rows = [params for _, params in run]
+                    if len(rows) == 1:
+                        cursor.execute(sql, rows[0])
+                    else:
+                        cursor.executemany(sql, rows)
         except psycopg.Error as exc:
             self._failed = True
             raise self._fault("cannot write to the store", exc) from None
@@ -260,18 +283,21 @@ class PgBase(Snapshots):
     def in_batch(self) -> bool:
         return self._depth > 0
 
-    def _forget(self) -> None:
-        """Drop what the writer knew of its transaction."""
-        self._cache = {}
+    def _forget(self, *, keep_rows: bool = False) -> None:
+        """Drop what the writer knew of its transaction; `keep_rows`: not the rows it read,
+        which stay good for as long as the generation counter stands still (see _begin)."""
+        if not keep_rows:
+            self._cache, self._cache_stamp = {}, None
         self._audit_head = None
         self._head_unsaved = False
         self._changed = set()
         self._failed = False
         self._savepoints = {}
         self._held = []
+        self._audit_held = []
 
     def _begin(self) -> None:
-        self._forget()
+        self._forget(keep_rows=True)
         if self._closed:
             raise StoreError("the store is closed")
         for attempt in (1, 2):
@@ -281,6 +307,11 @@ class PgBase(Snapshots):
                 with self._main.pipeline():
                     self._main.execute("BEGIN")
                     self._main.execute("SELECT pg_advisory_xact_lock(%s)", (schema.LOCK_KEY,))
+                    # Read after the lock: no other writer can change a row until this commits.
+                    stamp = self._main.execute("SELECT n FROM generation")
+                self._begun_at = stamp.fetchone()
+                if self._begun_at != self._cache_stamp:
+                    self._cache = {}        # another commit changed rows since this writer's last
                 return
             except psycopg.Error as exc:
                 lost = connection_lost(exc, self._main)
@@ -297,6 +328,8 @@ class PgBase(Snapshots):
                 # PostgreSQL would answer COMMIT with a silent rollback: say so instead.
                 raise StoreError("cannot write to the store: a change in this transaction failed; "
                                  "nothing was committed")
+            self._held += self._audit_held          # before the commit's own statements
+            self._audit_held = []
             head = self._audit_head
             if self._head_unsaved and head is not None:
                 self._set_meta("audit_head", {**head, "mac": head_mac(self._audit_mac, head["seq"], head["hash"])})
@@ -307,7 +340,9 @@ class PgBase(Snapshots):
             self._send_held()
             if self._main.info.transaction_status != pq.TransactionStatus.IDLE:
                 raise StoreError("cannot write to the store: the commit did not complete")
-            self._forget()
+            begun_at, changed = self._begun_at, bool(self._changed)
+            self._forget(keep_rows=True)
+            self._cache_stamp = (begun_at[0] + 1,) if changed and begun_at else begun_at
         except psycopg.Error as exc:
             self._rollback()
             raise self._fault("cannot write to the store", exc) from None

@@ -34,7 +34,7 @@ class PostgresStore(PgRows):
         seq = head["seq"] + 1
         record = (seq, now, actor, source, action, target, outcome, detail)
         text, digest = audit_payload(self._audit_mac, head["hash"], record)
-        self._send("INSERT INTO audit VALUES (%s, %s)", (seq, self.codec.seal_text("audit", str(seq), text)))
+        self._send_audit("INSERT INTO audit VALUES (%s, %s)", (seq, self.codec.seal_text("audit", str(seq), text)))
         self._audit_head = {"seq": seq, "hash": digest}
         self._head_unsaved = True
 
@@ -158,4 +158,5 @@ class PostgresStore(PgRows):
         except BaseException:
             self.codec = old_codec          # the transaction rolled back: the old key still holds
             raise
+        self._forget()                      # rows cached under the old key's refs
         return copied
