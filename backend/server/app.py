@@ -28,6 +28,7 @@ from ..netaddr import client_address, networks
 from ..protocol import CHUNK_ROWS, GOING_AWAY, INTERNAL_ERROR, STREAM_THRESHOLD
 from ..store import Store
 from . import connection as connections
+from .changes import LISTEN_RETRY_SECS, Changes, postgres_url
 from .connection import Connection, describe
 from .http import HttpEndpoints
 from .logins import Logins
@@ -48,6 +49,8 @@ class ServerOptions:
     stream_threshold: int = STREAM_THRESHOLD
     chunk_rows: int = CHUNK_ROWS
     poll_interval: float = POLL_INTERVAL
+    listen_retry: float = LISTEN_RETRY_SECS
+    full_sweep_interval: float = FULL_SWEEP_INTERVAL
     # argon2 runs here: one core stays free for the event loop, so a password storm slows
     # password logins, not the API-key traffic beside it.
     auth_workers: int = field(default_factory=lambda: max(1, (os.cpu_count() or 2) - 1))
@@ -81,8 +84,10 @@ class Server:
         self._auth_pool = auth_pool(self.options.auth_workers)
         self._exec_pool = ThreadPoolExecutor(self.options.exec_workers, thread_name_prefix="il-exec")
         self._sweep_pool = ThreadPoolExecutor(1, thread_name_prefix="il-sweep")    # one sweep at a time
+        # A PostgreSQL read is a network round trip: never on the event loop.
         self.logins = Logins(self.engine, self.lockout, self.metrics, auth_pool=self._auth_pool,
-                             exec_pool=self._exec_pool)
+                             exec_pool=self._exec_pool, reads_on_loop=postgres_url(store) is None)
+        self.changes = Changes(store, self.poke, retry_secs=self.options.listen_retry)
         self.http = HttpEndpoints(self)
         self.stopping = False
         self._ws_server: WebSocketServer | None = None
@@ -131,6 +136,7 @@ class Server:
             # mix that compression side channels (CRIME/BREACH) read; and the messages are small.
             compression=None)
         self._watcher = asyncio.create_task(self._watch_store())
+        self.changes.start(f"{self.host}:{self.port}")
         log.info("listening on %s", self.url)
 
     async def stop(self) -> None:
@@ -143,6 +149,7 @@ class Server:
         if self._ws_server is not None:
             self._ws_server.server.close()            # stop accepting; open connections stay
         await asyncio.gather(*(self._shutdown(c) for c in list(self.connections)), return_exceptions=True)
+        await self.changes.stop()
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
@@ -240,8 +247,8 @@ class Server:
 
     async def _watch_store(self) -> None:
         """End the sessions whose principal is gone: right after a command that changed the
-        store, when another process commits (PRAGMA data_version), and every second anyway
-        (keys expire with time)."""
+        store, when another process commits (heard as a notification while listening, else by
+        polling the store's change counter), and every second anyway (keys expire with time)."""
         assert self._poke is not None and self._loop is not None
         last_mark = None
         last_full = 0.0
@@ -253,9 +260,10 @@ class Server:
                     pass
                 poked = self._poke.is_set()
                 self._poke.clear()
-                mark = await run_in(self._sweep_pool, self._data_version)
+                listening = self.changes.listening
+                mark = last_mark if listening else await run_in(self._sweep_pool, self._data_version)
                 now = self._loop.time()
-                if not (poked or mark != last_mark or now - last_full >= FULL_SWEEP_INTERVAL):
+                if not (poked or mark != last_mark or now - last_full >= self.options.full_sweep_interval):
                     continue
                 last_mark, last_full = mark, now
                 if not len(self.sessions):
