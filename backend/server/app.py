@@ -23,7 +23,7 @@ from websockets.protocol import State
 from .. import __version__
 from ..config import Config, ServerConfig
 from ..engine import Clock, Engine, Lockout, system_clock
-from ..errors import SessionEnded
+from ..errors import SessionEnded, StoreUnavailable
 from ..netaddr import client_address, networks
 from ..protocol import CHUNK_ROWS, GOING_AWAY, INTERNAL_ERROR, STREAM_THRESHOLD
 from ..store import Store
@@ -252,6 +252,7 @@ class Server:
         assert self._poke is not None and self._loop is not None
         last_mark = None
         last_full = 0.0
+        unreachable = False               # the store could not be read: said once, not every round
         while True:
             try:
                 try:
@@ -262,6 +263,8 @@ class Server:
                 self._poke.clear()
                 listening = self.changes.listening
                 mark = last_mark if listening else await run_in(self._sweep_pool, self._data_version)
+                if not listening:                 # the store was just read
+                    unreachable = self._answered(unreachable)
                 now = self._loop.time()
                 if not (poked or mark != last_mark or now - last_full >= self.options.full_sweep_interval):
                     continue
@@ -270,11 +273,25 @@ class Server:
                     continue
                 for conn, reason in await run_in(self._sweep_pool, self._sweep):
                     self._spawn(self.end_session(conn, reason))
+                unreachable = self._answered(unreachable)
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailable as exc:
+                if not unreachable:
+                    log.warning("sessions cannot be re-checked: %s", exc)
+                    unreachable = True
+                last_mark = None                  # check every session once it answers again
+                await asyncio.sleep(self.options.poll_interval)
             except Exception as exc:  # noqa: BLE001 -- the watcher must outlive one bad sweep
                 log.error("session check failed: %s", describe(exc))
                 await asyncio.sleep(self.options.poll_interval)
+
+    @staticmethod
+    def _answered(unreachable: bool) -> bool:
+        """The store was read: it is no longer unreachable (say so if it was)."""
+        if unreachable:
+            log.info("the store answers again: sessions are re-checked again")
+        return False
 
     def _data_version(self) -> int:
         with self.store.read():
