@@ -15,6 +15,8 @@ from .config import (
     Config,
     TLSConfig,
     load_config,
+    resolve_data_dir,
+    resolve_redis_url,
     resolve_store,
     with_values,
 )
@@ -39,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--store", metavar="URL",
                        help="postgresql:// URL (or a data directory); else INPUTLAYER_STORE, store")
     p.add_argument("--config", metavar="TOML", help="config file (else INPUTLAYER_CONFIG)")
+    p.add_argument("--redis", metavar="URL",
+                   help="Redis shared by the nodes of a cluster: lockouts, rate limits, sessions "
+                        "(else INPUTLAYER_REDIS_URL, cluster.redis_url; none: counted in memory)")
     p.add_argument("--tls-cert", metavar="PEM", help="TLS certificate chain (PEM); needs --tls-key")
     p.add_argument("--tls-key", metavar="PEM", help="TLS private key (PEM)")
     p.add_argument("--tls-keystore", metavar="P12",
@@ -72,9 +77,9 @@ def setup_logging(level: str) -> None:
     logging.getLogger("asyncio").setLevel(max(logging.WARNING, root.level))
 
 
-def server_config(args: argparse.Namespace, config: Config) -> Config:
-    """Flags override the config file (which overrides the defaults)."""
-    values: dict = {}
+def server_config(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> Config:
+    """Flags override the environment, which overrides the config file (then the defaults)."""
+    values: dict = {"cluster.redis_url": resolve_redis_url(args.redis, env, config)}
     if args.host is not None:
         values["server.host"] = args.host
     if args.port is not None:
@@ -84,7 +89,7 @@ def server_config(args: argparse.Namespace, config: Config) -> Config:
     if args.tls_cert or args.tls_key or args.tls_keystore:
         values["server.tls"] = TLSConfig(cert=args.tls_cert or "", key=args.tls_key or "",
                                          keystore=args.tls_keystore or "")
-    return with_values(config, values) if values else config
+    return with_values(config, values)
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -94,6 +99,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return rekey_main(argv[1:], env)
     if argv[:1] == ["copy-store"]:
         return copy_store_main(argv[1:], env)
+    if argv[:1] == ["rotate-secrets"]:
+        return rotate_secrets_main(argv[1:], env)
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     log = logging.getLogger("inputlayer.server")
@@ -104,7 +111,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     from .store.locate import open_store
 
     try:
-        config = server_config(args, load_config(args.config, env))
+        config = server_config(args, load_config(args.config, env), env)
         ssl_context = tls_context(config.server.tls, env.get("INPUTLAYER_TLS_KEYSTORE_PASSWORD"))
     except ConfigError as exc:
         sys.stderr.write(f"error: {exc}\n")
@@ -186,6 +193,29 @@ def rekey_main(argv: Sequence[str], env: Mapping[str, str]) -> int:
         return 2
     state = "encrypted under the new key" if new else "decrypted (plaintext)"
     sys.stdout.write(f"Store in {describe_store(location)} {state}: {copied} rows re-written.\n")
+    return 0
+
+
+def rotate_secrets_main(argv: Sequence[str], env: Mapping[str, str]) -> int:
+    """`inputlayer-server rotate-secrets`: new token-signing and audit keys for a stopped store."""
+    p = _Parser(prog="inputlayer-server rotate-secrets",
+                description="Replace the token-signing and audit keys of a stopped store: every session "
+                            "token ends, the audit chain continues under the new key, API keys keep working.")
+    p.add_argument("--data-dir", metavar="DIR")
+    p.add_argument("--config", metavar="TOML")
+    args = p.parse_args(argv)
+    from .store.codec import key_from_env
+    from .store.rotate import rotate_secrets
+
+    try:
+        config = load_config(args.config, env)
+        data_dir = resolve_data_dir(args.data_dir, env, config)
+        records = rotate_secrets(data_dir, key_from_env(env))
+    except (ConfigError, StoreError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    sys.stdout.write(f"Server secrets of {data_dir} rotated: every token ended, {records} audit records "
+                     "re-keyed.\n")
     return 0
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from .config import Config
-from .engine import Clock, Engine, system_clock
+from .engine import Clock, Engine, LockoutCounter, RateCounter, system_clock
 from .store import Store
 from .store.locate import open_store
 
@@ -28,13 +28,15 @@ def bootstrap_banner(generated_password: str) -> str:
             "Store it now: it will not be shown again.\n" + "=" * 72 + "\n")
 
 
-def open_engine(location: str, config: Config, env: Mapping[str, str], *,
-                clock: Clock = system_clock) -> tuple[Store, Engine]:
-    """The store at `location` (see open_store) and the engine over it; the store is closed
-    again when the engine cannot start."""
-    store = open_store(location, env)
+def open_engine(location: str, config: Config, env: Mapping[str, str], *, clock: Clock = system_clock,
+                lockout: LockoutCounter | None = None, rate_limiter: RateCounter | None = None) -> tuple[Store, Engine]:
+    """The store at `location` (a data directory or a postgresql:// URL: store.locate) and the
+    engine over it, with the given counters (else in memory); the store is closed again when
+    the engine cannot start."""
+    store = open_store(location, env, lock_wait_ms=config.shell.lock_wait_ms)
     try:
-        return store, Engine(store, config, clock=clock, shared_key=env.get("INPUTLAYER_SHARED_KEY"))
+        return store, Engine(store, config, clock=clock, shared_key=env.get("INPUTLAYER_SHARED_KEY"),
+                             lockout=lockout, rate_limiter=rate_limiter)
     except BaseException:
         store.close()
         raise

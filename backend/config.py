@@ -41,6 +41,16 @@ class SecurityConfig(NamedTuple):
 class ShellConfig(NamedTuple):
     history_file: str = ""
     format: str = ""
+    lock_wait_ms: int = 30_000          # how long a command waits for another process's write lock
+    max_transaction_secs: int = 60      # how long a -1 script may hold the store's write lock
+
+
+class ClusterConfig(NamedTuple):
+    """scaleout.md: Redis for the counters and sessions the nodes of a cluster share."""
+    redis_url: str = ""
+    node: str = ""                  # this node's name in `.session list`; "" = host:port of its listener
+    key_prefix: str = "inputlayer:"         # several clusters (or test runs) may share one Redis
+    session_ttl_secs: int = 30      # a killed node's sessions leave the directory within this
 
 
 class Profile(NamedTuple):
@@ -59,6 +69,7 @@ class Config(NamedTuple):
     server: ServerConfig = ServerConfig()
     security: SecurityConfig = SecurityConfig()
     shell: ShellConfig = ShellConfig()
+    cluster: ClusterConfig = ClusterConfig()
     profiles: tuple[tuple[str, Profile], ...] = ()     # (name, profile), sorted by name
     source: str = ""   # the file it was read from, for messages
 
@@ -97,6 +108,13 @@ def _networks(value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _redis_url(value: Any) -> str:
+    text = _string(value)
+    if text and not text.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("expected a redis://, rediss:// or unix:// URL")
+    return text
+
+
 SCHEMA: dict[str, Callable[[Any], Any]] = {
     "data_dir": _string,
     "store": _string,
@@ -120,8 +138,14 @@ SCHEMA: dict[str, Callable[[Any], Any]] = {
     "security.auth_mode": _choice("managed", "shared_key", "disabled"),
     "shell.history_file": _string,
     "shell.format": _choice("table", "plain", "json", "csv"),
+    "shell.lock_wait_ms": _int_range(0, 3_600_000),
+    "shell.max_transaction_secs": _int_range(1, 86400),
+    "cluster.redis_url": _redis_url,
+    "cluster.node": _string,
+    "cluster.key_prefix": _string,
+    "cluster.session_ttl_secs": _int_range(3, 3600),
 }
-SECTIONS = {"server", "server.tls", "security", "shell"}
+SECTIONS = {"server", "server.tls", "security", "shell", "cluster"}
 
 
 def _url(value: Any) -> str:
@@ -277,9 +301,22 @@ def default_data_dir(env: Mapping[str, str]) -> str:
     return os.path.join(os.path.expanduser(base), "inputlayer")
 
 
+def resolve_data_dir(flag: str | None, env: Mapping[str, str], config: Config) -> str:
+    return flag or env.get("INPUTLAYER_DATA_DIR") or config.data_dir or default_data_dir(env)
+
+
 def resolve_store(store_flag: str | None, data_dir_flag: str | None, env: Mapping[str, str],
                   config: Config) -> str:
     """Where the store is: a postgresql:// URL or a data directory. Flags, then environment,
     then config file; at each level `store` before `data_dir` (argparse refuses both flags)."""
     return (store_flag or data_dir_flag or env.get("INPUTLAYER_STORE") or env.get("INPUTLAYER_DATA_DIR")
             or config.store or config.data_dir or default_data_dir(env))
+
+
+def resolve_redis_url(flag: str | None, env: Mapping[str, str], config: Config) -> str:
+    """--redis, else INPUTLAYER_REDIS_URL, else [cluster] redis_url; "" = counters in memory."""
+    url = flag or env.get("INPUTLAYER_REDIS_URL") or config.cluster.redis_url
+    try:
+        return _redis_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"Redis URL: {exc}") from None

@@ -21,6 +21,10 @@ class SessionEnded(CommandError):
         self.reason = reason
 
 
+class StoreFailure(CommandError):
+    """The store could not complete a command (locked, full, damaged): nothing was changed."""
+
+
 class AuthError(Exception):
     """Authentication failed; the message is safe to show to the client."""
 
@@ -48,3 +52,7 @@ class ConfigError(Exception):
 
 class TargetUnreachable(Exception):
     """The server cannot be reached, or the connection was lost (exit status 2)."""
+
+
+class NotSent(TargetUnreachable):
+    """The connection was found lost before a command left: it may be run after reconnecting."""

@@ -337,6 +337,7 @@ class Refused:
 @dataclass(frozen=True)
 class Reply:
     result: Result
+    elapsed_ms: int | None = None     # the server's execution_time_ms, when it says
     results: tuple[Result, ...] = ()     # each line's own, in the reply to an atomic program
 
 
@@ -377,7 +378,7 @@ class ClientProtocol:
             results = msg.get("results")
             each = tuple(_result(r.get("columns") or [], r.get("rows") or [], None)
                          for r in results if isinstance(r, dict)) if isinstance(results, list) else ()
-            return Reply(_result(msg.get("columns") or [], msg.get("rows") or [], msg.get("switched_kg")), each)
+            return Reply(_result(msg.get("columns") or [], msg.get("rows") or [], msg.get("switched_kg")), _elapsed(msg), each)
         if kind == "result_start":
             self._stream, self._rows = msg, []
             return None
@@ -408,7 +409,7 @@ class ClientProtocol:
         if kind == "result_end":
             start, rows = self._stream or {}, self._rows
             self._stream, self._rows = None, []
-            return Reply(_result(start.get("columns") or [], rows, start.get("switched_kg")))
+            return Reply(_result(start.get("columns") or [], rows, start.get("switched_kg")), _elapsed(start))
         if kind == "error":
             self._stream, self._rows = None, []
             return Refused(ErrorKind.COMMAND, str(msg.get("message", "error")))
@@ -420,6 +421,11 @@ class ClientProtocol:
             self.phase = Phase.CLOSED
             return Refused(kind, message[len(kind.value):], closing=True)
         return Refused(kind, message)
+
+
+def _elapsed(msg: dict) -> int | None:
+    value = msg.get("execution_time_ms")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _result(columns: list, rows: list, switched_kg: str | None) -> Result:

@@ -8,7 +8,15 @@ import sys
 from collections.abc import Sequence
 
 from backend import __version__
-from backend.config import Config, config_target, load_config, resolve_store, select_profile
+from backend.config import (
+    Config,
+    config_target,
+    load_config,
+    resolve_redis_url,
+    resolve_store,
+    select_profile,
+    with_values,
+)
 from backend.errors import AuthError, ConfigError, StoreError, TargetUnreachable
 from backend.targets.protocols import Backend, Bootstrapping
 
@@ -59,6 +67,8 @@ def add_connection_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--user", metavar="NAME", help="log in as NAME (password from INPUTLAYER_PASSWORD or asked)")
     p.add_argument("--ca-file", metavar="PEM", help="extra trusted CA for wss://")
     p.add_argument("--config", metavar="TOML", help="config file")
+    p.add_argument("--redis", metavar="URL",
+                   help="local target: the cluster's Redis, to see and clear its lockouts (else INPUTLAYER_REDIS_URL)")
 
 
 def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
@@ -75,11 +85,15 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     except ConfigError as exc:
         env.err(f"error: {exc}\n")
         return ExitStatus.ERROR
-    interactive = env.stdin_isatty and env.stdout_isatty and not args.sources
-    fmt = args.format or config.shell.format or ("table" if env.stdout_isatty else "plain")
+    # stdin decides, as in psql: `inputlayer | tee log` keeps the prompt.
+    interactive = env.stdin_isatty and not args.sources
+    fmt = args.format or config.shell.format or ("table" if env.stdout_isatty or interactive else "plain")
     url = args.url or (None if args.data_dir or args.store else env.env.get("INPUTLAYER_URL"))
     if args.single_transaction and url:
         env.err("error: --single-transaction needs a local data directory, not --url\n")
+        return ExitStatus.ERROR
+    if args.redis and url:
+        env.err("error: --redis needs a local data directory, not --url (the server has its own)\n")
         return ExitStatus.ERROR
     if interactive:
         _preload_interactive()
@@ -88,11 +102,16 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     except (StoreError, TargetUnreachable, ConfigError) as exc:
         env.err(f"error: {exc}\n")
         return ExitStatus.ERROR
+    except KeyboardInterrupt:      # Ctrl-C while connecting: no session, no traceback
+        env.err("interrupted\n")
+        return ExitStatus.ERROR
     try:
         try:
             problem = log_in(backend, args, env, interactive)
         except StoreError as exc:
             problem = f"error: {exc}"
+        except KeyboardInterrupt:
+            problem = "interrupted"
         if problem:
             env.err(problem + "\n")
             return ExitStatus.ERROR
@@ -103,11 +122,12 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
             return run_interactive(shell, env, config, fmt=fmt)
         lines = script_lines(args, env)
         return run_script(shell, lines, env, fmt=fmt, on_error=args.on_error,
-                          single_transaction=args.single_transaction)
+                          single_transaction=args.single_transaction,
+                          max_transaction_secs=config.shell.max_transaction_secs)
     except _Unreadable as exc:
         env.err(f"error: {exc}\n")
         return ExitStatus.ERROR
-    except TargetUnreachable as exc:
+    except (TargetUnreachable, StoreError) as exc:
         env.err(f"error: {exc}\n")
         return ExitStatus.ERROR
     except KeyboardInterrupt:
@@ -146,6 +166,7 @@ def open_backend(args: argparse.Namespace, env: Environment, config: Config, url
         from backend.targets.remote import RemoteBackend
         return RemoteBackend(url, ca_file=args.ca_file or env.env.get("INPUTLAYER_CA_FILE"))
     from backend.targets.local import LocalBackend
+    config = with_values(config, {"cluster.redis_url": resolve_redis_url(args.redis, env.env, config)})
     local = LocalBackend(resolve_store(args.store, args.data_dir, env.env, config), config, env.env)
     try:
         local.first_start(env.env, config, env.err)

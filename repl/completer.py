@@ -16,21 +16,29 @@ from backend.config import SCHEMA, holds_secret
 from backend.language.parser import Analysis, analyze
 from backend.language.registry import (
     COMMANDS,
+    FORMATS,
     GROUPS,
     KG_ROLES,
     ROLES,
     Command,
     Kind,
     find_command,
+    offered,
 )
 from backend.result import Result
 
 # Where live names come from: the kind's `completes` value -> the command listing them
 # (first column).
-LIVE_SOURCES = {"users": "user list", "kgs": "kg list", "api_keys": "apikey list"}
+LIVE_SOURCES = {"users": "user list", "kgs": "kg list", "api_keys": "apikey list",
+                "sessions": "session list", "addresses": "lockout list"}
 FIXED = {"roles": ROLES, "kg_roles": KG_ROLES, "durations": ("1h", "24h", "7d", "30d", "90d", "never"),
-         "actions": tuple(sorted({c.action for c in COMMANDS if c.writes})),
-         "settings": tuple(sorted(key for key in SCHEMA if not holds_secret(key)))}
+         "actions": tuple(sorted({c.action for c in COMMANDS if c.writes and not c.shell_only})),
+         "settings": tuple(sorted(key for key in SCHEMA if not holds_secret(key))),
+         "switches": ("on", "off"), "expanded": ("on", "off", "auto"), "formats": FORMATS}
+# The commands with an argument or option that completes each kind of live name.
+_TAKERS = {kind: [c for c in COMMANDS if any(k.completes == kind for k in
+                                             [p.kind for p in c.params] + [o.kind for o in c.options])]
+           for kind in LIVE_SOURCES}
 # Every spelling of a command, aliases included: ("user", "create"), ("q",), ...
 SPELLINGS = sorted({(w, c) for c in COMMANDS for w in (c.words, *c.aliases)}, key=lambda s: s[0])
 
@@ -44,8 +52,10 @@ class LiveNames:
     refusal is audited on every refresh).
     """
 
-    def __init__(self, run: Callable[[str], Result], identity: dict[str, str] | None = None):
+    def __init__(self, run: Callable[[str], Result], identity: dict[str, str] | None = None, *,
+                 server: bool = True):
         self._run = run
+        self.server = server                    # server-only lists are not asked of a local target
         self.names: dict[str, tuple[str, ...]] = {kind: () for kind in LIVE_SOURCES}
         self.identity = identity or {}          # `.whoami` as a dict: the toolbar shows the role
         self.refreshed = threading.Event()   # set after each completed refresh (tests wait on it)
@@ -72,7 +82,7 @@ class LiveNames:
             if self._closed:
                 return
             self.identity = self._whoami()
-            self.names = {kind: self._fetch(source) for kind, source in LIVE_SOURCES.items()}
+            self.names = {kind: self._fetch(kind, source) for kind, source in LIVE_SOURCES.items()}
             if not self._wanted.is_set():
                 self.refreshed.set()
 
@@ -84,9 +94,13 @@ class LiveNames:
         except Exception:  # noqa: BLE001 - whatever the failure, the refresher must live on
             return self.identity
 
-    def _fetch(self, source: str) -> tuple[str, ...]:
+    def _fetch(self, kind: str, source: str) -> tuple[str, ...]:
+        """The names of `kind`, when the caller may list them and some command they may run
+        takes them (session ids only for `.session kill`, an admin's)."""
+        role = self.identity.get("role", "")
         cmd = find_command(source)
-        if cmd is not None and cmd.rule.kind == "admin" and self.identity.get("role") != "admin":
+        if cmd is not None and not offered(cmd, role, self.server) or \
+                not any(offered(c, role, self.server) for c in _TAKERS[kind]):
             return ()
         try:
             result = self._run("." + source)
@@ -99,6 +113,12 @@ class CommandCompleter(Completer):
     def __init__(self, live: LiveNames, *, local: bool = False):
         self.live = live
         self.local = local   # server-only commands are not offered on the local target
+
+    def _offers(self, cmd: Command) -> bool:
+        """The registry's view of what this caller may run here; everything while the caller's
+        role is not known yet."""
+        role = getattr(self.live, "identity", {}).get("role")
+        return offered(cmd, role, not self.local) if role else not (cmd.server_only and self.local)
 
     def get_completions(self, document: Document, complete_event: object) -> Iterable[Completion]:
         text = document.text_before_cursor
@@ -126,8 +146,7 @@ class CommandCompleter(Completer):
         prefix = tuple(w.lower() for w in words)
         seen = set()
         for spelling, cmd in SPELLINGS:
-            if len(spelling) <= len(prefix) or spelling[:len(prefix)] != prefix \
-                    or (cmd.server_only and self.local):
+            if len(spelling) <= len(prefix) or spelling[:len(prefix)] != prefix or not self._offers(cmd):
                 continue
             word = spelling[len(prefix)]
             if word in seen or not word.startswith(typed.lower()):
@@ -138,7 +157,7 @@ class CommandCompleter(Completer):
             else:   # a group word: name its sub-commands
                 meta = ", ".join(c.words[len(prefix) + 1] for c in GROUPS[spelling[0]]
                                  if c.words[:len(prefix) + 1] == spelling[:len(prefix) + 1]
-                                 and len(c.words) > len(prefix) + 1)
+                                 and len(c.words) > len(prefix) + 1 and self._offers(c))
             shown = ("." if dot else "") + word
             yield Completion(shown + " ", -len(raw), display=shown, display_meta=meta)
 

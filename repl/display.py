@@ -20,19 +20,22 @@ from .output import (
 MIN_WRAP = 24   # narrower than this, a wrapped last column is harder to read than records
 
 
-def fit_table(result: Result, width: int) -> str:
+def fit_table(result: Result, width: int, expanded: str = "auto") -> str:
     """The table, else the same table with its last column wrapped, else one record a block
-    (psql's \\x): whichever is first to fit in `width` columns."""
+    (psql's \\x): whichever is first to fit in `width` columns. `expanded` (`.expanded`) `on`
+    always shows records, `off` never does."""
     if result.is_message:
         return render_table(result)
     header, body, widths = table_cells(result)
+    if expanded == "on":
+        return _vertical(header, body)
     text = cells_table(header, body, widths)
     if max(map(display_width, text.splitlines())) <= width:
         return text
     room = width - sum(widths[:-1]) - 3 * (len(widths) - 1)
     if len(widths) > 1 and room >= MIN_WRAP:
         return _wrapped(header, body, widths[:-1] + [room])
-    return _vertical(header, body)
+    return text if expanded == "off" else _vertical(header, body)
 
 
 def _wrapped(header: list[str], body: list[list[str]], widths: list[int]) -> str:
@@ -63,8 +66,8 @@ def _vertical(header: list[str], body: list[list[str]]) -> str:
     return "".join(out)
 
 
-def format_result(result: Result, fmt: str, width: int) -> str:
-    return fit_table(result, width) if fmt == "table" else render(result, fmt)
+def format_result(result: Result, fmt: str, width: int, expanded: str = "auto") -> str:
+    return fit_table(result, width, expanded) if fmt == "table" else render(result, fmt)
 
 
 def needs_pager(text: str, height: int) -> bool:

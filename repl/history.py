@@ -9,8 +9,8 @@ from pathlib import Path
 from prompt_toolkit.history import FileHistory
 
 from backend.config import Config
-from backend.language.parser import MASK, analyze, redact
-from backend.language.registry import GROUPS
+from backend.errors import CommandError
+from backend.language.parser import MASK, analyze, parse, redact
 
 
 def history_path(config: Config, env: Mapping[str, str]) -> Path:
@@ -23,20 +23,27 @@ def history_path(config: Config, env: Mapping[str, str]) -> Path:
 
 
 def file_entry(line: str) -> str | None:
-    """What the history file may keep of `line`: secrets masked; nothing at all for a mistyped
-    command of a group that takes secrets (`.user pasword bob pw` has no grammar to find the
-    secret by, so the whole line is withheld)."""
+    """What the history file may keep of `line`: the line with its secrets masked, or nothing
+    when the line's grammar is not known for sure. A secret is found only through the grammar
+    of a recognised command, so a line that names no command (`.usr create bob S3cret`, `user
+    create ...`, a blank other than space or tab), that fails to parse, or that holds a line
+    break (a pasted block: its later lines were never analysed as commands) is kept in memory
+    for this session only."""
+    if "\n" in line or "\r" in line:
+        return None
     analysis = analyze(line, partial=True)
-    if analysis.command is None and analysis.group is not None:
-        group = GROUPS.get(analysis.group, [])
-        if any(p.kind.secret for c in group for p in c.params):
-            return None
+    if analysis.command is None:
+        return None
+    try:
+        parse(line.strip())
+    except CommandError:
+        return None
     return redact(line, MASK, analysis=analysis)
 
 
 class PrivateHistory(FileHistory):
-    """A FileHistory whose file is created 0600 and only ever receives redacted lines; the
-    in-memory list (Up-arrow in this session) keeps what was typed."""
+    """A FileHistory whose file is created 0600 and only ever receives redacted lines of known
+    commands; the in-memory list (Up-arrow in this session) keeps what was typed."""
 
     def __init__(self, path: Path):
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -48,6 +55,8 @@ class PrivateHistory(FileHistory):
         super().__init__(str(path))
 
     def store_string(self, string: str) -> None:
-        entry = file_entry(string)
-        if entry is not None:
-            super().store_string(entry)
+        # A pasted block is several commands: each line is redacted by its own grammar (read as
+        # one line, a secret on the second would bind to no parameter and be kept).
+        entries = [e for e in map(file_entry, string.split("\n")) if e is not None]
+        if entries:
+            super().store_string("\n".join(entries))

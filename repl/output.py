@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 
 from backend.result import Result
@@ -73,20 +71,53 @@ def render_plain(result: Result) -> str:
     return "".join(["\t".join([printable(v) for v in row]) + "\n" for row in result.rows])
 
 
+# Cells that a spreadsheet would run as a formula (OWASP, CSV injection): = + - @, tab, CR.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(text: str) -> str:
+    """One RFC 4180 cell: a formula-like cell is quoted with a `'` in front (OWASP), after
+    which control characters become visible escapes, so no cell reaches a terminal or a
+    spreadsheet as anything but text."""
+    if text.startswith(FORMULA_STARTS):
+        text = printable("'" + text)
+        return '"' + text.replace('"', '""') + '"'
+    text = printable(text)
+    if "," in text or '"' in text:
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
 def render_csv(result: Result) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\r\n")
-    writer.writerow(result.columns)
-    writer.writerows(result.rows)
-    return buf.getvalue()
+    lines = [",".join([csv_cell(c) for c in result.columns])]
+    lines += [",".join([csv_cell(v) for v in row]) if row != [""] else '""' for row in result.rows]
+    return "".join([line + "\r\n" for line in lines])
+
+
+def json_text(document: object) -> str:
+    """JSON with every character that is not printable written as a \\u escape: the same
+    strings to a JSON reader, nothing a terminal would act on (ensure_ascii=False alone lets
+    DEL, C1 controls such as CSI, and lone surrogates through)."""
+    text = json.dumps(document, ensure_ascii=False)
+    if text.isprintable():
+        return text
+    return "".join([c if c.isprintable() else _json_escape(c) for c in text])
+
+
+def _json_escape(ch: str) -> str:
+    code = ord(ch)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 def render_json(result: Result) -> str:
-    return json.dumps({"ok": True, "columns": result.columns, "rows": result.rows}, ensure_ascii=False) + "\n"
+    return json_text({"ok": True, "columns": result.columns, "rows": result.rows}) + "\n"
 
 
 def render_json_error(message: str, line: int) -> str:
-    return json.dumps({"ok": False, "error": message, "line": line}, ensure_ascii=False) + "\n"
+    return json_text({"ok": False, "error": message, "line": line}) + "\n"
 
 
 RENDERERS = {"table": render_table, "plain": render_plain, "csv": render_csv, "json": render_json}

@@ -15,12 +15,12 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
-from backend.errors import CommandError, SessionEnded, StoreError
-from backend.language.registry import COMMANDS
+from backend.errors import CommandError, SessionEnded, StoreError, StoreFailure
+from backend.language.registry import COMMANDS, Command, find_command
 from backend.targets.protocols import Backend, Batching
 
 from .environment import Environment, ExitStatus
-from .output import render, render_json_error
+from .output import printable, render, render_json_error
 
 COMMENT_PREFIXES = ("#", "//")
 GROUP_MAX_COMMANDS = 500
@@ -39,8 +39,17 @@ def is_skipped(text: str) -> bool:
     return not stripped or stripped.startswith(COMMENT_PREFIXES)
 
 
-QUIT_WORDS = {"." + " ".join(words) for cmd in COMMANDS if cmd.shell_only
-              for words in (cmd.words, *cmd.aliases)}
+_QUIT = find_command("quit")
+assert _QUIT is not None
+QUIT_WORDS = {"." + " ".join(words) for words in (_QUIT.words, *_QUIT.aliases)}
+# `exit`, `\q`, `help`...: the interactive prompt takes them; elsewhere they are errors with a hint.
+BARE_WORDS = {word: cmd for cmd in COMMANDS for word in cmd.bare}
+BARE_HINT = "use .quit / .help"
+
+
+def bare_command(text: str) -> Command | None:
+    """The command a bare word at the prompt stands for (`exit` -> .quit), or None."""
+    return BARE_WORDS.get(text.strip().lower())
 
 
 def is_quit(text: str) -> bool:
@@ -116,33 +125,44 @@ class LineQueue:
 
 
 def run_script(backend: Backend, lines: LineQueue, env: Environment, *, fmt: str, on_error: str,
-               single_transaction: bool) -> ExitStatus:
-    runner = _Runner(backend, env, fmt, stop_on_error=on_error == "stop")
+               single_transaction: bool, max_transaction_secs: float = 60,
+               clock: Callable[[], float] = time.monotonic) -> ExitStatus:
+    """`max_transaction_secs`: how long a -1 run may hold the store's write lock."""
+    runner = _Runner(backend, env, fmt, stop_on_error=on_error == "stop", clock=clock)
     if not isinstance(backend, Batching):
         if single_transaction:
             raise ValueError("a single transaction needs a target that runs batches")
         return runner.one_by_one(lines)
     try:
         if single_transaction:
-            return runner.all_or_nothing(backend, lines)
+            return runner.all_or_nothing(backend, lines, max_transaction_secs)
         return runner.grouped(backend, lines)
+    except StoreError as exc:
+        env.err(f"error: {exc}; nothing more was run\n")
+        return ExitStatus.ERROR
     finally:
         backend.discard_prepared()
 
 
 class _Runner:
-    def __init__(self, backend: Backend, env: Environment, fmt: str, stop_on_error: bool):
+    def __init__(self, backend: Backend, env: Environment, fmt: str, stop_on_error: bool,
+                 clock: Callable[[], float]):
         self.backend = backend
         self.env = env
         self.fmt = fmt
         self.stop_on_error = stop_on_error
+        self.clock = clock
         self.failed = False
+        self.store_failed = False       # the store itself failed: stop, exit status 2
         self._prepare = backend.prepare if isinstance(backend, Batching) else None
         self._prepared_through = 0
 
-    def _next(self, lines: LineQueue) -> Line | None:
-        """The next line to run, skipping comments; passwords of lines ahead start hashing."""
+    def _next(self, lines: LineQueue, *, block: bool = True) -> Line | None:
+        """The next line to run, skipping comments; passwords of lines ahead start hashing.
+        Not `block`ing: None when no line is waiting (a group must not wait for input)."""
         while True:
+            if not block and not lines.waiting():
+                return None
             line = lines.next()
             if line is None:
                 return None
@@ -172,8 +192,12 @@ class _Runner:
             result = self.backend.execute(line.text)
         except CommandError as exc:
             self.failed = True
-            stop = self.stop_on_error or isinstance(exc, SessionEnded)
-            return error_report(line, exc.message, self.fmt), stop
+            self.store_failed = isinstance(exc, StoreFailure)
+            stop = self.stop_on_error or isinstance(exc, (SessionEnded, StoreFailure))
+            message = exc.message
+            if bare_command(line.text) is not None:
+                message += f" ({BARE_HINT})"
+            return error_report(line, message, self.fmt), stop
         return [("out", render(result, self.fmt))], False
 
     def _print(self, reports: list[tuple[str, str]]) -> None:
@@ -188,6 +212,8 @@ class _Runner:
             run_text.append(text)
 
     def _status(self, stopped: bool) -> ExitStatus:
+        if self.store_failed:
+            return ExitStatus.ERROR
         if stopped:
             return ExitStatus.STOPPED
         return ExitStatus.SOME_FAILED if self.failed else ExitStatus.OK
@@ -210,17 +236,16 @@ class _Runner:
             reports: list[tuple[str, str]] = []
             commands = 0
             stop = quit_after = False
-            started = time.monotonic()
+            started = self.clock()
             batching.begin_batch()
             try:
                 while True:
                     report, stop = self._run(line)
                     reports += report
                     commands += 1
-                    if stop or commands >= GROUP_MAX_COMMANDS or \
-                            time.monotonic() - started > GROUP_MAX_SECONDS or not lines.waiting():
+                    if stop or commands >= GROUP_MAX_COMMANDS or self.clock() - started > GROUP_MAX_SECONDS:
                         break
-                    line = self._next(lines)
+                    line = self._next(lines, block=False)
                     if line is None:
                         break
                     if is_quit(line.text):
@@ -233,30 +258,41 @@ class _Runner:
                 batching.end_batch(True)
             except StoreError as exc:
                 self.env.err(f"error: {exc}; the last {commands} command(s) were not applied\n")
-                return ExitStatus.STOPPED
+                return ExitStatus.ERROR
             self._print(reports)
             if stop or quit_after:
                 return self._status(stop)
 
-    def all_or_nothing(self, batching: Batching, lines: LineQueue) -> ExitStatus:
+    def all_or_nothing(self, batching: Batching, lines: LineQueue, max_secs: float) -> ExitStatus:
+        # The whole script is read (to its end or a quit line) before the write lock is taken:
+        # a slow or open stdin must not keep the store from other shells and the server.
+        script = []
+        while (line := self._next(lines)) is not None and not is_quit(line.text):
+            script.append(line)
+        started = self.clock()
         batching.begin_batch(atomic=True)
         committed = False
         try:
             reports: list[tuple[str, str]] = []
-            while (line := self._next(lines)) is not None and not is_quit(line.text):
+            for line in script:
                 report, _ = self._run(line)
                 if self.failed:
                     rolled_back = "error: the whole transaction was rolled back; nothing was changed\n"
                     self._print([*report, ("err", rolled_back)])
-                    return ExitStatus.STOPPED
+                    return self._status(True)
                 reports += report
+                if self.clock() - started > max_secs:
+                    self.env.err(f"{line.source}:{line.number}: error: the transaction held the store's write lock "
+                                 f"longer than {max_secs:g} s (shell.max_transaction_secs) and was rolled back; "
+                                 "nothing was changed\n")
+                    return ExitStatus.STOPPED
             batching.end_batch(True)
             committed = True
             self._print(reports)
             return ExitStatus.OK
         except StoreError as exc:
             self.env.err(f"error: {exc}; nothing was changed\n")
-            return ExitStatus.STOPPED
+            return ExitStatus.ERROR
         finally:
             if not committed:
                 try:
@@ -268,4 +304,4 @@ class _Runner:
 def error_report(line: Line, message: str, fmt: str) -> list[tuple[str, str]]:
     """An error goes to stderr as source:line; in json mode also to stdout as an object."""
     report = [("out", render_json_error(message, line.number))] if fmt == "json" else []
-    return report + [("err", f"{line.source}:{line.number}: error: {message}\n")]
+    return report + [("err", f"{line.source}:{line.number}: error: {printable(message)}\n")]

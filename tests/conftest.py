@@ -1,5 +1,5 @@
 """Shared fixtures: cheap argon2 through the config, an engine on a temp store (SQLite and
-PostgreSQL alike), throw-away PostgreSQL and Redis servers, a CLI runner."""
+PostgreSQL alike), a throw-away PostgreSQL server, a CLI runner."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from backend.store import SQLiteStore
 from fakes import FakeClock
 
 import pgkit
+
+pytest_plugins = ["rediskit"]      # the throw-away Redis of the cluster tests
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_PASSWORD = "s3cret-pass"
@@ -54,13 +56,6 @@ STORE_KINDS = ("sqlite", "postgresql")
 def pg_server():
     """One PostgreSQL server for the whole session; each test gets a database of its own."""
     server = pgkit.start_postgres()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def redis_server():
-    server = pgkit.start_redis()
     yield server
     server.stop()
 

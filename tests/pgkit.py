@@ -1,5 +1,5 @@
-"""Throw-away PostgreSQL and Redis servers for the tests: one of each per test session, on
-127.0.0.1 and a free port, in a temporary directory, stopped at the end.
+"""A throw-away PostgreSQL server for the tests: one per test session, on 127.0.0.1 and a free
+port, in a temporary directory, stopped at the end (the Redis of the cluster tests: rediskit).
 
 initdb and postgres refuse to run as root (CI and the development machines run as root), so
 there they run as the unprivileged `postgres` user of the Debian package, in a directory it owns.
@@ -17,14 +17,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
 
 SUPERUSER = "pgadmin"
 PORT_ATTEMPTS = 3               # a free port may be taken between finding it and binding it
-INSTALL_HINT = {"postgresql": "apt-get install postgresql", "redis": "apt-get install redis-server"}
+INSTALL_HINT = {"postgresql": "apt-get install postgresql"}
 
 
 def missing(what: str, detail: str) -> None:
@@ -140,36 +139,8 @@ class PostgresServer:
         if proc.returncode:
             raise RuntimeError(proc.stderr.decode())
         # pg_dump marks its output with a random \restrict key: not part of what is stored.
-        return b"\n".join(line for line in proc.stdout.split(b"\n") if not line.startswith((b"\\restrict", b"\\unrestrict")))
-
-
-class RedisServer:
-    """redis-server with no persistence, on 127.0.0.1 and a free port."""
-
-    def __init__(self, binary: str):
-        self.port = free_port()
-        self.proc = subprocess.Popen([binary, "--port", str(self.port), "--save", "", "--appendonly", "no",
-                                      "--bind", "127.0.0.1", "--daemonize", "no"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        seen = []
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:        # wait for the event, not for a while
-            seen.append(line)
-            if "Ready to accept connections" in line:
-                break
-        else:
-            self.proc.wait(30)
-            raise RuntimeError("redis-server did not start:\n" + "".join(seen[-20:]))
-        # Keep reading its log, or a full pipe would one day block the server.
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
+        marks = (b"\\restrict", b"\\unrestrict")
+        return b"\n".join(line for line in proc.stdout.split(b"\n") if not line.startswith(marks))
 
 
 def start_postgres() -> PostgresServer:
@@ -190,16 +161,3 @@ def start_postgres() -> PostgresServer:
         raise
     return server
 
-
-def start_redis() -> RedisServer:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        missing("redis", "no redis-server on PATH")
-    assert binary is not None
-    for attempt in range(PORT_ATTEMPTS):
-        try:
-            return RedisServer(binary)
-        except RuntimeError as exc:
-            if attempt == PORT_ATTEMPTS - 1 or "already in use" not in str(exc):
-                raise
-    raise AssertionError("unreachable")

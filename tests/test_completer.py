@@ -119,7 +119,7 @@ def test_refresher_fetches_first_columns_and_skips_admin_lists_for_non_admins():
     live = LiveNames(run)
     live.refresh()
     wait_refreshed(live)
-    assert live.names == {"users": (), "kgs": ("alpha", "zeta"), "api_keys": ()}
+    assert live.names == {"users": (), "kgs": ("alpha", "zeta"), "api_keys": (), "sessions": (), "addresses": ()}
     assert calls == [".whoami", ".kg list"]      # no refused `.user list` to clutter the audit log
     live.close()
 
@@ -133,7 +133,7 @@ def test_a_refused_or_failing_list_is_an_empty_list():
     live = LiveNames(run)
     live.refresh()
     wait_refreshed(live)
-    assert live.names == {"users": (), "kgs": (), "api_keys": ()}
+    assert live.names == {"users": (), "kgs": (), "api_keys": (), "sessions": (), "addresses": ()}
     live.close()
 
 
@@ -163,7 +163,8 @@ def test_refresher_on_the_real_backend(tmp_path, cheap_config):
     live = LiveNames(backend.execute)
     live.refresh()
     wait_refreshed(live)
-    assert live.names == {"users": ("admin", "bob"), "kgs": ("default",), "api_keys": ("etl",)}
+    assert live.names == {"users": ("admin", "bob"), "kgs": ("default",), "api_keys": ("etl",),
+                          "sessions": (), "addresses": ()}
     backend.execute(".kg create sales")
     live.refresh()
     wait_refreshed(live)

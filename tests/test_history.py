@@ -6,6 +6,8 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
+
 from backend.config import Config, ShellConfig
 from repl.history import MASK, PrivateHistory, file_entry, history_path
 
@@ -49,9 +51,34 @@ def test_secrets_are_masked_in_the_file_but_kept_in_memory(tmp_path):
 def test_file_entries():
     assert file_entry(".user create bob pw editor") == f".user create bob {MASK} editor"
     assert file_entry(".user create bob editor") == ".user create bob editor"     # role, no secret
-    assert file_entry('.USER PASSWORD bob "a b') == f".USER PASSWORD bob {MASK}"   # half-typed quote
-    assert file_entry(".user password bob two words") == f".user password bob {MASK} {MASK}"
-    # A mistyped sub-command of a group that takes secrets: no grammar to find the secret by.
+    assert file_entry(".USER PASSWORD bob 'a b'") == f".USER PASSWORD bob {MASK}"
+    assert file_entry(".kg list") == ".kg list"
+    # A line that does not parse keeps nothing: its words may not sit where the grammar says.
+    assert file_entry('.USER PASSWORD bob "a b') is None      # unclosed quote
+    assert file_entry(".user password bob two words") is None
+    assert file_entry(".kg lst") is None
+    # A mistyped command: no grammar to find the secret by.
     assert file_entry(".user pasword bob N3w-pass-123") is None
-    assert file_entry(".kg lst") == ".kg lst"
-    assert file_entry("select 1") == "select 1"
+    assert file_entry("select 1") is None
+
+
+SECRET = "S3cret-Horse-77"
+
+
+@pytest.mark.parametrize("line", [
+    f".usr create bob {SECRET} viewer",                 # a mistyped group
+    f"user create bob {SECRET} viewer",                 # the dot left out
+    f".user\u00a0create bob {SECRET} viewer",          # a no-break space for a space
+    f".user create bob viewer {SECRET}",                # password and role swapped
+    f".user create erin correct horse battery {SECRET}",  # an unquoted password with blanks
+    f".user create bob viewer\n{SECRET}",             # a pasted block: its second line
+    f".user create bob {SECRET} viewer\r\n.kg list",
+])
+def test_unrecognised_or_unparsable_lines_never_reach_the_history_file(tmp_path, line):
+    path = tmp_path / "history"
+    history = PrivateHistory(path)
+    history.append_string(line)
+    history.append_string(f".user create carol {SECRET} viewer")   # recognised: masked
+    assert SECRET not in path.read_text()
+    assert f".user create carol {MASK} viewer" in path.read_text()
+    assert history.get_strings()[0] == line                          # kept in memory only

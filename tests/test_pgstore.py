@@ -219,7 +219,8 @@ def test_a_statement_failing_mid_command_leaves_nothing_behind(pg_engine):
     conn = engine.store.conn
     conn.execute("""CREATE FUNCTION inputlayer.refuse() RETURNS trigger LANGUAGE plpgsql AS
                     $$ BEGIN RAISE EXCEPTION 'disk full (simulated)'; END $$""")
-    conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON inputlayer.audit FOR EACH ROW EXECUTE FUNCTION inputlayer.refuse()")
+    conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON inputlayer.audit FOR EACH ROW "
+                 "EXECUTE FUNCTION inputlayer.refuse()")
     with pytest.raises(CommandError) as exc:
         engine.execute(admin, ".user create fil fil-passphrase viewer")
     assert exc.value.message == ("The store could not complete the command: cannot write to the store: "
@@ -229,18 +230,6 @@ def test_a_statement_failing_mid_command_leaves_nothing_behind(pg_engine):
         assert engine.store.user("fil") is None
         assert engine.store.verify_audit()[1] is None
     assert engine.execute(admin, ".user create fil fil-passphrase viewer").rows
-
-
-def test_the_throw_away_redis_answers(redis_server):
-    """The Redis of the cluster tests (scaleout.md) starts and stops like the PostgreSQL."""
-    import redis
-
-    client = redis.Redis.from_url(redis_server.url)
-    try:
-        assert client.ping() is True
-        assert client.config_get("save") == {"save": ""}
-    finally:
-        client.close()
 
 
 def shell_run(target, config_file, *args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess:

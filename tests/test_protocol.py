@@ -260,7 +260,8 @@ def test_session_list_and_kill(live):
         create_user(admin, "bob")
         bob = logged_in(live.url, "bob", "pw-123456")
         listed = admin.execute(".session list")
-        assert listed["columns"] == ["session_id", "username", "auth", "address", "knowledge_graph", "connected_at"]
+        assert listed["columns"] == ["session_id", "username", "auth", "address", "knowledge_graph", "connected_at",
+                                     "node"]
         assert sorted(r[1] for r in listed["rows"]) == ["admin", "bob"]
         assert all(r[3] == "127.0.0.1" for r in listed["rows"])
         own = bob.execute(".session list")["rows"]

@@ -150,18 +150,18 @@ def test_client_reads_authenticated_then_results():
     event = client.receive(protocol.authenticated("sid", "", "1.0", "admin", "admin"))
     assert event == Authenticated("sid", "admin", "admin", None, frozenset({"atomic"}))
     assert client.receive('{"type": "pong"}') is None
-    event = client.receive(protocol.reply_frames(Result(["a"], [[None, 1]]), 0)[0])
-    assert isinstance(event, Reply) and event.result.rows == [["", "1"]]
+    event = client.receive(protocol.reply_frames(Result(["a"], [[None, 1]]), 5)[0])
+    assert isinstance(event, Reply) and event.result.rows == [["", "1"]] and event.elapsed_ms == 5
 
 
 def test_client_assembles_a_stream():
     client = ClientProtocol()
     client.receive(protocol.authenticated("sid", "default", "1.0", "admin", "admin"))
     rows = [[str(i)] for i in range(7)]
-    frames = protocol.reply_frames(Result(["n"], rows, "x"), 0, threshold=10, chunk_rows=3)
+    frames = protocol.reply_frames(Result(["n"], rows, "x"), 12, threshold=10, chunk_rows=3)
     events = [client.receive(f) for f in frames]
     assert events[:-1] == [None] * (len(frames) - 1)
-    assert events[-1] == Reply(Result(["n"], rows, "x"))
+    assert events[-1] == Reply(Result(["n"], rows, "x"), elapsed_ms=12)   # the server's time, for .timing
 
 
 def test_client_error_kinds():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ import pytest
 from backend.targets.remote import RemoteBackend
 from backend.errors import AuthError, CommandError, SessionEnded, TargetUnreachable
 from conftest import ADMIN_PASSWORD, cli_env, run_cli
-from serverkit import ServerProcess, logged_in, running_server, server_env
+from backend.config import with_values
+from serverkit import ServerProcess, Servers, logged_in, running_server, server_env
 from test_examples import SCRIPTS, directives, run_session
 
 REMOTE_SCRIPTS = [s for s in SCRIPTS if "-1" not in directives(s)["args"]]   # -1 is local only
@@ -90,27 +92,64 @@ def test_remote_backend_surface(live):
     backend.close()
 
 
-def test_a_dropped_connection_is_reported_then_reconnected(live):
+class Told:
+    """A watch() listener that a test can wait on."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.said: tuple[str, bool] | None = None
+
+    def __call__(self, message: str, ended: bool) -> None:
+        self.said = (message, ended)
+        self.event.set()
+
+    def wait(self) -> tuple[str, bool]:
+        assert self.event.wait(10), "the listener was not told"
+        assert self.said is not None
+        return self.said
+
+
+def test_a_killed_session_is_noticed_while_idle_and_stays_ended(live):
+    """Issue 13 item 12: after `.session kill` the stored credentials never log in again."""
     backend = RemoteBackend(live.url)
+    told = Told()
+    backend.watch(told)
+    backend.login("admin", ADMIN_PASSWORD)
+    with logged_in(live.url) as admin:
+        admin.execute(f".session kill {backend.session_id}")
+    assert told.wait() == ("Session ended: killed by an administrator", True)   # while idle
+    for attempt in (lambda: backend.execute(".whoami"), backend.reconnect):
+        with pytest.raises(SessionEnded, match="killed by an administrator"):
+            attempt()
+    with logged_in(live.url) as admin:
+        sessions = admin.execute(".session list")["rows"]
+    assert len(sessions) == 1          # only the admin who looked: nobody logged in again
+    backend.close()
+
+
+def test_a_restarted_server_is_noticed_while_idle_then_reconnected(tmp_path, cheap_config):
+    servers = Servers()
+    server = servers.start(tmp_path / "data", with_values(cheap_config, {"server.port": 0}))
+    backend = RemoteBackend(server.url)
+    told = Told()
+    backend.watch(told)
     backend.login("admin", ADMIN_PASSWORD)
     backend.execute(".kg create sales")
-    with logged_in(live.url) as admin:
-        sid = backend.session_id
-        admin.execute(f".session kill {sid}")
-    with pytest.raises(SessionEnded, match="killed by an administrator"):
-        backend.execute(".whoami")
-    with pytest.raises(TargetUnreachable, match="lost"):
-        backend.execute(".whoami")
-    backend.reconnect()
-    assert backend.session_id != sid
-    assert backend.execute(".whoami").rows == [["admin", "admin", "password", "sales"]]   # same KG again
-    # The server goes away under an idle shell: the next command says so; reconnect fails cleanly.
-    live.stop()
-    with pytest.raises(TargetUnreachable):
-        backend.execute(".whoami")
+    sid = backend.session_id
+    servers.stop_all()
+    message, ended = told.wait()
+    assert not ended and "connection to" in message and "lost" in message
     with pytest.raises(TargetUnreachable, match="cannot reach"):
         backend.reconnect()
-    backend.close()
+    again = Servers()
+    try:
+        again.start(tmp_path / "data", with_values(cheap_config, {"server.port": server.port}))
+        backend.reconnect()
+        assert backend.session_id != sid
+        assert backend.execute(".whoami").rows == [["admin", "admin", "password", "sales"]]   # same KG again
+    finally:
+        backend.close()
+        again.stop_all()
 
 
 def test_api_key_login_remotely(live):

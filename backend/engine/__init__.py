@@ -2,8 +2,8 @@
 
 from .clock import Clock, system_clock
 from .engine import Engine, RateLimited, UnrecordedDenial
-from .limits import Lockout, RateLimiter
-from .policy import Rights, Session, SessionDirectory
+from .limits import Lockout, LockoutCounter, RateCounter, RateLimiter
+from .policy import ListedSession, Rights, Session, SessionDirectory
 
-__all__ = ["Clock", "Engine", "Lockout", "RateLimited", "RateLimiter", "Rights", "Session", "SessionDirectory",
-           "UnrecordedDenial", "system_clock"]
+__all__ = ["Clock", "Engine", "ListedSession", "Lockout", "LockoutCounter", "RateCounter", "RateLimited",
+           "RateLimiter", "Rights", "Session", "SessionDirectory", "UnrecordedDenial", "system_clock"]

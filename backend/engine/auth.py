@@ -15,8 +15,8 @@ from ..errors import AuthError, ConfigError, LockedOut, SessionEnded
 from ..store import Store
 from .clock import Clock
 from .keys import key_digest, well_formed_key
-from .limits import Lockout
-from .passwords import PasswordHasher
+from .limits import LockoutCounter
+from .passwords import PasswordHasher, argon2_parameters
 from .policy import (
     REFUSED_KEY_STATES,
     Session,
@@ -29,12 +29,13 @@ from .policy import (
 
 INVALID_CREDENTIALS = "Invalid credentials"
 KEY_TOUCH_INTERVAL = 60      # last_used_at is written at most once a minute per key
+HASH_SAMPLE_TTL = 60         # how long the stored hashes' parameter sets are reused (see _hash_like)
 
 
 class Authenticator:
     """Turns credentials into Sessions, bound to the `default` KG when they may use it."""
 
-    def __init__(self, store: Store, config: Config, clock: Clock, hasher: PasswordHasher, lockout: Lockout,
+    def __init__(self, store: Store, config: Config, clock: Clock, hasher: PasswordHasher, lockout: LockoutCounter,
                  shared_key: str | None):
         self.store = store
         self.clock = clock
@@ -44,6 +45,11 @@ class Authenticator:
         if self.auth_mode == "shared_key" and not shared_key:
             raise ConfigError("auth_mode \"shared_key\" needs the key in INPUTLAYER_SHARED_KEY")
         self._shared_key = shared_key or ""
+        # One stored hash per argon2 parameter set in the store, with how many users have it, and
+        # when that was read: an unknown user is verified against a dummy of one of these sets.
+        self._hash_samples: list[tuple[str, int]] = []
+        self._hash_samples_at: float | None = None
+        self._pick_key = secrets.token_bytes(16)
 
     def bootstrap(self, admin_password: str | None) -> tuple[bool, str | None]:
         """Create `admin` and `default` in an empty store. Returns (created, generated password);
@@ -77,20 +83,21 @@ class Authenticator:
         self._refuse_if_locked(address, source, "auth.login", username)
         with self.store.read():
             user = self.store.user(username)
-        ok = self.hasher.verify(user["password_hash"] if user else None, password)
+        ok = self.hasher.verify(user["password_hash"] if user else None, password,
+                                like=None if user else self._hash_like(username))
         if not ok or user is None:
             self._auth_failed(address, source, "auth.login", username,
                               "unknown user" if user is None else "wrong password")
         now = self.clock()
         if not record:
             quiet = Session(username, "password", source, address, password_version=user["password_version"],
-                            connected_at=now)
+                            connected_at=now, user_id=user["id"])
             quiet.login_unrecorded = True
             self.bind_default_kg(quiet)
             return quiet
         with self.store.write():
             current = self.store.user(username)
-            if current is None or current["password_version"] != user["password_version"]:
+            if current is None or (current["id"], current["password_version"]) != (user["id"], user["password_version"]):
                 # Dropped or changed while we were verifying: the old password no longer counts.
                 self._auth_failed(address, source, "auth.login", username, "changed during login")
             if self.hasher.needs_rehash(current["password_hash"]):
@@ -99,7 +106,7 @@ class Authenticator:
             self.store.append_audit(now, username, audit_source(source, address), "auth.login", username, "ok",
                                     "method=password")
         session = Session(username, "password", source, address, password_version=current["password_version"],
-                          connected_at=now)
+                          connected_at=now, user_id=current["id"])
         self.bind_default_kg(session)
         return session
 
@@ -163,7 +170,7 @@ class Authenticator:
         if user is None:
             raise AuthError(INVALID_CREDENTIALS)
         session = Session(username, "password", source, password_version=user["password_version"],
-                          connected_at=self.clock())
+                          connected_at=self.clock(), user_id=user["id"])
         self.bind_default_kg(session)
         return session
 
@@ -173,6 +180,31 @@ class Authenticator:
             if self.store.kg("default") is not None and level_of(self.store, rights, "default"):
                 session.knowledge_graph = "default"
         session.login_role = rights.role
+
+    def _hash_like(self, username: str) -> str | None:
+        """A stored hash whose parameters an unknown user's dummy verification uses, so it costs
+        what an existing user's does, also while hashes made before an argon2 parameter change
+        await their re-hash. Picked among the store's parameter sets in proportion to their
+        users, the same for a name every time (a keyed hash of it picks)."""
+        now = self.clock()
+        if self._hash_samples_at is None or now - self._hash_samples_at >= HASH_SAMPLE_TTL:
+            samples: dict[tuple | None, list] = {}
+            with self.store.read():
+                for user in self.store.users():
+                    entry = samples.setdefault(argon2_parameters(user["password_hash"]), [user["password_hash"], 0])
+                    entry[1] += 1
+            self._hash_samples = sorted((h, n) for h, n in samples.values())
+            self._hash_samples_at = now
+        total = sum(n for _, n in self._hash_samples)
+        if not total:
+            return None
+        pick = int.from_bytes(hmac.new(self._pick_key, username.encode("utf-8", "replace"), "sha256").digest()[:8],
+                              "big") % total
+        for stored_hash, count in self._hash_samples:
+            if pick < count:
+                return stored_hash
+            pick -= count
+        return None
 
     def _api_key_session(self, api_key: str, source: str,
                          address: str) -> tuple[Session | None, dict[str, Any] | None, str]:
@@ -192,7 +224,7 @@ class Authenticator:
             if reason:
                 return None, row, reason
             session = Session(row["owner"], "api_key", source, address, key_id=row["id"], key_label=row["label"],
-                              key_digest=digest, connected_at=self.clock())
+                              key_digest=digest, connected_at=self.clock(), user_id=row["owner_id"])
             self.bind_default_kg(session)
         return session, row, ""
 
@@ -218,10 +250,7 @@ class Authenticator:
         claims, reason = self._decode_token(token)
         session = None
         if claims is not None and not reason:
-            session = Session(claims["sub"], "token", source, address, key_id=claims.get("kid"),
-                              password_version=claims.get("pv"), token_claims=claims,
-                              connected_at=self.clock())
-            reason = self._token_problem(session)
+            session, reason = self._token_session(claims, source, address)
         if claims is None or session is None or reason:
             self.hasher.verify(None, token)
             self._auth_failed(address, source, "auth.token", (claims or {}).get("sub", ""), reason or "")
@@ -230,6 +259,20 @@ class Authenticator:
                                     session.username, "ok", f"jti={claims['jti']}")
         self.bind_default_kg(session)
         return session
+
+    def _token_session(self, claims: dict[str, Any], source: str, address: str) -> tuple[Session | None, str | None]:
+        """The session a well-signed, unexpired token opens, from its stored record: the token
+        stands for what was recorded when it was issued, and its claims must agree with that."""
+        with self.store.read():
+            record = self.store.token(claims["jti"])
+        if record is None:
+            return None, "REVOKED_TOKEN"
+        if record["username"] != claims["sub"] or record["expires_at"] != claims["exp"]:
+            return None, "INVALID_TOKEN: does not match its record"
+        session = Session(record["username"], "token", source, address, key_id=record["key_id"],
+                          password_version=record["password_version"], token_claims=claims,
+                          connected_at=self.clock(), user_id=record["user_id"])
+        return session, self._token_problem(session)
 
     def _token_problem(self, session: Session) -> str | None:
         """Why a well-signed, unexpired token may not log in now (its issuer's state), or None."""

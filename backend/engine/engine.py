@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import Config
-from ..errors import CommandError, PermissionDenied, SessionEnded, StoreError, StoreUnavailable
+from ..errors import CommandError, PermissionDenied, SessionEnded, StoreError, StoreFailure, StoreUnavailable
 from ..language.parser import Invocation, parse, parse_program
 from ..language.registry import COMMANDS
 from ..result import Result
@@ -21,7 +21,7 @@ from ..store import Store
 from .auth import Authenticator
 from .clock import Clock, system_clock
 from .handlers import EXTRA_CHECKS, HANDLERS, Call, Env, audit_target, with_credential
-from .limits import Lockout, RateLimiter
+from .limits import Lockout, LockoutCounter, RateCounter, RateLimiter
 from .passwords import PasswordHasher, check_password_policy
 from .policy import (
     ACTION_LEVEL,
@@ -62,16 +62,16 @@ class Engine:
     """Authenticates, authorizes and runs commands; one per store, shared by its sessions."""
 
     def __init__(self, store: Store, config: Config, *, clock: Clock = system_clock,
-                 hasher: PasswordHasher | None = None, lockout: Lockout | None = None,
-                 directory: SessionDirectory | None = None, target: Callable[[], str] = lambda: "local",
-                 shared_key: str | None = None):
+                 hasher: PasswordHasher | None = None, lockout: LockoutCounter | None = None,
+                 rate_limiter: RateCounter | None = None, directory: SessionDirectory | None = None,
+                 target: Callable[[], str] = lambda: "local", shared_key: str | None = None):
         self._store = store
         self._config = config
         self._clock = clock
         self._hasher = hasher or PasswordHasher(config.security)
-        self._lockout = lockout or Lockout(config.security, clock)
+        self._lockout: LockoutCounter = lockout or Lockout(config.security, clock)
         self._auth = Authenticator(store, config, clock, self._hasher, self._lockout, shared_key)
-        self._rate_limiter = RateLimiter(clock)
+        self._rate_limiter: RateCounter = rate_limiter or RateLimiter(clock)
         self._env = Env(store, clock, self._lockout, directory, target, clock())
         self._batch_denials: list[AuditRecord] = []
         self._parsed_ahead: dict[str, Invocation] = {}     # see prepare()
@@ -82,7 +82,7 @@ class Engine:
         return self._store
 
     @property
-    def lockout(self) -> Lockout:
+    def lockout(self) -> LockoutCounter:
         return self._lockout
 
     @property
@@ -209,7 +209,7 @@ class Engine:
         except StoreUnavailable as exc:
             raise unavailable(exc) from None
         except (sqlite3.DatabaseError, StoreError) as exc:
-            raise CommandError(f"The store could not complete the commands: {exc}. Nothing was changed.") from None
+            raise StoreFailure(f"The store could not complete the commands: {exc}. Nothing was changed.") from None
         finally:
             session.note = ""
             if denial is not None:
@@ -244,7 +244,7 @@ class Engine:
         except StoreUnavailable:
             raise
         except (sqlite3.DatabaseError, StoreError) as exc:
-            raise CommandError(f"The store could not complete the command: {exc}. Nothing was changed.") from None
+            raise StoreFailure(f"The store could not complete the command: {exc}. Nothing was changed.") from None
         if result.switched_kg is not None:
             session.knowledge_graph = result.switched_kg
         return result
@@ -331,6 +331,6 @@ class Engine:
                     self._store.append_audit(*record)
 
 
-def unavailable(exc: StoreUnavailable) -> CommandError:
+def unavailable(exc: StoreUnavailable) -> StoreFailure:
     """scaleout.md, Faults: a store that cannot be reached fails a command as `store unavailable`."""
-    return CommandError(f"store unavailable: {exc}")
+    return StoreFailure(f"store unavailable: {exc}")

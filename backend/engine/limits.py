@@ -1,11 +1,31 @@
-"""Per-address lockout after failed authentications, and per-key request rates. In memory."""
+"""Per-address lockout after failed authentications, and per-key request rates: the interfaces
+the engine and the server use, and their in-memory implementations (a cluster's, in Redis, are
+in backend/cluster)."""
 
 from __future__ import annotations
 
 import threading
+from typing import Protocol
 
 from ..config import SecurityConfig
 from .clock import Clock
+
+
+class LockoutCounter(Protocol):
+    """What the engine and the server ask of a lockout table. Two implementations: `Lockout`
+    below (this process's memory) and `backend.cluster.SharedLockout` (Redis, every node)."""
+    blocking: bool          # True: the synchronous calls wait on the network, not for an event loop
+
+    def remaining(self, address: str) -> int: ...
+    async def aremaining(self, address: str) -> int: ...
+    def record_failure(self, address: str) -> bool: ...
+    def clear(self, address: str) -> bool: ...
+    def entries(self) -> list[tuple[str, int, float | None]]: ...
+
+
+class RateCounter(Protocol):
+    """Per-key request windows: `RateLimiter` below, or `backend.cluster.SharedRateLimiter`."""
+    def hit(self, key: object, limit: int, window: int) -> tuple[bool, int, int]: ...
 
 
 class _AddressState:
@@ -19,6 +39,8 @@ class _AddressState:
 class Lockout:
     """`failures` failed authentications within `window` seconds from one address lock it for
     `lock_secs`. In memory and thread-safe; the server consults it before any argon2 work."""
+
+    blocking = False
 
     def __init__(self, cfg: SecurityConfig, clock: Clock):
         self.limit = cfg.lockout_failures
@@ -36,6 +58,9 @@ class Lockout:
                 return 0
             left = state.locked_until - self.clock()
             return max(0, int(left + 0.999)) if left > 0 else 0
+
+    async def aremaining(self, address: str) -> int:
+        return self.remaining(address)
 
     def record_failure(self, address: str) -> bool:
         """Count a failure; True when this failure locks the address."""

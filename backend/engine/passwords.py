@@ -26,11 +26,12 @@ class PasswordHasher:
 
     def __init__(self, cfg: SecurityConfig):
         self._cfg = cfg
-        self._dummy: str | None = None
+        self._dummies: dict[tuple[int, int, int, int, int] | None, str] = {}   # parameters -> a dummy hash
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._ahead: dict[str, list[Future[str]]] = {}     # password -> futures of hashes made ahead of time
         self.verifications = 0
+        self.last_parameters: tuple[int, int, int, int, int] | None = None   # of the last verification
         self.parameters = (f"argon2id m={cfg.argon2_memory_kib} KiB, t={cfg.argon2_time_cost}, "
                            f"p={cfg.argon2_parallelism}")
 
@@ -70,12 +71,14 @@ class PasswordHasher:
                     future.cancel()
             self._ahead.clear()
 
-    def verify(self, stored_hash: str | None, password: str) -> bool:
+    def verify(self, stored_hash: str | None, password: str, *, like: str | None = None) -> bool:
         """One argon2 verification, against a dummy hash when there is no user, so an unknown
-        user costs what a wrong password costs."""
+        user costs what a wrong password costs: a dummy made with the parameters of `like` (a
+        stored hash), or else the configured ones."""
+        target = stored_hash or self._dummy_hash(argon2_parameters(like) if like else None)
         with self._lock:
             self.verifications += 1
-        target = stored_hash or self._dummy_hash()
+            self.last_parameters = argon2_parameters(target)
         try:
             encoded, secret = target.encode("ascii"), password.encode("utf-8")
         except UnicodeEncodeError:
@@ -95,11 +98,23 @@ class PasswordHasher:
         return argon2_parameters(stored_hash) != (cfg.argon2_memory_kib, cfg.argon2_time_cost,
                                                   cfg.argon2_parallelism, SALT_BYTES, HASH_BYTES)
 
-    def _dummy_hash(self) -> str:
-        # Made lazily: most runs never meet an unknown user and start-up must stay fast.
-        if self._dummy is None:
-            self._dummy = self._hasher.hash(secrets.token_urlsafe(16))
-        return self._dummy
+    def _dummy_hash(self, parameters: tuple[int, int, int, int, int] | None) -> str:
+        # Made lazily, one per parameter set: most runs never meet an unknown user and start-up
+        # must stay fast.
+        dummy = self._dummies.get(parameters)
+        if dummy is None:
+            if parameters is None:
+                dummy = self._hasher.hash(secrets.token_urlsafe(16))
+            else:
+                from argon2 import Type
+                from argon2.low_level import hash_secret
+
+                memory, time_cost, parallelism, salt_bytes, hash_bytes = parameters
+                dummy = hash_secret(secrets.token_bytes(16), secrets.token_bytes(max(salt_bytes, 8)),
+                                    time_cost=time_cost, memory_cost=memory, parallelism=parallelism,
+                                    hash_len=max(hash_bytes, 4), type=Type.ID).decode("ascii")
+            self._dummies[parameters] = dummy
+        return dummy
 
 
 def argon2_parameters(encoded: str) -> tuple[int, int, int, int, int] | None:

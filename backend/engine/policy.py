@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..errors import CommandError, PermissionDenied, SessionEnded
 from ..language.parser import Invocation
@@ -43,14 +43,16 @@ class Session:
         "password_version",
         "source",
         "token_claims",
+        "user_id",
         "username",
     )
 
     def __init__(self, username: str, method: str, source: str, address: str = "", *,
                  key_id: int | None = None, key_label: str | None = None, key_digest: str | None = None,
                  password_version: int | None = None, token_claims: dict[str, Any] | None = None,
-                 knowledge_graph: str | None = None, connected_at: float = 0.0):
+                 knowledge_graph: str | None = None, connected_at: float = 0.0, user_id: str | None = None):
         self.username = username
+        self.user_id = user_id                # the principal's immutable id: a re-created name is another user
         self.method = method                  # password | api_key | token | shared_key | anonymous
         self.source = source                  # "local", or how a server was reached: "ws", "http"
         self.address = address
@@ -95,15 +97,27 @@ def new_session_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+class ListedSession(NamedTuple):
+    """A live session as `.session list` shows it; on a cluster, it may live on another node."""
+    id: str
+    username: str
+    auth: str
+    address: str
+    knowledge_graph: str
+    connected_at: float
+    node: str
+
+
 class SessionDirectory(Protocol):
-    """What a server offers the engine for `.session` and `.status`."""
-    def sessions(self) -> list[Session]: ...
+    """What a server offers the engine for `.session` and `.status`: this node's sessions, or
+    with Redis every node's (scaleout.md)."""
+    def sessions(self) -> list[ListedSession]: ...
     def kill(self, session_id: str, reason: str) -> bool: ...
 
 
 class Rights:
     """The caller's rights now, computed from the store for every command."""
-    __slots__ = ("key_cap", "key_id", "rate", "role", "scope", "user_role", "username")
+    __slots__ = ("expires_at", "ips", "key_cap", "key_id", "rate", "role", "scope", "user_role", "username")
 
     def __init__(self, username: str, user_role: str, role: str, key_cap: str | None,
                  scope: frozenset[str] | None, key_id: int | None = None, rate: tuple[int, int] | None = None):
@@ -114,6 +128,10 @@ class Rights:
         self.scope = scope                # the KGs a scoped key reaches; None = all
         self.key_id = key_id
         self.rate = rate                  # a key's limit: requests per window (seconds)
+        # When the credential ends (the earlier of its key's expiry and its token's), and the
+        # networks its key may be used from: what it may hand on to what it creates, at most.
+        self.expires_at: float | None = None
+        self.ips: tuple[str, ...] = ()
 
     def in_scope(self, kg: str) -> bool:
         return self.scope is None or kg in self.scope
@@ -162,34 +180,34 @@ def rights_of(store: Store, session: Session, now: float) -> Rights:
     if session.method in VIRTUAL_PRINCIPALS:
         return Rights(session.username, "admin", "admin", None, None)
     user = store.user(session.username)
-    if user is None:
+    if user is None or user["id"] != session.user_id:
         raise SessionEnded("user dropped")
-    claims = session.token_claims
-    if claims is not None:
-        record = store.token(claims["jti"])
-        if record is None or record["revoked_at"] is not None:
-            raise SessionEnded("token revoked")
-        if claims["exp"] <= now:
-            raise SessionEnded("token expired")
     if session.key_id is None:
         if session.password_version is not None and user["password_version"] != session.password_version:
             raise SessionEnded("password changed")
         rights = Rights(session.username, user["role"], user["role"], None, None)
     else:
         rights = _key_rights(store, session, session.key_id, user["role"], now)
+    claims = session.token_claims
     if claims is not None:
-        # A token narrows its issuer's current rights to those it was issued with.
-        rights.key_cap = lower_role(rights.key_cap or rights.user_role, claims["role"])
-        rights.role = lower_role(rights.role, claims["role"])
-        if claims.get("kgs") is not None:
-            token_scope = frozenset(claims["kgs"])
+        record = store.token(claims["jti"])
+        if record is None or record["revoked_at"] is not None or record["user_id"] != session.user_id:
+            raise SessionEnded("token revoked")
+        if record["expires_at"] <= now:
+            raise SessionEnded("token expired")
+        # A token narrows its issuer's current rights to those it was issued with, as stored.
+        rights.key_cap = lower_role(rights.key_cap or rights.user_role, record["role"])
+        rights.role = lower_role(rights.role, record["role"])
+        if record["kgs"] is not None:
+            token_scope = frozenset(record["kgs"])
             rights.scope = token_scope if rights.scope is None else rights.scope & token_scope
+        rights.expires_at = min(record["expires_at"], rights.expires_at or record["expires_at"])
     return rights
 
 
 def _key_rights(store: Store, session: Session, key_id: int, user_role: str, now: float) -> Rights:
     row = store.key_by_id(key_id)
-    if row is None or row["revoked_at"] is not None:
+    if row is None or row["revoked_at"] is not None or row["owner_id"] != session.user_id:
         raise SessionEnded("API key revoked")
     if not address_allowed(row, session.address):     # its `ips=` may have been narrowed since
         raise SessionEnded("API key not allowed from this address")
@@ -199,8 +217,10 @@ def _key_rights(store: Store, session: Session, key_id: int, user_role: str, now
     if state in REFUSED_KEY_STATES:
         raise SessionEnded("API key rotated")
     scope = frozenset(store.key_kgs(row["id"])) if row["scoped"] else None
-    return Rights(session.username, user_role, lower_role(user_role, row["role"]), row["role"],
-                  scope, row["id"], tuple(row["rate"]) if row.get("rate") else None)
+    rights = Rights(session.username, user_role, lower_role(user_role, row["role"]), row["role"],
+                    scope, row["id"], tuple(row["rate"]) if row.get("rate") else None)
+    rights.expires_at, rights.ips = row["expires_at"], tuple(row.get("ips") or ())
+    return rights
 
 
 def level_of(store: Store, rights: Rights, kg: str) -> str | None:
@@ -247,7 +267,7 @@ def authorize(store: Store, session: Session, rights: Rights, inv: Invocation) -
         if rights.role == "admin":
             if record is None:
                 raise CommandError(f"Token '{args['jti']}' not found")
-        elif record is None or record["username"] != session.username:
+        elif record is None or record["user_id"] != session.user_id:
             raise PermissionDenied(rule.denied)
     else:
         raise AssertionError(f"unknown rule {rule.kind}")

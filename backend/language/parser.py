@@ -10,6 +10,7 @@ and the password prompt need.
 
 # No `from __future__ import annotations`, as in the registry: NamedTuple would compile each
 # field's annotation string at start-up.
+import re
 from enum import Enum
 from typing import NamedTuple
 
@@ -35,6 +36,13 @@ MASK = "********"   # what a secret becomes in the history file
 _FIXED_ARITY = {c.words: tuple((p.name, p.kind.convert) for p in c.params)
                 for c in COMMANDS if not any(p.optional or p.rest for p in c.params)}
 _REQUIRED = {c.words: sum(not p.optional for p in c.params) for c in COMMANDS}
+# Commands that take a secret: an error about their line never echoes a word of it, since a
+# misplaced or unquoted password may sit in any position (security.md, Passwords).
+_HOLDS_SECRET = frozenset(c.words for c in COMMANDS
+                          if any(p.kind.secret for p in c.params) or any(o.kind.secret for o in c.options))
+# A first word worth echoing in "Unknown command": one that looks like a command name, not a
+# whole line glued by an unusual blank (`.user\u00a0create bob S3cret`).
+_COMMAND_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,39}")
 
 
 class Role(Enum):
@@ -129,18 +137,32 @@ def parse(line: str) -> Invocation:
         group = texts[0][1:].lower()
         if group in GROUPS:
             raise CommandError(f"Usage: {group_usage(group)}")
+        if not _COMMAND_WORD.fullmatch(texts[0][1:]):
+            raise CommandError("Unknown command: the first word is no command name. Type .help for the list.")
         raise CommandError(f"Unknown command: .{clip(texts[0][1:], 40)}. Type .help for the list.")
     # `.kg foo` names neither a sub-command nor takes arguments: show the whole group's usage.
     if used == 1 and len(GROUPS[cmd.words[0]]) > 1 and not cmd.params and len(texts) > 1 \
             and "=" not in texts[1]:
         raise CommandError(f"Usage: {group_usage(cmd.words[0])}")
     inv = Invocation(cmd, line)
-    if not cmd.options:
-        _bind_params(cmd, texts[used:], inv)
+    if cmd.words not in _HOLDS_SECRET:
+        _bind(cmd, texts[used:], quoted[used:], inv)
         return inv
+    try:
+        _bind(cmd, texts[used:], quoted[used:], inv)
+    except CommandError as exc:
+        raise CommandError(_without_values(exc.message, texts[used:])) from None
+    return inv
+
+
+def _bind(cmd: Command, texts: list[str], quoted: list[bool], inv: Invocation) -> None:
+    """Bind the words after the command's own to its parameters and options."""
+    if not cmd.options:
+        _bind_params(cmd, texts, inv)
+        return
     positional: list[str] = []
     options: list[str] = []
-    for text, was_quoted in zip(texts[used:], quoted[used:]):
+    for text, was_quoted in zip(texts, quoted):
         if _is_option(text, was_quoted):
             options.append(text)
         elif options:
@@ -149,7 +171,20 @@ def parse(line: str) -> Invocation:
             positional.append(text)
     _bind_params(cmd, positional, inv)
     _bind_options(cmd, options, inv)
-    return inv
+
+
+def _without_values(message: str, words: list[str]) -> str:
+    """`message` with each quoted word of the line replaced by its position."""
+    for n, word in enumerate(words, 1):
+        key = word.split("=", 1)[0].lower()
+        for shown in dict.fromkeys((clip(word), clip(word, 40), clip(key, 40), key)):
+            message = message.replace(f"Unexpected argument '{shown}' after options", f"Argument {n} comes after the options")
+            message = message.replace(f"Unexpected argument '{shown}'",
+                                      f"Too many arguments (from argument {n}: quote a password that holds blanks)")
+            message = message.replace(f" '{shown}'", f" at argument {n}")
+    if any(f"'{clip(word)}'" in message for word in words):     # worded some other way: say less
+        return "Invalid arguments (a password with blanks must be quoted)"
+    return message
 
 
 def parse_program(program: str) -> list[tuple[int, str, Invocation | CommandError]]:

@@ -112,6 +112,11 @@ def check_kg_list(text: str) -> tuple[str, ...]:
 def check_secret(text: str) -> str:
     if len(text) > MAX_PASSWORD_CHARS:
         raise CommandError(f"Password too long: at most {MAX_PASSWORD_CHARS} characters")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:      # a lone surrogate: no bytes to hash
+            raise CommandError("Invalid password: it is not valid Unicode text") from None
     return text
 
 
@@ -178,6 +183,33 @@ RATE_OR_NONE = Kind("rate", check_rate_or_none)
 TOPIC = Kind("topic", str, completes="commands")
 SETTING = Kind("setting", str, completes="settings")
 TEXT = Kind("text", str)
+SESSION_ID = Kind("session_id", check_token_id, completes="sessions")
+LOCKED_ADDRESS = Kind("address", check_address, completes="addresses")
+PATH = Kind("path", str)
+
+
+def check_switch(text: str) -> str:
+    if text.lower() not in ("on", "off"):
+        raise CommandError(f"Invalid setting '{clip(text)}': use on or off")
+    return text.lower()
+
+
+def check_expanded(text: str) -> str:
+    if text.lower() not in ("on", "off", "auto"):
+        raise CommandError(f"Invalid setting '{clip(text)}': use on, off or auto")
+    return text.lower()
+
+
+def check_format(text: str) -> str:
+    if text.lower() not in FORMATS:
+        raise CommandError(f"Invalid format '{clip(text)}': use table, plain, json or csv")
+    return text.lower()
+
+
+FORMATS = ("table", "plain", "json", "csv")
+SWITCH = Kind("switch", check_switch, completes="switches")
+EXPANDED = Kind("expanded", check_expanded, completes="expanded")
+FORMAT = Kind("format", check_format, completes="formats")
 
 
 class Param(NamedTuple):
@@ -220,6 +252,7 @@ class Command(NamedTuple):
     shell_only: bool = False
     quick: bool = False      # a few indexed reads, whatever the store's size: a server may run it inline
     aliases: tuple[tuple[str, ...], ...] = ()
+    bare: tuple[str, ...] = ()   # spellings without a dot that work at the interactive prompt only
 
     @property
     def name(self) -> str:
@@ -248,12 +281,12 @@ COMMANDS: tuple[Command, ...] = (
     # General
     Command(("help",), (Param("command", TOPIC, optional=True, rest=True),),
             "List the commands, or show how to use one", "anyone", Rule("anyone"),
-            examples=(".help", ".help .kg acl grant")),
+            examples=(".help", ".help .kg acl grant"), bare=("help", "\\?")),
     Command(("whoami",), (), "Show who you are logged in as", "anyone", Rule("anyone"), quick=True),
     Command(("status",), (), "Show the target, version, uptime and your role", "anyone",
             Rule("anyone"), quick=True),
     Command(("quit",), (), "Leave the shell", "shell only", Rule("anyone"), shell_only=True,
-            aliases=(("exit",), ("q",))),
+            aliases=(("exit",), ("q",)), bare=("exit", "quit", "\\q")),
     # The shell's own settings (the config file; policy.md)
     Command(("config", "list"), (), "List the settings in the shell's config file", "shell only",
             Rule("anyone"), shell_only=True),
@@ -360,14 +393,29 @@ COMMANDS: tuple[Command, ...] = (
             Rule("admin", denied="Permission denied: only admins can read the audit log")),
     Command(("lockout", "list"), (), "List locked-out addresses", "admin",
             Rule("admin", denied="Permission denied: only admins can manage lockouts")),
-    Command(("lockout", "clear"), (Param("address", ADDRESS),), "Lift the lockout of an address",
+    Command(("lockout", "clear"), (Param("address", LOCKED_ADDRESS),), "Lift the lockout of an address",
             "admin", Rule("admin", denied="Permission denied: only admins can manage lockouts"), writes=True),
     # Sessions (server only)
     Command(("session", "list"), (), "List live sessions", "anyone", Rule("anyone"),
             server_only=True),
-    Command(("session", "kill"), (Param("session_id", IDENT),), "Close a live session", "admin",
+    Command(("session", "kill"), (Param("session_id", SESSION_ID),), "Close a live session", "admin",
             Rule("admin", denied="Permission denied: only admins can kill sessions"),
             writes=True, server_only=True),
+    # Shell settings and scripts: the shell runs these itself, on either target
+    Command(("format",), (Param("format", FORMAT),), "Set the output format: table, plain, json or csv",
+            "shell only", Rule("anyone"), shell_only=True, examples=(".format json",)),
+    Command(("expanded",), (Param("mode", EXPANDED),),
+            "Show rows as one record a block: on, off, or auto (when a table is too wide)",
+            "shell only", Rule("anyone"), shell_only=True, examples=(".expanded on",)),
+    Command(("timing",), (Param("mode", SWITCH),),
+            "Show how long each command took (the server's time when remote)", "shell only",
+            Rule("anyone"), shell_only=True, examples=(".timing on",)),
+    Command(("pager",), (Param("mode", SWITCH),),
+            "Page long results through $PAGER (default: less -R -X)", "shell only",
+            Rule("anyone"), shell_only=True, examples=(".pager off",)),
+    Command(("read",), (Param("file", PATH),),
+            "Run the commands in a file, as a script (stops at the first error)", "shell only",
+            Rule("anyone"), shell_only=True, examples=(".read setup.il",)),
 )
 
 def _action_name(words: tuple[str, ...]) -> str:
@@ -384,6 +432,19 @@ for _cmd in COMMANDS:
 GROUPS: dict[str, list[Command]] = {}
 for _cmd in COMMANDS:
     GROUPS.setdefault(_cmd.words[0], []).append(_cmd)
+
+
+def offered(cmd: Command, role: str, server: bool) -> bool:
+    """Whether a caller of global `role` is shown `cmd` (in `.help` and completion): commands
+    that need a global role the caller lacks, or a server the target is not, are left out.
+    The engine still decides; this only keeps the lists to what may work."""
+    if cmd.server_only and not server:
+        return False
+    if cmd.rule.kind == "admin":
+        return role == "admin"
+    if cmd.rule.kind == "kg_creator":
+        return role in ("admin", "editor")
+    return True
 
 
 def group_usage(group: str) -> str:

@@ -21,8 +21,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from .. import __version__
+from ..cluster import RedisLink, SharedLockout, SharedRateLimiter
+from ..cluster.sessions import SharedSessions
 from ..config import Config, ServerConfig
-from ..engine import Clock, Engine, Lockout, system_clock
+from ..engine import Clock, Engine, Lockout, LockoutCounter, RateCounter, RateLimiter, system_clock
 from ..errors import SessionEnded, StoreUnavailable
 from ..netaddr import client_address, networks
 from ..protocol import CHUNK_ROWS, GOING_AWAY, INTERNAL_ERROR, STREAM_THRESHOLD
@@ -61,8 +63,9 @@ class ServerOptions:
 
 
 class Server:
-    """The composition root of a served store: the lockout and the session directory are made
-    here and given to the engine it builds. The store is the caller's to close."""
+    """The composition root of a served store: the lockout, the rate limits and the session
+    directory are made here (in memory, or in Redis for a cluster) and given to the engine it
+    builds. The store is the caller's to close."""
 
     def __init__(self, store: Store, config: Config, *, clock: Clock = system_clock,
                  shared_key: str | None = None, ssl_context: ssl.SSLContext | None = None,
@@ -73,11 +76,13 @@ class Server:
         self.options = options or ServerOptions()
         self.host = self.cfg.host
         self.port = self.cfg.port
-        self.lockout = Lockout(config.security, clock)
-        self.sessions = LiveSessions(self.end_session_threadsafe)
-        self.engine = Engine(store, config, clock=clock, shared_key=shared_key, lockout=self.lockout,
-                             directory=self.sessions, target=lambda: f"{self.host}:{self.port}")
         self.metrics = Metrics()
+        self.sessions = LiveSessions(self.end_session_threadsafe, lambda: self.node)
+        self.cluster = config.cluster
+        self.link: RedisLink | None = None
+        self.lockout, rates, self.directory = self._shared_state(config, clock)
+        self.engine = Engine(store, config, clock=clock, shared_key=shared_key, lockout=self.lockout,
+                             rate_limiter=rates, directory=self.directory, target=lambda: f"{self.host}:{self.port}")
         self.connections: set[Connection] = set()
         self.trusted = networks(self.cfg.trusted_proxies)
         self.started = time.monotonic()
@@ -95,7 +100,38 @@ class Server:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._poke: asyncio.Event | None = None
         self._watcher: asyncio.Task | None = None
+        self._cluster_task: asyncio.Task | None = None
         self._tasks: set[asyncio.Future] = set()
+
+    def _shared_state(self, config: Config,
+                      clock: Clock) -> tuple[LockoutCounter, RateCounter, LiveSessions | SharedSessions]:
+        """The lockout, the rate limits and the session directory: this node's alone, or with
+        Redis the cluster's."""
+        if not config.cluster.redis_url:
+            return Lockout(config.security, clock), RateLimiter(clock), self.sessions
+        self.link = link = RedisLink(config.cluster.redis_url, config.cluster.key_prefix)
+        link.on_change.append(self._cluster_changed)
+        return (SharedLockout(config.security, clock, link), SharedRateLimiter(clock, link),
+                SharedSessions(self.sessions, link, config.cluster.session_ttl_secs))
+
+    @property
+    def node(self) -> str:
+        """This node's name in the cluster's session directory: host:port of its listener, the
+        machine's name for a wildcard host (every node may listen on 0.0.0.0:8080)."""
+        if self.cluster.node:
+            return self.cluster.node
+        host = self.host if self.host not in ("", "0.0.0.0", "::") else socket.gethostname()
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+    def cluster_state(self) -> str:
+        """What /health says of the cluster: local-counters, redis, or why Redis is not in use."""
+        if self.link is None:
+            return "local-counters"
+        return self.link.degraded or "redis"
+
+    def _cluster_changed(self, degraded: bool) -> None:
+        if degraded:
+            self.metrics.cluster_outage()       # called from any thread: the counter locks itself
 
     @property
     def url(self) -> str:
@@ -136,7 +172,10 @@ class Server:
             # mix that compression side channels (CRIME/BREACH) read; and the messages are small.
             compression=None)
         self._watcher = asyncio.create_task(self._watch_store())
-        self.changes.start(f"{self.host}:{self.port}")
+        self.changes.start(self.node)
+        if isinstance(self.directory, SharedSessions):
+            self._cluster_task = asyncio.create_task(self.directory.run(self.sessions.kill))
+            log.info("in a cluster as node %s: lockouts, rate limits and sessions shared through Redis", self.node)
         log.info("listening on %s", self.url)
 
     async def stop(self) -> None:
@@ -150,15 +189,21 @@ class Server:
             self._ws_server.server.close()            # stop accepting; open connections stay
         await asyncio.gather(*(self._shutdown(c) for c in list(self.connections)), return_exceptions=True)
         await self.changes.stop()
-        if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
+        for task in (self._watcher, self._cluster_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._ws_server is not None:
             await self._close_all(self._ws_server)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         for pool in (self._auth_pool, self._exec_pool, self._sweep_pool):
             pool.shutdown(wait=True, cancel_futures=True)
+        if self.link is not None:
+            if isinstance(self.directory, SharedSessions):
+                await self.directory.leave()
+            await self.link.aclose()
+            self.link.close()
         log.info("stopped")
 
     async def _close_all(self, ws_server: WebSocketServer) -> None:
@@ -211,7 +256,7 @@ class Server:
         kg = query["kg"][0] if query.get("kg") else None
         conn = Connection(ws, address, kg)
         self.connections.add(conn)
-        self.metrics.connections_total += 1
+        self.metrics.connection()
         log.debug("connection opened: address=%s", address)
         try:
             if self.stopping:

@@ -48,8 +48,11 @@ class HttpEndpoints:
             return _json_response(connection, HTTPStatus.OK, {"status": "alive"})
         if path == "/health":
             ok = await self._store_readable()
-            body = {"status": "healthy" if ok else "degraded", "version": __version__,
-                    "uptime_secs": int(time.monotonic() - app.started)}
+            cluster = app.cluster_state()
+            healthy = ok and cluster in ("redis", "local-counters")
+            body = {"status": "healthy" if healthy else "degraded", "version": __version__,
+                    "uptime_secs": int(time.monotonic() - app.started), "cluster": cluster}
+            # Redis unreachable: the node still counts, in its memory: degraded, yet serving (200).
             return _json_response(connection, HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, body)
         if path == "/ready":
             ok = not app.stopping and await self._store_readable(need_users=True)
@@ -77,9 +80,9 @@ class HttpEndpoints:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             return _unauthorized(connection)
-        left = app.lockout.remaining(address)
+        left = await app.lockout.aremaining(address)
         if left:
-            app.metrics.logins[("bearer", "locked")] += 1
+            app.metrics.login("bearer", "locked")
             response = connection.respond(HTTPStatus.TOO_MANY_REQUESTS,
                                           f"{ErrorKind.LOCKED_OUT.value}. Try again in {left}s\n")
             response.headers["Retry-After"] = str(left)
@@ -95,9 +98,10 @@ class HttpEndpoints:
             response.headers["Retry-After"] = str(exc.reset_in)
             _rate_headers(response, exc.limit, 0, exc.reset_in)
             return response
-        locked = sum(1 for _, _, until in app.lockout.entries() if until)
-        text = app.metrics.render(connections=len(app.connections), sessions=len(app.sessions), locked=locked,
-                                  uptime=time.monotonic() - app.started)
+        entries = await app.run(app.lockout.entries)
+        text = app.metrics.render(connections=len(app.connections), sessions=len(app.sessions),
+                                  locked=sum(1 for _, _, until in entries if until),
+                                  uptime=time.monotonic() - app.started, degraded=bool(app.link and app.link.degraded))
         response = connection.respond(HTTPStatus.OK, text)
         del response.headers["Content-Type"]
         response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..engine import Engine, Lockout, Session
+from ..engine import Engine, LockoutCounter, Session
 from ..errors import AuthError, LockedOut, StoreError
 from ..protocol import Authenticate, Login
 from .metrics import Metrics
@@ -67,7 +67,7 @@ class GroupWriter:
 
 
 class Logins:
-    def __init__(self, engine: Engine, lockout: Lockout, metrics: Metrics, *, auth_pool: ThreadPoolExecutor,
+    def __init__(self, engine: Engine, lockout: LockoutCounter, metrics: Metrics, *, auth_pool: ThreadPoolExecutor,
                  exec_pool: ThreadPoolExecutor, reads_on_loop: bool = True):
         self._engine = engine
         self._lockout = lockout
@@ -83,28 +83,28 @@ class Logins:
         if isinstance(request, Login):
             return await self.authenticate(address, "password", self._engine.login, request.username,
                                            request.password, source="ws", address=address)
-        # A valid key is checked here on the loop when the store is a local file, sparing a
-        # thread hand-off; only its audit record (an fsync) is written off it. Every refusal
-        # takes the full path.
+        # A valid key is checked here on the loop, sparing a thread hand-off; only its audit
+        # record (an fsync) is written off it. Every refusal takes the full path. A lockout kept
+        # in Redis, or a store on PostgreSQL, is a network round trip: then the check runs in the pool.
         try:
-            if self._reads_on_loop:
-                session = self._engine.check_api_key(request.api_key, source="ws", address=address)
-            else:
+            if self._lockout.blocking or not self._reads_on_loop:
                 session = await run_in(self._exec_pool, self._engine.check_api_key, request.api_key, source="ws",
                                        address=address)
+            else:
+                session = self._engine.check_api_key(request.api_key, source="ws", address=address)
         except StoreError as exc:
             return None, self._unavailable(exc)
         if session is None:
             return await self.authenticate(address, "api_key", self._engine.authenticate, request.api_key,
                                            source="ws", address=address)
         await self._api_key_records.write(session)
-        self._metrics.logins[("api_key", "ok")] += 1
+        self._metrics.login("api_key", "ok")
         return session, ""
 
     async def authenticate(self, peer: str, method: str, fn: Callable[..., Session], *args: Any,
                            **kwargs: Any) -> tuple[Session | None, str]:
         """Run login/authenticate off the loop and count the outcome."""
-        was_locked = bool(self._lockout.remaining(peer))
+        was_locked = bool(await self._lockout.aremaining(peer))
         # A locked address costs no argon2 work: it must not queue behind the logins that do.
         pool = self._exec_pool if was_locked else self._auth_pool
         try:
@@ -113,13 +113,13 @@ class Logins:
             return None, self._unavailable(exc)
         except AuthError as exc:
             outcome = "locked" if isinstance(exc, LockedOut) else "failed"
-            self._metrics.logins[(method, outcome)] += 1
-            if not was_locked and self._lockout.remaining(peer):
-                self._metrics.lockouts += 1
+            self._metrics.login(method, outcome)
+            if not was_locked and await self._lockout.aremaining(peer):
+                self._metrics.lockout()
                 log.warning("address %s locked out after repeated failed authentications", peer)
             log.info("authentication %s: method=%s address=%s", outcome, method, peer)
             return None, exc.message
-        self._metrics.logins[(method, "ok")] += 1
+        self._metrics.login(method, "ok")
         return session, ""
 
     @staticmethod

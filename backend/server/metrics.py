@@ -1,71 +1,79 @@
-"""Counters for /metrics, in Prometheus text format."""
+"""Counters for /metrics, in the Prometheus text format written by `prometheus-client`.
+
+Each server has a registry of its own (tests run several servers in one process). Counts are
+the library's Counter and Histogram; what is true at the moment of a scrape (open connections,
+sessions, locked addresses, whether Redis is in use) is read when the scrape comes."""
 
 from __future__ import annotations
 
-import bisect
-import collections
-import itertools
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# The `_created` series would double every counter for a value nobody here reads.
+disable_created_metrics()
+
+
+class _Now(Collector):
+    """The gauges, as last handed to render()."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        for name, help_text in (("inputlayer_up", "1 while the server runs."),
+                                ("inputlayer_uptime_seconds", "Seconds since the server started."),
+                                ("inputlayer_connections", "Open WebSocket connections."),
+                                ("inputlayer_sessions", "Authenticated sessions."),
+                                ("inputlayer_locked_addresses", "Addresses locked out now."),
+                                ("inputlayer_cluster_degraded",
+                                 "1 while Redis is configured but unreachable and this node counts in its memory.")):
+            yield GaugeMetricFamily(name, help_text, value=self.values.get(name, 0))
 
 
 class Metrics:
     """Updated on the event loop only."""
 
     def __init__(self) -> None:
-        self.logins: collections.Counter = collections.Counter()       # (method, outcome)
-        self.commands: collections.Counter = collections.Counter()     # (command, outcome)
-        self.lockouts = 0
-        self.connections_total = 0
-        self.latency_buckets = [0] * len(LATENCY_BUCKETS)
-        self.latency_count = 0
-        self.latency_sum = 0.0
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._now = _Now()
+        self.registry.register(self._now)
+        self._logins = Counter("inputlayer_logins_total", "Authentication attempts by method and outcome.",
+                               ["method", "outcome"], registry=self.registry)
+        self._lockouts = Counter("inputlayer_lockouts_total", "Addresses locked out after repeated failures.",
+                                 registry=self.registry)
+        self._connections = Counter("inputlayer_connections_total", "WebSocket connections accepted.",
+                                    registry=self.registry)
+        self._commands = Counter("inputlayer_commands_total", "Commands by name and outcome.",
+                                 ["command", "outcome"], registry=self.registry)
+        self._latency = Histogram("inputlayer_command_duration_seconds", "Command latency.",
+                                  buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._outages = Counter("inputlayer_cluster_outages_total",
+                                "Times Redis became unreachable and this node fell back to its memory.",
+                                registry=self.registry)
+
+    def login(self, method: str, outcome: str) -> None:
+        self._logins.labels(method=method, outcome=outcome).inc()
+
+    def lockout(self) -> None:
+        self._lockouts.inc()
+
+    def connection(self) -> None:
+        self._connections.inc()
+
+    def cluster_outage(self) -> None:
+        self._outages.inc()
 
     def command(self, name: str, outcome: str, seconds: float) -> None:
-        self.commands[(name, outcome)] += 1
-        self.latency_count += 1
-        self.latency_sum += seconds
-        bucket = bisect.bisect_left(LATENCY_BUCKETS, seconds)
-        if bucket < len(LATENCY_BUCKETS):
-            self.latency_buckets[bucket] += 1      # cumulated when rendered
+        self._commands.labels(command=name, outcome=outcome).inc()
+        self._latency.observe(seconds)
 
-    def render(self, *, connections: int, sessions: int, locked: int, uptime: float) -> str:
-        out: list[str] = []
-
-        def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-            out.append(f"# HELP {name} {help_text}")
-            out.append(f"# TYPE {name} {kind}")
-            for labels, value in samples:
-                out.append(f"{name}{labels} {_number(value)}")
-
-        metric("inputlayer_up", "gauge", "1 while the server runs.", [("", 1)])
-        metric("inputlayer_uptime_seconds", "gauge", "Seconds since the server started.", [("", uptime)])
-        metric("inputlayer_connections", "gauge", "Open WebSocket connections.", [("", connections)])
-        metric("inputlayer_connections_total", "counter", "WebSocket connections accepted.",
-               [("", self.connections_total)])
-        metric("inputlayer_sessions", "gauge", "Authenticated sessions.", [("", sessions)])
-        metric("inputlayer_logins_total", "counter", "Authentication attempts by method and outcome.",
-               [(_labels(method=m, outcome=o), n) for (m, o), n in sorted(self.logins.items())])
-        metric("inputlayer_lockouts_total", "counter", "Addresses locked out after repeated failures.",
-               [("", self.lockouts)])
-        metric("inputlayer_locked_addresses", "gauge", "Addresses locked out now.", [("", locked)])
-        metric("inputlayer_commands_total", "counter", "Commands by name and outcome.",
-               [(_labels(command=c, outcome=o), n) for (c, o), n in sorted(self.commands.items())])
-        out.append("# HELP inputlayer_command_duration_seconds Command latency.")
-        out.append("# TYPE inputlayer_command_duration_seconds histogram")
-        for bound, count in zip(LATENCY_BUCKETS, itertools.accumulate(self.latency_buckets), strict=True):
-            out.append(f'inputlayer_command_duration_seconds_bucket{{le="{bound}"}} {count}')
-        out.append(f'inputlayer_command_duration_seconds_bucket{{le="+Inf"}} {self.latency_count}')
-        out.append(f"inputlayer_command_duration_seconds_sum {_number(self.latency_sum)}")
-        out.append(f"inputlayer_command_duration_seconds_count {self.latency_count}")
-        return "\n".join(out) + "\n"
-
-
-def _labels(**labels: str) -> str:
-    def escape(v: str) -> str:
-        return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return "{" + ",".join(f'{k}="{escape(v)}"' for k, v in labels.items()) + "}"
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:.6f}"
+    def render(self, *, connections: int, sessions: int, locked: int, uptime: float, degraded: bool = False) -> str:
+        self._now.values = {"inputlayer_up": 1, "inputlayer_uptime_seconds": uptime,
+                            "inputlayer_connections": connections, "inputlayer_sessions": sessions,
+                            "inputlayer_locked_addresses": locked, "inputlayer_cluster_degraded": int(degraded)}
+        return generate_latest(self.registry).decode()

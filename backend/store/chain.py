@@ -4,10 +4,11 @@ its head; both stores share these, so `.audit` and `.audit verify` agree on eith
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable, Iterable
 
 from ..errors import StoreError
-from .interface import AUDIT_FIELDS, GENESIS_HASH, audit_hash
+from .interface import AUDIT_FIELDS, GENESIS_HASH, audit_hash, head_mac
 
 
 def matching_records(newest_first: Iterable[dict], *, limit: int, actor: str | None, action: str | None,
@@ -27,9 +28,11 @@ def matching_records(newest_first: Iterable[dict], *, limit: int, actor: str | N
     return found
 
 
-def verify_chain(oldest_first: Iterable[dict], head: Callable[[], dict]) -> tuple[int, str | None]:
+def verify_chain(oldest_first: Iterable[dict], head: Callable[[], dict], mac: hmac.HMAC, *,
+                 head_sealed: bool) -> tuple[int, str | None]:
     """(records checked, None) or (count, what is wrong) at the first record that fails. Reading
-    a record may raise StoreError: a sealed record that fails to open was altered."""
+    a record may raise StoreError: a sealed record that fails to open was altered. The head must
+    carry head_mac() unless `head_sealed` is False (a writer's own head, sealed at its commit)."""
     prev_hash, expected_seq, count = GENESIS_HASH, 1, 0
     try:
         for rec in oldest_first:
@@ -37,11 +40,14 @@ def verify_chain(oldest_first: Iterable[dict], head: Callable[[], dict]) -> tupl
                 return count, f"Audit log broken at record {expected_seq}: record missing or out of order"
             if rec["prev_hash"] != prev_hash:
                 return count, f"Audit log broken at record {expected_seq}: chain does not link to the record before"
-            if audit_hash(prev_hash, tuple(rec[f] for f in AUDIT_FIELDS)) != rec["hash"]:
+            if audit_hash(mac, prev_hash, tuple(rec[f] for f in AUDIT_FIELDS)) != rec["hash"]:
                 return count, f"Audit log broken at record {expected_seq}: contents do not match its hash"
             prev_hash, expected_seq, count = rec["hash"], expected_seq + 1, count + 1
     except StoreError:
         return count, f"Audit log broken at record {expected_seq}: the sealed record was altered"
-    if head() != {"seq": count, "hash": prev_hash}:
+    found = head()
+    if (found["seq"], found["hash"]) != (count, prev_hash):
         return count, f"Audit log broken at record {count + 1}: the latest records were removed"
+    if head_sealed and not hmac.compare_digest(found.get("mac", ""), head_mac(mac, count, prev_hash)):
+        return count, f"Audit log broken at record {count}: the chain's head was rewritten"
     return count, None

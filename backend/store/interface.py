@@ -10,35 +10,49 @@ and a copy between stores agree.
 from __future__ import annotations
 
 import hashlib
+import hmac
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from ..errors import StoreError
 from .codec import encode_json
+from .secrets import ServerSecrets
 
-__all__ = ["AUDIT_FIELDS", "GENESIS_HASH", "Store", "StoreError", "audit_hash", "audit_payload"]
+__all__ = ["AUDIT_FIELDS", "GENESIS_HASH", "ServerSecrets", "Store", "StoreError", "audit_hash", "audit_mac",
+           "audit_payload", "head_mac"]
 
 AUDIT_FIELDS = ("seq", "time", "actor", "source", "action", "target", "outcome", "detail")
 GENESIS_HASH = "0" * 64         # the hash the first audit record links to
 
-# Each record's hash starts from a copy of this one: hashlib.sha256() would look the algorithm
-# up in OpenSSL again for every record (~1 us a record in a bulk script).
-_SHA256 = hashlib.sha256()
+
+def audit_mac(key: bytes) -> hmac.HMAC:
+    """The keyed hash of the audit chain: HMAC-SHA256 under the audit key (a server secret), so
+    no one without the secrets can re-chain the log. Each record's hash starts from a copy of
+    this one (making it anew would look SHA-256 up in OpenSSL again for every record)."""
+    return hmac.new(key, digestmod=hashlib.sha256)
 
 
-def audit_hash(prev_hash: str, record: tuple) -> str:
-    return audit_payload(prev_hash, record)[1]
+def audit_hash(mac: hmac.HMAC, prev_hash: str, record: tuple) -> str:
+    return audit_payload(mac, prev_hash, record)[1]
 
 
-def audit_payload(prev_hash: str, record: tuple) -> tuple[str, str]:
+def audit_payload(mac: hmac.HMAC, prev_hash: str, record: tuple) -> tuple[str, str]:
     """A record as stored, the JSON array [prev_hash, seq, time, actor, source, action, target,
-    outcome, detail, hash], and its hash: SHA-256 of the same array without its last element,
-    so the record is encoded once to be both hashed and stored."""
+    outcome, detail, hash], and its hash: HMAC-SHA256 (audit_mac) of the same array without its
+    last element, so the record is encoded once to be both hashed and stored."""
     hashed = encode_json([prev_hash, *record])
-    hasher = _SHA256.copy()
+    hasher = mac.copy()
     hasher.update(hashed.encode())
     digest = hasher.hexdigest()
     return f'{hashed[:-1]},"{digest}"]', digest
+
+
+def head_mac(mac: hmac.HMAC, seq: int, digest: str) -> str:
+    """The keyed seal of the chain's head ({"seq", "hash", "mac"}): cutting the newest records
+    and writing the head of the last one left cannot be done without the audit key."""
+    hasher = mac.copy()
+    hasher.update(f"head\0{seq}\0{digest}".encode())
+    return hasher.hexdigest()
 
 
 class Store(Protocol):
@@ -73,23 +87,40 @@ class Store(Protocol):
 
     def close(self) -> None: ...
 
-    # --- server-side secrets (kept apart from the digests they key)
+    # --- server secrets: never in the database, which keeps only their fingerprint (schema 3)
+    @property
+    def secrets(self) -> ServerSecrets:
+        """The server secrets this store was opened with (their fingerprint matched)."""
+        ...
+
     @property
     def secret(self) -> bytes:
-        """The HMAC key of API-key digests."""
+        """The HMAC key of API-key digests (secrets.hmac)."""
         ...
 
     @property
     def token_secret(self) -> bytes:
-        """The signing key of session tokens."""
+        """The signing key of session tokens (secrets.token)."""
         ...
 
-    # --- users: name, role, password_hash, password_version, created_at, last_login_at
+    def replace_secrets(self, new: ServerSecrets) -> None:
+        """rotate-secrets, inside write(): every token ends, the audit chain is re-keyed under
+        new.audit (it still verifies) and the fingerprint becomes new's. Where the secrets
+        themselves are kept (a file) is the caller's or the store's own affair."""
+        ...
+
+    # --- users: id, name, role, password_hash, password_version, created_at, last_login_at.
+    #     `id` (str) is immutable and never reused: a re-created name gets a new one, and every
+    #     session, token and key is bound to it.
     def user(self, name: str) -> dict | None: ...
     def users(self) -> list[dict]: ...
     def user_count(self) -> int: ...
     def admin_count(self) -> int: ...
-    def add_user(self, name: str, role: str, password_hash: str, now: float) -> None: ...
+
+    def add_user(self, name: str, role: str, password_hash: str, now: float) -> str:
+        """Returns the new user's id (random, 128 bits, never reused)."""
+        ...
+
     def drop_user(self, name: str) -> None: ...
     def set_password(self, name: str, password_hash: str, *, new_version: bool) -> None: ...
     def set_role(self, name: str, role: str) -> None: ...
@@ -108,8 +139,9 @@ class Store(Protocol):
     def grant(self, kg: str, user: str, role: str, granted_by: str, now: float) -> None: ...
     def revoke(self, kg: str, user: str) -> None: ...
 
-    # --- API keys: id, label, owner, role, scoped, digest, prev_digest, prev_valid_until,
-    #     created_at, expires_at, last_used_at, revoked_at, ips, rate
+    # --- API keys: id, label, owner, owner_id, role, scoped, digest, prev_digest,
+    #     prev_valid_until, created_at, expires_at, last_used_at, revoked_at, ips, rate.
+    #     `id` (int) is never reused; `owner_id` is the owner's user id when the key was made.
     def key(self, label: str) -> dict | None: ...
     def key_by_id(self, key_id: int) -> dict | None: ...
 
@@ -136,11 +168,25 @@ class Store(Protocol):
     def rotate_key(self, key_id: int, new_digest: str, old_valid_until: float | None) -> None: ...
     def touch_key(self, key_id: int, now: float) -> None: ...
 
-    # --- session tokens: jti, username, issued_at, expires_at, revoked_at
+    # --- session tokens: jti, user_id, username, role, kgs (list or None), key_id (or None),
+    #     password_version (or None), issued_at, expires_at, revoked_at. The stored row is what
+    #     a token stands for: its JWT must agree with it (sub = username, exp = expires_at).
     def token(self, jti: str) -> dict | None: ...
-    def add_token(self, jti: str, username: str, issued_at: float, expires_at: float) -> None: ...
+
+    def add_token(self, record: dict) -> None:
+        """Store a token's row (the keys above but revoked_at); its cost must not grow with the
+        number of live tokens."""
+        ...
+
     def revoke_token(self, jti: str, now: float) -> None: ...
-    def forget_expired_tokens(self, now: float) -> None: ...
+
+    def forget_expired_tokens(self, now: float) -> None:
+        """Delete the rows of expired tokens, touching only those (by an index on expires_at)."""
+        ...
+
+    def end_key_tokens(self, key_id: int) -> None:
+        """Delete every token issued through this key (it was revoked or rotated)."""
+        ...
 
     # --- the audit chain: records of AUDIT_FIELDS plus prev_hash and hash
     def append_audit(self, now: float, actor: str, source: str, action: str, target: str,
@@ -154,12 +200,13 @@ class Store(Protocol):
         ...
 
     def verify_audit(self) -> tuple[int, str | None]:
-        """(records checked, None) or (count, what is wrong) at the first record that fails."""
+        """(records checked, None) or (count, what is wrong) at the first record that fails;
+        the head ({"seq", "hash", "mac"}) must carry head_mac() under the audit key."""
         ...
 
     # --- whole-store copy (rekey, and moving between stores)
     def export_rows(self) -> dict[str, Any]:
-        """Every stored value, opened."""
+        """Every stored value, opened (not the server secrets: they are not in the store)."""
         ...
 
     def import_rows(self, rows: dict[str, Any]) -> int:

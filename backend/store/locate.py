@@ -13,17 +13,19 @@ from .interface import Store
 from .postgres.url import is_postgres_url, redact_url
 
 
-def open_store(location: str, env: Mapping[str, str]) -> Store:
+def open_store(location: str, env: Mapping[str, str], *, lock_wait_ms: int = 30_000) -> Store:
     """The store at `location`, sealed under INPUTLAYER_ENCRYPTION_KEY when set; a PostgreSQL
-    store takes its server secrets from INPUTLAYER_SERVER_SECRET_FILE."""
+    store takes its server secrets from INPUTLAYER_SERVER_SECRET_FILE. A change waits at most
+    `lock_wait_ms` for another process's."""
     key = key_from_env(env)
     if is_postgres_url(location):
         from .postgres.store import PostgresStore
 
-        return PostgresStore(location, encryption_key=key, secret_file=env.get("INPUTLAYER_SERVER_SECRET_FILE"))
+        return PostgresStore(location, encryption_key=key, secret_file=env.get("INPUTLAYER_SERVER_SECRET_FILE"),
+                             lock_wait_ms=lock_wait_ms)
     from .sqlite import SQLiteStore
 
-    return SQLiteStore(location, encryption_key=key)
+    return SQLiteStore(location, encryption_key=key, busy_timeout_ms=lock_wait_ms)
 
 
 def describe_store(location: str) -> str:

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from ..bootstrap import first_start, open_engine
 from ..config import Config
 from ..engine import Clock, Session, system_clock
-from ..errors import CommandError
+from ..errors import CommandError, StoreError
 from ..result import Result
+
+if TYPE_CHECKING:
+    from ..cluster import RedisLink
+
+
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    """A database fault met outside a command (bootstrap, login, a batch's begin or end) is a
+    StoreError: the shell reports it on one line with exit status 2."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"the store failed: {exc}") from None
 
 
 class LocalBackend:
@@ -20,26 +36,48 @@ class LocalBackend:
                  clock: Clock = system_clock):
         """`location`: a data directory or a postgresql:// URL (store.locate.open_store); `env`
         gives INPUTLAYER_ENCRYPTION_KEY, INPUTLAYER_SERVER_SECRET_FILE, INPUTLAYER_SHARED_KEY."""
-        self.store, self.engine = open_engine(location, config, env or {}, clock=clock)
+        self._link: RedisLink | None = None
+        try:
+            self.store, self.engine = open_engine(location, config, env or {}, clock=clock,
+                                                  **self._shared_counters(config, clock))
+        except BaseException:
+            if self._link is not None:
+                self._link.close()
+            raise
         self.session: Session | None = None
         self.record_login = True      # False: a login writes nothing until the first change (policy apply)
         self.bootstrapped = False
 
+    def _shared_counters(self, config: Config, clock: Clock) -> dict:
+        """With a cluster's Redis (scaleout.md), the shell sees and clears the lockouts every
+        node counts there, and spends a key's `rate=` from the same budget."""
+        if not config.cluster.redis_url:
+            return {}
+        from ..cluster import RedisLink, SharedLockout, SharedRateLimiter  # only a cluster needs redis-py
+
+        self._link = link = RedisLink(config.cluster.redis_url, config.cluster.key_prefix)
+        return {"lockout": SharedLockout(config.security, clock, link), "rate_limiter": SharedRateLimiter(clock, link)}
+
     def bootstrap(self, admin_password: str | None) -> None:
-        self.bootstrapped, _ = self.engine.bootstrap(admin_password)
+        with _store_errors():
+            self.bootstrapped, _ = self.engine.bootstrap(admin_password)
 
     def first_start(self, env: Mapping[str, str], config: Config, show: Callable[[str], None]) -> None:
         """The programs' bootstrap (bootstrap.first_start): the password from `env` or config."""
-        self.bootstrapped = first_start(self.engine, env, config, show)
+        with _store_errors():
+            self.bootstrapped = first_start(self.engine, env, config, show)
 
     def login(self, username: str, password: str) -> None:
-        self.session = self.engine.login(username, password, source="local", record=self.record_login)
+        with _store_errors():
+            self.session = self.engine.login(username, password, source="local", record=self.record_login)
 
     def authenticate(self, api_key: str) -> None:
-        self.session = self.engine.authenticate(api_key, source="local", record=self.record_login)
+        with _store_errors():
+            self.session = self.engine.authenticate(api_key, source="local", record=self.record_login)
 
     def use_bootstrap_admin(self) -> None:
-        self.session = self.engine.trusted_session("admin")
+        with _store_errors():
+            self.session = self.engine.trusted_session("admin")
 
     def execute(self, line: str) -> Result:
         if self.session is None:
@@ -53,10 +91,12 @@ class LocalBackend:
         self.engine.discard_prepared()
 
     def begin_batch(self, *, atomic: bool = False) -> None:
-        self.engine.begin_batch(atomic=atomic)
+        with _store_errors():
+            self.engine.begin_batch(atomic=atomic)
 
     def end_batch(self, commit: bool) -> None:
-        self.engine.end_batch(commit)
+        with _store_errors():
+            self.engine.end_batch(commit)
 
     def run_atomic(self, lines: list[str], *, note: str = "") -> list[Result]:
         """Run `lines` in one transaction: all of them, or none when one fails (its error then
@@ -66,4 +106,6 @@ class LocalBackend:
         return self.engine.execute_atomic(self.session, "\n".join(lines), note=note)
 
     def close(self) -> None:
+        if self._link is not None:
+            self._link.close()
         self.store.close()

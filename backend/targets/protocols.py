@@ -5,6 +5,7 @@ against it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from ..result import Result
@@ -56,9 +57,25 @@ class QuietLogin(Protocol):
 @runtime_checkable
 class Reconnecting(Protocol):
     """A target behind a connection that may drop (a server): reconnect() logs in again with
-    the same credentials."""
+    the same credentials, unless the server ended the session (SessionEnded)."""
 
     def reconnect(self) -> None: ...
+
+
+@runtime_checkable
+class Watching(Protocol):
+    """A target whose connection may end while the shell is idle (a server): the listener is
+    told at once, from another thread, with the message and whether the server ended the
+    session (True: never log in again) or the connection was lost (False: reconnect)."""
+
+    def watch(self, listener: Callable[[str, bool], None]) -> None: ...
+
+
+@runtime_checkable
+class Timed(Protocol):
+    """A target that reports how long its last command took on its side (execution_time_ms)."""
+
+    server_time_ms: int | None
 
 
 @runtime_checkable

@@ -2,19 +2,22 @@
 
 Synchronous (the shell is), on the `websockets` sync client, whose background thread answers the
 server's keep-alive pings while the shell waits for the user. One request at a time: a lock makes
-each execute and its reply one exchange, so a completer thread may share the backend. What the
-frames mean is backend/protocol.py's ClientProtocol; this module only moves them.
+each execute and its reply one exchange, so a completer thread may share the backend. A reader
+thread per connection receives every frame, so a connection that closes while the shell is idle
+(a server restart, `.session kill`) is noticed at once and told to the `watch()` listener. What
+the frames mean is backend/protocol.py's ClientProtocol; this module only moves them.
 """
 
 from __future__ import annotations
 
+import queue
 import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from ..errors import AuthError, CommandError, SessionEnded, TargetUnreachable
+from ..errors import AuthError, CommandError, NotSent, SessionEnded, TargetUnreachable
 from ..protocol import (
     Authenticated,
     ClientProtocol,
@@ -39,8 +42,42 @@ OPEN_TIMEOUT = 10.0
 MAX_REPLY_BYTES = 64 * 1024 * 1024     # the server streams large results; this bounds one frame
 
 
+CLOSE_TIMEOUT = 2.0                    # leaving a server that does not answer must not hang the shell
+
+
 class _KgRefused(AuthError):
     """The `?kg=` asked for at reconnection can no longer be read."""
+
+
+class _Closed:
+    """Queued by the reader after the last frame of a connection."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+class _Link:
+    """One WebSocket connection and the thread that receives its frames into a queue."""
+
+    def __init__(self, ws: Any, on_closed: Callable[["_Link"], None]):
+        self.ws = ws
+        self.frames: queue.SimpleQueue[str | bytes | _Closed] = queue.SimpleQueue()
+        threading.Thread(target=self._read, args=(on_closed,), name="remote-reader", daemon=True).start()
+
+    def _read(self, on_closed: Callable[["_Link"], None]) -> None:
+        while True:
+            try:
+                raw = self.ws.recv()
+            except Exception as exc:  # noqa: BLE001 - any end of the connection ends this reader
+                self.frames.put(_Closed(exc))
+                on_closed(self)
+                return
+            self.frames.put(raw)
+
+
+# What a listener is told when the connection ends while nobody waits on it: the message, and
+# whether the server ended the session (True) or the connection was lost (False).
+Listener = Callable[[str, bool], None]
 
 
 class RemoteBackend:
@@ -58,8 +95,11 @@ class RemoteBackend:
         self.target = f"{host}:{port}"
         self.ca_file = ca_file
         self._socket_options = socket_options
-        self._ws: Any = None
+        self._link: _Link | None = None
+        self._listener: Listener | None = None
+        self._ended: str | None = None            # the server ended the session: never log in again
         self._protocol = ClientProtocol()
+        self.server_time_ms: int | None = None    # the last reply's execution_time_ms
         self._lock = threading.RLock()
         self._credentials: tuple[str, ...] | None = None
         self.session_id: str | None = None
@@ -92,46 +132,53 @@ class RemoteBackend:
             url += ("&" if "?" in url else "?") + "kg=" + quote(kg, safe="")
         ctx = self._ssl_context()
         try:
-            self._ws = connect(url, ssl=ctx, open_timeout=OPEN_TIMEOUT, max_size=MAX_REPLY_BYTES,
-                               user_agent_header="inputlayer-shell", **LEGACY, **self._socket_options)
+            ws = connect(url, ssl=ctx, open_timeout=OPEN_TIMEOUT, close_timeout=CLOSE_TIMEOUT,
+                         max_size=MAX_REPLY_BYTES, user_agent_header="inputlayer-shell", **LEGACY,
+                         **self._socket_options)
         except ssl.SSLCertVerificationError as exc:
             raise TargetUnreachable(f"cannot reach {self.url}: certificate not trusted "
                                     f"({exc.verify_message}); pass --ca-file") from None
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
             raise TargetUnreachable(f"cannot reach {self.url}: {_reason(exc)}") from None
         self._protocol = ClientProtocol()
+        self._link = _Link(ws, self._closed_while_idle)
 
     def _drop(self) -> None:
-        ws, self._ws = self._ws, None
-        if ws is not None:
+        link, self._link = self._link, None
+        if link is not None:
             try:
-                ws.close()
+                link.ws.close()
             except Exception:  # noqa: BLE001, S110 -- already giving the connection up
                 pass
 
-    def _lost(self, exc: BaseException) -> TargetUnreachable:
+    def _lost(self, exc: BaseException) -> TargetUnreachable | SessionEnded:
+        from websockets.exceptions import ConnectionClosed
+
         self._drop()
+        said = exc.rcvd.reason if isinstance(exc, ConnectionClosed) and exc.rcvd is not None else ""
+        if ErrorKind.of(said) is ErrorKind.SESSION_ENDED:      # the close frame says it too
+            self._ended = said[len(ErrorKind.SESSION_ENDED.value):]
+            return SessionEnded(self._ended)
         return TargetUnreachable(f"connection to {self.url} lost: {_reason(exc)}")
 
     def _send(self, frame: str) -> None:
         from websockets.exceptions import ConnectionClosed
 
-        if self._ws is None:
-            raise TargetUnreachable(f"not connected to {self.url}")
+        if self._link is None:
+            raise NotSent(f"not connected to {self.url}")
         try:
-            self._ws.send(frame)
+            self._link.ws.send(frame)
         except (ConnectionClosed, OSError) as exc:
-            raise self._lost(exc) from None
+            lost = self._lost(exc)
+            raise (NotSent(str(lost)) if isinstance(lost, TargetUnreachable) else lost) from None
 
     def _next_event(self) -> Authenticated | Refused | Reply:
         """Receive until a frame finishes something (pongs and stream chunks do not)."""
-        from websockets.exceptions import ConnectionClosed
-
+        assert self._link is not None
         while True:
-            try:
-                raw = self._ws.recv()
-            except (ConnectionClosed, OSError, TimeoutError) as exc:
-                raise self._lost(exc) from None
+            raw = self._link.frames.get()
+            if isinstance(raw, _Closed):
+                raise self._lost(raw.exc)
             try:
                 event = self._protocol.receive(raw)
             except ProtocolViolation:
@@ -139,6 +186,38 @@ class RemoteBackend:
                 raise TargetUnreachable(f"{self.url} does not speak the InputLayer protocol (bad reply)") from None
             if event is not None:
                 return event
+
+    # --- a connection that ends while idle -------------------------------------------------
+
+    def watch(self, listener: Listener) -> None:
+        """Call `listener` (from another thread) when the connection ends while no request waits."""
+        self._listener = listener
+
+    def _closed_while_idle(self, link: _Link) -> None:
+        """The reader's last act. When a request is waiting, it reads the end itself and raises;
+        otherwise (the lock is free, or freed with the end still queued) the end is read here."""
+        with self._lock:
+            if link is not self._link:
+                return                                # dropped by us, or already reported
+            try:
+                told = self._read_to_the_end()
+            finally:
+                self._drop()
+        if self._listener is not None:
+            self._listener(*told)
+
+    def _read_to_the_end(self) -> tuple[str, bool]:
+        """What a connection's queued frames say about its end: (message, whether ended)."""
+        try:
+            while True:
+                event = self._next_event()
+                if isinstance(event, Refused) and event.kind is ErrorKind.SESSION_ENDED:
+                    self._ended = event.message
+                    return SessionEnded(event.message).message, True
+        except SessionEnded as exc:
+            return exc.message, True
+        except TargetUnreachable as exc:
+            return str(exc), False
 
     # --- authentication ------------------------------------------------------------------
 
@@ -153,7 +232,7 @@ class RemoteBackend:
             self._credentials = ("api_key", api_key)
 
     def _auth(self, make_frame: Callable[[], str]) -> None:
-        if self._ws is None:
+        if self._link is None:
             self._connect()
         self._send(make_frame())
         event = self._next_event()
@@ -174,6 +253,8 @@ class RemoteBackend:
         """After a lost connection: connect again and log in with the same credentials, back on
         the knowledge graph the session was using when it can still be read."""
         with self._lock:
+            if self._ended is not None:
+                raise SessionEnded(self._ended)    # the server ended it: logging in again would undo that
             if self._credentials is None:
                 raise TargetUnreachable(f"not connected to {self.url}")
             self._drop()
@@ -197,16 +278,24 @@ class RemoteBackend:
 
     def execute(self, line: str) -> Result:
         with self._lock:
-            if self._ws is None:
-                raise TargetUnreachable(f"connection to {self.url} lost")
+            if self._ended is not None:
+                raise SessionEnded(self._ended)
+            if self._link is None:
+                raise NotSent(f"connection to {self.url} lost")
             self._send(self._protocol.execute(line))
-            event = self._next_event()
+            try:
+                event = self._next_event()
+            except KeyboardInterrupt:
+                self._drop()        # its reply would answer the next request: start afresh
+                raise
             if isinstance(event, Reply):
                 if event.result.switched_kg is not None:
                     self.knowledge_graph = event.result.switched_kg
+                self.server_time_ms = event.elapsed_ms
                 return event.result
             if isinstance(event, Refused) and event.kind is ErrorKind.SESSION_ENDED:
                 self._drop()
+                self._ended = event.message
                 raise SessionEnded(event.message)
             raise CommandError(event.message if isinstance(event, Refused) else "unexpected reply")
 
@@ -214,8 +303,10 @@ class RemoteBackend:
         """Run `lines` on the server in one transaction (`"atomic": true`), or refuse, before
         sending anything, on a server that would run them one by one."""
         with self._lock:
-            if self._ws is None:
-                raise TargetUnreachable(f"connection to {self.url} lost")
+            if self._ended is not None:
+                raise SessionEnded(self._ended)
+            if self._link is None:
+                raise NotSent(f"connection to {self.url} lost")
             if "atomic" not in self.features:
                 raise CommandError("The server cannot run several commands as one transaction (it is older "
                                    "than this shell); nothing was sent")
@@ -225,6 +316,7 @@ class RemoteBackend:
                 return list(event.results)
             if isinstance(event, Refused) and event.kind is ErrorKind.SESSION_ENDED:
                 self._drop()
+                self._ended = event.message
                 raise SessionEnded(event.message)
             raise CommandError(event.message if isinstance(event, Refused) else "unexpected reply")
 

@@ -9,6 +9,7 @@ from ...display import iso
 from ...errors import CommandError
 from ...language.registry import UtcTime
 from ...result import Result
+from ..delegation import KeyLimits, exceeds, key_limits, within_creator
 from ..keys import key_digest, new_api_key
 from ..policy import ROLE_RANK, key_state
 from .base import Call, Env, handles
@@ -34,8 +35,10 @@ def apikey_create(env: Env, call: Call) -> Result:
         raise CommandError(f"API key with label '{label}' already exists")
     now = env.clock()
     expires_at = _expires_at(call.options.get("expires"), now)
+    role, kgs, expires_at, ips, rate = within_creator(call.rights, KeyLimits(
+        role, kgs, expires_at, tuple(call.options.get("ips", ())), call.options.get("rate")),
+        never_expires="expires" in call.options and expires_at is None)
     secret = new_api_key()
-    ips, rate = call.options.get("ips", ()), call.options.get("rate")
     env.store.add_key(label, owner, role, kgs, key_digest(env.store.secret, secret), now, expires_at,
                       ips=ips, rate=rate)
     shown_kgs = ",".join(sorted(kgs)) if kgs else "*"
@@ -96,6 +99,11 @@ def apikey_alter(env: Env, call: Call) -> Result:
     for kg in options.get("kg") or ():
         if env.store.kg(kg) is None:
             raise CommandError(f"Knowledge graph '{kg}' not found")
+    kgs = (options["kg"] or ()) if "kg" in options else env.store.key_kgs(row["id"])
+    altered = {**row, **changes, "scoped": options["kg"] is not None if "kg" in options else row["scoped"]}
+    problem = exceeds(call.rights, key_limits(altered, list(kgs)))
+    if problem:
+        raise CommandError(f"Exceeds the limits of the credential in use: {problem}")
     if "kg" in options:
         env.store.set_key_scope(row["id"], options["kg"])
     env.store.update_key(row["id"], **changes)
@@ -129,6 +137,7 @@ def apikey_revoke(env: Env, call: Call) -> Result:
     label = call.args["label"]
     row = _live_key(env, label)
     env.store.revoke_key(row["id"], env.clock())
+    env.store.end_key_tokens(row["id"])
     env.audit(call, f"owner={row['owner']}")
     return Result.message(f"API key '{label}' revoked.")
 
@@ -137,6 +146,9 @@ def apikey_revoke(env: Env, call: Call) -> Result:
 def apikey_rotate(env: Env, call: Call) -> Result:
     label = call.args["label"]
     row = _live_key(env, label)
+    problem = exceeds(call.rights, key_limits(row, env.store.key_kgs(row["id"])))
+    if problem:
+        raise CommandError(f"Cannot rotate API key '{label}' with a credential of fewer rights: {problem}")
     grace = call.options.get("grace", DEFAULT_GRACE)
     if grace is None:
         raise CommandError("Invalid grace 'never': the old secret must stop working at some point")
@@ -144,6 +156,7 @@ def apikey_rotate(env: Env, call: Call) -> Result:
     valid_until = now + grace if grace > 0 else None
     secret = new_api_key()
     env.store.rotate_key(row["id"], key_digest(env.store.secret, secret), valid_until)
+    env.store.end_key_tokens(row["id"])     # the grace is for the key, not for what was minted from it
     env.audit(call, f"grace={grace}s")
     return Result(["api_key", "label", "previous_valid_until"], [[secret, label, iso(valid_until or now)]])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ...display import iso
 from ...errors import CommandError
 from ...result import Result
+from ..delegation import unscoped_only
 from .base import Call, Env, handles
 
 
@@ -27,13 +28,13 @@ def audit_verify(env: Env, call: Call) -> Result:
     return Result.message(f"Audit log intact: {count} records.")
 
 
-@handles("lockout list")
+@handles("lockout list", check=unscoped_only("manage lockouts"))
 def lockout_list(env: Env, call: Call) -> Result:
     return Result(["address", "failures", "locked_until"],
                   [[a, str(n), iso(until)] for a, n, until in env.lockout.entries()])
 
 
-@handles("lockout clear")
+@handles("lockout clear", check=unscoped_only("manage lockouts"))
 def lockout_clear(env: Env, call: Call) -> Result:
     address = call.args["address"]
     if not env.lockout.clear(address):

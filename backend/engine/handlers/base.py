@@ -15,7 +15,7 @@ from ...language.registry import COMMANDS, Command
 from ...result import Result
 from ...store import Store
 from ..clock import Clock
-from ..limits import Lockout
+from ..limits import LockoutCounter
 from ..policy import Rights, Session, SessionDirectory
 
 
@@ -40,7 +40,7 @@ class Env:
     """What handlers work with: the same for every command an engine runs."""
     __slots__ = ("clock", "directory", "lockout", "started_at", "store", "target")
 
-    def __init__(self, store: Store, clock: Clock, lockout: Lockout, directory: SessionDirectory | None,
+    def __init__(self, store: Store, clock: Clock, lockout: LockoutCounter, directory: SessionDirectory | None,
                  target: Callable[[], str], started_at: float):
         self.store = store
         self.clock = clock

@@ -15,8 +15,8 @@ def session_list(env: Env, call: Call) -> Result:
     live = env.directory.sessions()
     if rights.role != "admin":
         live = [s for s in live if s.username == session.username]
-    return Result(["session_id", "username", "auth", "address", "knowledge_graph", "connected_at"],
-                  [[s.id, s.username, s.auth, s.address, s.knowledge_graph or "", iso(s.connected_at)]
+    return Result(["session_id", "username", "auth", "address", "knowledge_graph", "connected_at", "node"],
+                  [[s.id, s.username, s.auth, s.address, s.knowledge_graph, iso(s.connected_at), s.node]
                    for s in sorted(live, key=lambda s: s.connected_at)])
 
 

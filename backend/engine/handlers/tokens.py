@@ -23,18 +23,20 @@ def token_issue(env: Env, call: Call) -> Result:
         raise CommandError("Invalid ttl: a token lives from 1s to 24h")
     now = env.clock()
     expires_at = int(now + ttl)
-    if session.token_claims is not None:        # a token never outlives the one it came from
-        expires_at = min(expires_at, session.token_claims["exp"])
+    if rights.expires_at is not None:           # never outlives the key or token it came from
+        expires_at = min(expires_at, int(rights.expires_at))
     jti = secrets.token_urlsafe(16)
+    kgs = sorted(rights.scope) if rights.scope is not None else None
     claims = {"sub": session.username, "role": rights.role, "iat": int(now), "exp": expires_at, "jti": jti,
-              "kgs": sorted(rights.scope) if rights.scope is not None else None}
-    if session.key_id is not None:
-        claims["kid"] = session.key_id
-    else:
-        claims["pv"] = session.password_version
+              "kgs": kgs}
     token = jwt.encode(claims, env.store.token_secret, algorithm="HS256")
     env.store.forget_expired_tokens(now)
-    env.store.add_token(jti, session.username, now, expires_at)
+    # The stored record is what the token stands for (its claims must agree with it), bound to
+    # the principal's id and to the key it came through, which ends it when revoked or rotated.
+    env.store.add_token({"jti": jti, "user_id": session.user_id, "username": session.username,
+                         "role": rights.role, "kgs": kgs, "key_id": session.key_id,
+                         "password_version": session.password_version if session.key_id is None else None,
+                         "issued_at": now, "expires_at": expires_at})
     env.audit(call, f"jti={jti}; expires={iso(expires_at)}", target=session.username)
     return Result(["token", "jti", "expires_at"], [[token, jti, iso(expires_at)]])
 

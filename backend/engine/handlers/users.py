@@ -6,12 +6,18 @@ from ...display import iso
 from ...errors import CommandError, PermissionDenied
 from ...language.parser import Invocation
 from ...result import Result
+from ..delegation import unscoped_only
 from ..policy import Rights, Session
 from .base import Call, Env, handles
 
+_manage_users = unscoped_only("manage users")
+
 
 def _password_sessions_only(session: Session, rights: Rights, inv: Invocation) -> None:
-    """A password is changed by someone who knows it: a key or token cannot change its owner's."""
+    """A password is changed by someone who knows it: a key or token cannot change its owner's.
+    Setting any password needs a credential without a KG scope: another user's is managing
+    users, and one's own would turn a scoped key into an unscoped password login."""
+    _manage_users(session, rights, inv)
     if rights.role != "admin" and session.method != "password":
         raise PermissionDenied("Permission denied: change your password in a session that "
                                "logged in with it, not with an API key")
@@ -24,7 +30,7 @@ def user_list(env: Env, call: Call) -> Result:
                    for u in env.store.users()])
 
 
-@handles("user create")
+@handles("user create", check=_manage_users)
 def user_create(env: Env, call: Call) -> Result:
     name, role = call.args["name"], call.args["role"] or "viewer"
     if env.store.user(name) is not None:
@@ -37,7 +43,7 @@ def user_create(env: Env, call: Call) -> Result:
     return Result.message(f"User '{name}' created with role '{role}'.")
 
 
-@handles("user drop")
+@handles("user drop", check=_manage_users)
 def user_drop(env: Env, call: Call) -> Result:
     name = call.args["name"]
     user = env.existing_user(name)
@@ -66,7 +72,7 @@ def user_password(env: Env, call: Call) -> Result:
     return Result.message(f"Password updated for '{name}'.")
 
 
-@handles("user role")
+@handles("user role", check=_manage_users)
 def user_role(env: Env, call: Call) -> Result:
     name, role = call.args["name"], call.args["role"]
     user = env.existing_user(name)

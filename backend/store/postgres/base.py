@@ -21,13 +21,14 @@ from psycopg_pool import ConnectionPool
 
 from ...errors import StoreError, StoreUnavailable
 from ..codec import Codec
+from ..interface import audit_mac, head_mac
+from ..secrets import ServerSecrets
 from . import schema, serversecrets
 from .reads import Snapshots, connection_lost, unreachable
 from .url import CONNECT_TIMEOUT_SECS, connect_kwargs, redact_text, redact_url
 
 NOTIFY_CHANNEL = "inputlayer_changes"
 READERS_MAX = 8                 # pooled reading connections of one process
-LOCK_TIMEOUT = "30s"
 
 
 class _Change:
@@ -49,7 +50,8 @@ class PgBase(Snapshots):
     """Transactions, snapshots and row caches; the rows themselves are in PostgresStore."""
 
     def __init__(self, url: str, *, encryption_key: bytes | None = None,
-                 secret_file: str | None = None):
+                 secret_file: str | None = None, lock_wait_ms: int = 30_000):
+        """`lock_wait_ms`: how long a change waits for another node's (SQLite's busy timeout)."""
         self.url = url
         self.shown_url = redact_url(url)
         self.codec = Codec(encryption_key)
@@ -71,12 +73,11 @@ class PgBase(Snapshots):
             self._kwargs = connect_kwargs(url)
         except ValueError as exc:
             raise StoreError(str(exc)) from None
-        self._secrets = serversecrets.load(secret_file)
-        fingerprint = serversecrets.fingerprint(self._secrets)
-        self.secret = self._secrets["hmac"].encode()
+        self._lock_wait_ms = lock_wait_ms
+        self._use_secrets(serversecrets.load(secret_file))
         self._main = self._connect()
         try:
-            schema.prepare(self._main, self.codec, self.shown_url, fingerprint)
+            schema.prepare(self._main, self.codec, self.shown_url, self.secrets)
             self._pool = ConnectionPool(url, min_size=1, max_size=READERS_MAX, kwargs=self._reader_kwargs(),
                                         configure=self._configure_reader, open=True, name="inputlayer-readers",
                                         timeout=CONNECT_TIMEOUT_SECS)
@@ -87,9 +88,11 @@ class PgBase(Snapshots):
             self._main.close()
             raise
 
-    @property
-    def token_secret(self) -> bytes:
-        return self._secrets["token"].encode()
+    def _use_secrets(self, secrets: ServerSecrets) -> None:
+        self.secrets = secrets
+        self.secret = secrets.hmac
+        self.token_secret = secrets.token
+        self._audit_mac = audit_mac(secrets.audit)
 
     # --- connections ---------------------------------------------------------------------
 
@@ -111,9 +114,8 @@ class PgBase(Snapshots):
 
     def _connect(self) -> psycopg.Connection:
         try:
-            # lock_timeout: a change waits for another node's at most as long as SQLite's busy timeout.
             conn = psycopg.connect(self.url, autocommit=True, **self._kwargs,
-                                   options=f"-c search_path={schema.NAMESPACE} -c lock_timeout={LOCK_TIMEOUT}")
+                                   options=f"-c search_path={schema.NAMESPACE} -c lock_timeout={self._lock_wait_ms}")
         except psycopg.Error as exc:
             raise self._fault(f"cannot open the store {self.shown_url}", exc) from None
         conn.prepare_threshold = 0
@@ -252,8 +254,9 @@ class PgBase(Snapshots):
                 # PostgreSQL would answer COMMIT with a silent rollback: say so instead.
                 raise StoreError("cannot write to the store: a change in this transaction failed; "
                                  "nothing was committed")
-            if self._head_unsaved:
-                self._set_meta("audit_head", self._audit_head)
+            head = self._audit_head
+            if self._head_unsaved and head is not None:
+                self._set_meta("audit_head", {**head, "mac": head_mac(self._audit_mac, head["seq"], head["hash"])})
             if self._changed:
                 self._main.execute("UPDATE generation SET n = n + 1 WHERE id = 1")
                 self._main.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, ",".join(sorted(self._changed))))

@@ -13,7 +13,8 @@ import psycopg
 
 from ...errors import StoreError
 from ..codec import Codec
-from ..interface import GENESIS_HASH
+from ..interface import GENESIS_HASH, audit_mac, head_mac
+from ..secrets import ServerSecrets
 
 NAMESPACE = "inputlayer"
 SCHEMA_VERSION = 1
@@ -50,7 +51,12 @@ def ddl(data_type: str) -> list[str]:
             kg_ref text NOT NULL REFERENCES kgs(ref) ON DELETE CASCADE,
             PRIMARY KEY (key_id, kg_ref))""",
         "CREATE INDEX api_key_kgs_by_kg ON api_key_kgs(kg_ref)",
-        f"CREATE TABLE tokens (ref text PRIMARY KEY, data {d} NOT NULL)",
+        # key_id and expires_at in the clear, as in the SQLite store: a key's end and expiry
+        # delete exactly the tokens concerned, by index.
+        f"CREATE TABLE tokens (ref text PRIMARY KEY, key_id bigint, expires_at double precision NOT NULL, "
+        f"data {d} NOT NULL)",
+        "CREATE INDEX tokens_by_expiry ON tokens(expires_at)",
+        "CREATE INDEX tokens_by_key ON tokens(key_id)",
         f"CREATE TABLE audit (seq bigint PRIMARY KEY, data {d} NOT NULL)",
         "INSERT INTO generation VALUES (1, 0)",
     ]
@@ -79,21 +85,21 @@ def plain(codec: Codec, text: str) -> str | bytes:
     return text.encode() if codec.encrypted else text
 
 
-def prepare(conn: psycopg.Connection, codec: Codec, shown_url: str, fingerprint: str) -> None:
+def prepare(conn: psycopg.Connection, codec: Codec, shown_url: str, secrets: ServerSecrets) -> None:
     """Create the schema if this database has none yet, then check it is one this program and
-    this key can read, kept for these server secrets (`fingerprint`)."""
+    this key can read, kept for these server secrets."""
     if not _exists(conn):
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
             if not _exists(conn):           # else another node created it while this one waited
-                create(conn, codec, shown_url, fingerprint)
+                create(conn, codec, shown_url, secrets)
     row = conn.execute("SELECT data FROM meta WHERE name = 'format'").fetchone()
     if row is None:
         raise StoreError(f"cannot open the store: {shown_url} is damaged (no format record)")
     check_format(row[0] if isinstance(row[0], str) else row[0].decode(), codec, shown_url)
     row = conn.execute("SELECT data FROM meta WHERE name = 'secrets_fingerprint'").fetchone()
     kept = row and codec.open("meta", "secrets_fingerprint", row[0])
-    if not kept or kept["sha256"] != fingerprint:
+    if not kept or kept["sha256"] != secrets.fingerprint():
         raise StoreError("the server secrets file is not this store's: every node must use the same "
                          "INPUTLAYER_SERVER_SECRET_FILE")
 
@@ -105,15 +111,15 @@ def _exists(conn: psycopg.Connection) -> bool:
                         (NAMESPACE,)).fetchone() is not None
 
 
-def create(conn: psycopg.Connection, codec: Codec, shown_url: str, fingerprint: str) -> None:
+def create(conn: psycopg.Connection, codec: Codec, shown_url: str, secrets: ServerSecrets) -> None:
     """The schema, empty, in the caller's transaction."""
     if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (NAMESPACE,)).fetchone():
         raise StoreError(f"cannot open the store: {shown_url} has a schema '{NAMESPACE}' that is "
                          "not an InputLayer store")
     for statement in ddl("bytea" if codec.encrypted else "text"):
         conn.execute(statement)
-    meta: dict[str, dict] = {"secrets_fingerprint": {"sha256": fingerprint},
-                             "audit_head": {"seq": 0, "hash": GENESIS_HASH}}
+    genesis = {"seq": 0, "hash": GENESIS_HASH, "mac": head_mac(audit_mac(secrets.audit), 0, GENESIS_HASH)}
+    meta: dict[str, dict] = {"secrets_fingerprint": {"sha256": secrets.fingerprint()}, "audit_head": genesis}
     conn.execute("INSERT INTO meta VALUES ('format', %s)", (plain(codec, format_record(codec)),))
     for name, value in meta.items():
         conn.execute("INSERT INTO meta VALUES (%s, %s)", (name, codec.seal("meta", name, value)))

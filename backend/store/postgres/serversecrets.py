@@ -1,10 +1,11 @@
 """The server secrets of a PostgreSQL store (security.md): a file every node reads, never a table.
 
-A copy of the database alone must not be enough to recognise an API key or forge a token, so
-the secrets live in the file named by INPUTLAYER_SERVER_SECRET_FILE and the store keeps only
-their fingerprint, which makes a node with other secrets refuse to start. The file is either
-at least 32 random bytes, from which the secrets are derived, or (as `copy-store` writes it to
-carry a data directory's secrets over) the secrets themselves under a header line.
+A copy of the database alone must not be enough to recognise an API key, forge a token or
+re-chain the audit log, so the secrets live in the file named by INPUTLAYER_SERVER_SECRET_FILE
+and the store keeps only their fingerprint, which makes a node with other secrets refuse to
+start. The file is either at least 32 random bytes, from which the three keys are derived, or
+(as `copy-store` writes it to carry a data directory's secrets over) the keys themselves under a
+header line.
 """
 
 from __future__ import annotations
@@ -15,16 +16,16 @@ import os
 from pathlib import Path
 
 from ...errors import StoreError
-from ..codec import encode_json
+from ..secrets import ServerSecrets
 
 MIN_SECRET_BYTES = 32
-NAMES = ("hmac", "token")
+NAMES = ("hmac", "token", "audit")
 HEADER = b"inputlayer server secrets v1\n"
 HINT = ("set INPUTLAYER_SERVER_SECRET_FILE to a file of at least 32 random bytes, the same on every "
         "node (make one with: head -c 64 /dev/urandom > FILE && chmod 600 FILE)")
 
 
-def load(path: str | os.PathLike | None) -> dict[str, str]:
+def load(path: str | os.PathLike | None) -> ServerSecrets:
     """The secrets the file at `path` holds or yields."""
     if not path:
         raise StoreError(f"a PostgreSQL store needs the server secrets: {HINT}")
@@ -37,26 +38,24 @@ def load(path: str | os.PathLike | None) -> dict[str, str]:
     if len(raw) < MIN_SECRET_BYTES:
         raise StoreError(f"the server secrets file {path} holds {len(raw)} bytes, fewer than "
                          f"{MIN_SECRET_BYTES}: {HINT}")
-    return {name: hmac.new(raw, f"inputlayer server secret\0{name}".encode(), hashlib.sha256).hexdigest()
-            for name in NAMES}
+    keys = [hmac.new(raw, f"inputlayer server secret\0{name}".encode(), hashlib.sha256).digest() for name in NAMES]
+    return ServerSecrets(*keys)
 
 
-def _parse(body: bytes, path) -> dict[str, str]:
-    found = dict(line.split("=", 1) for line in body.decode(errors="replace").splitlines() if "=" in line)
-    if set(found) != set(NAMES) or any(len(found[name]) < 2 * MIN_SECRET_BYTES for name in NAMES):
+def _parse(body: bytes, path: str | os.PathLike) -> ServerSecrets:
+    try:
+        found = dict(line.split("=", 1) for line in body.decode().splitlines() if "=" in line)
+        keys = [bytes.fromhex(found[name]) for name in NAMES]
+    except (UnicodeDecodeError, KeyError, ValueError):
+        keys = []
+    if len(keys) != len(NAMES) or any(len(key) < MIN_SECRET_BYTES for key in keys):
         raise StoreError(f"the server secrets file {path} is damaged: {HINT}")
-    return found
+    return ServerSecrets(*keys)
 
 
-def fingerprint(secrets: dict[str, str]) -> str:
-    """What the store keeps: enough to tell the secrets apart, useless to recover them."""
-    chosen = {name: secrets[name] for name in NAMES}
-    return hashlib.sha256(b"inputlayer secrets fingerprint\0" + encode_json(chosen).encode()).hexdigest()
-
-
-def write_new(path: str | os.PathLike, secrets: dict[str, str]) -> None:
+def write_new(path: str | os.PathLike, secrets: ServerSecrets) -> None:
     """Create the file (0600) holding exactly `secrets`; an existing file is never overwritten."""
-    text = HEADER + "".join(f"{name}={secrets[name]}\n" for name in NAMES).encode()
+    text = HEADER + "".join(f"{name}={getattr(secrets, name).hex()}\n" for name in NAMES).encode()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:

@@ -7,6 +7,7 @@ transaction (see base.py for how writers from several nodes are serialized).
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -14,8 +15,9 @@ from typing import Any
 from ...errors import StoreError
 from ..chain import matching_records, verify_chain
 from ..codec import Codec, encode_json
-from ..interface import AUDIT_FIELDS, audit_payload
-from . import schema, serversecrets
+from ..interface import AUDIT_FIELDS, GENESIS_HASH, audit_payload
+from ..secrets import ServerSecrets
+from . import schema
 from .base import PgBase
 
 ROW_TABLES = ("users", "kgs", "tokens")
@@ -69,10 +71,13 @@ class PostgresStore(PgBase):
     def admin_count(self) -> int:
         return sum(1 for u in self.users() if u["role"] == "admin")
 
-    def add_user(self, name: str, role: str, password_hash: str, now: float) -> None:
-        self._put("users", self._user_ref(name), {"name": name, "role": role, "password_hash": password_hash,
-                                                  "password_version": 1, "created_at": now,
-                                                  "last_login_at": None}, insert=True)
+    def add_user(self, name: str, role: str, password_hash: str, now: float) -> str:
+        """The id is random (128 bits), so it is never reused: not after a drop, not by a copy."""
+        user_id = secrets.token_hex(16)
+        self._put("users", self._user_ref(name), {"id": user_id, "name": name, "role": role,
+                                                  "password_hash": password_hash, "password_version": 1,
+                                                  "created_at": now, "last_login_at": None}, insert=True)
+        return user_id
 
     def drop_user(self, name: str) -> None:
         self._change("users", "DELETE FROM users WHERE ref = %s", (self._user_ref(name),))
@@ -208,10 +213,14 @@ class PostgresStore(PgBase):
         label_ref = self.codec.ref("label", label)
         # A revoked key's label may be reused: its row only remains for `.apikey list`.
         self._change("api_keys", "DELETE FROM api_keys WHERE label_ref = %s", (label_ref,))
+        owner_row = self.user(owner)
+        if owner_row is None:
+            raise StoreError(f"no user {owner!r}")
         self._changed.add("api_keys")
         key_id = self._scalar("INSERT INTO api_keys (label_ref, owner_ref, data) VALUES (%s, %s, %s) RETURNING id",
                               (label_ref, self._user_ref(owner), self._plain("")))
-        self._key_put({"id": key_id, "label": label, "owner": owner, "role": role, "scoped": bool(kgs),
+        self._key_put({"id": key_id, "label": label, "owner": owner, "owner_id": owner_row["id"], "role": role,
+                       "scoped": bool(kgs),
                        "digest": digest, "prev_digest": None, "prev_valid_until": None, "created_at": now,
                        "expires_at": expires_at, "last_used_at": None, "revoked_at": None,
                        "ips": list(ips), "rate": list(rate) if rate else None})
@@ -252,9 +261,12 @@ class PostgresStore(PgBase):
     def token(self, jti: str) -> dict | None:
         return self._get("tokens", self.codec.ref("token", jti))
 
-    def add_token(self, jti: str, username: str, issued_at: float, expires_at: float) -> None:
-        self._put("tokens", self.codec.ref("token", jti), {"jti": jti, "username": username, "issued_at": issued_at,
-                                                          "expires_at": expires_at, "revoked_at": None}, insert=True)
+    def add_token(self, record: dict) -> None:
+        ref = self.codec.ref("token", record["jti"])
+        self._change("tokens", "INSERT INTO tokens (ref, key_id, expires_at, data) VALUES (%s, %s, %s, %s)",
+                     (ref, record["key_id"], record["expires_at"],
+                      self.codec.seal("tokens", ref, {"revoked_at": None, **record})))
+        self._cache.pop(("tokens", ref), None)
 
     def revoke_token(self, jti: str, now: float) -> None:
         token = self.token(jti)
@@ -262,10 +274,15 @@ class PostgresStore(PgBase):
             self._put("tokens", self.codec.ref("token", jti), {**token, "revoked_at": now}, insert=False)
 
     def forget_expired_tokens(self, now: float) -> None:
-        """Expired tokens fail on their own; their records only need to live that long."""
-        for ref, data in self.conn.execute("SELECT ref, data FROM tokens").fetchall():
-            if self.codec.open("tokens", ref, data)["expires_at"] < now:
-                self._change("tokens", "DELETE FROM tokens WHERE ref = %s", (ref,))
+        """Expired tokens fail on their own; their records only need to live that long. By the
+        index: the cost does not grow with the number of live tokens."""
+        self._change("tokens", "DELETE FROM tokens WHERE expires_at < %s", (now,))
+
+    def end_key_tokens(self, key_id: int) -> None:
+        """Delete every token issued through this key (it was revoked or rotated)."""
+        self._change("tokens", "DELETE FROM tokens WHERE key_id = %s", (key_id,))
+        for cached in [k for k in self._cache if k[0] == "tokens"]:
+            del self._cache[cached]
 
     # --- audit ---------------------------------------------------------------------------
 
@@ -276,7 +293,7 @@ class PostgresStore(PgBase):
         head = self._current_head()
         seq = head["seq"] + 1
         record = (seq, now, actor, source, action, target, outcome, detail)
-        text, digest = audit_payload(head["hash"], record)
+        text, digest = audit_payload(self._audit_mac, head["hash"], record)
         self._main.execute("INSERT INTO audit VALUES (%s, %s)", (seq, self.codec.seal_text("audit", str(seq), text)))
         self._audit_head = {"seq": seq, "hash": digest}
         self._head_unsaved = True
@@ -301,7 +318,31 @@ class PostgresStore(PgBase):
 
     def verify_audit(self) -> tuple[int, str | None]:
         """(records checked, None) or (count, what is wrong) at the first record that fails."""
-        return verify_chain(self._audit_rows("ASC"), self._current_head)
+        unsaved = self._owner == threading.get_ident() and self._audit_head is not None
+        return verify_chain(self._audit_rows("ASC"), self._current_head, self._audit_mac, head_sealed=not unsaved)
+
+    def _rechain(self) -> None:
+        """Re-key every record's hash under the current audit key (rotate-secrets); the caller
+        has verified the old chain. Inside write(): the new head is saved, sealed, at commit."""
+        prev_hash, last = GENESIS_HASH, 0
+        for seq, data in self._main.execute("SELECT seq, data FROM audit ORDER BY seq").fetchall():
+            _, *record, _ = self.codec.open("audit", str(seq), data)
+            text, prev_hash = audit_payload(self._audit_mac, prev_hash, tuple(record))
+            self._main.execute("UPDATE audit SET data = %s WHERE seq = %s",
+                               (self.codec.seal_text("audit", str(seq), text), seq))
+            last = seq
+        self._audit_head = {"seq": last, "hash": prev_hash}
+        self._head_unsaved = True
+
+    def replace_secrets(self, new: ServerSecrets) -> None:
+        """rotate-secrets, inside write(): every token ends, the audit chain is re-keyed under
+        new.audit and the fingerprint becomes new's. The secrets file is the operator's: every
+        node must be given the new one (a node with the old one then refuses to start)."""
+        self._use_secrets(new)
+        self._rechain()
+        self._change("tokens", "DELETE FROM tokens")
+        self._cache.clear()
+        self._set_meta("secrets_fingerprint", {"sha256": new.fingerprint()})
 
     # --- whole-store copy ----------------------------------------------------------------
 
@@ -310,7 +351,7 @@ class PostgresStore(PgBase):
         kg_names = {ref: self.codec.open("kgs", ref, data)["name"]
                     for ref, data in self.conn.execute("SELECT ref, data FROM kgs")}
         return {
-            "secrets": dict(self._secrets),
+            "secrets_fingerprint": self._meta("secrets_fingerprint"),
             "audit_head": self._current_head(),
             "users": self.users(),
             "kgs": self.kgs(),
@@ -326,7 +367,7 @@ class PostgresStore(PgBase):
     def import_rows(self, rows: dict[str, Any]) -> int:
         """Fill this (new, empty) store with export_rows() of another; inside write(). The
         secrets come from the server secrets file, so they must be the source's already."""
-        if serversecrets.fingerprint(rows["secrets"]) != serversecrets.fingerprint(self._secrets):
+        if rows["secrets_fingerprint"]["sha256"] != self.secrets.fingerprint():
             raise StoreError("the server secrets file does not hold the secrets of the store being copied")
         self._set_meta("audit_head", rows["audit_head"])
         for user in rows["users"]:
@@ -346,7 +387,7 @@ class PostgresStore(PgBase):
         for key_id, kg in rows["api_key_kgs"]:
             self._change("api_keys", "INSERT INTO api_key_kgs VALUES (%s, %s)", (key_id, self._kg_ref(kg)))
         for tok in rows["tokens"]:
-            self._put("tokens", self.codec.ref("token", tok["jti"]), tok, insert=True)
+            self.add_token(tok)
         for rec in rows["audit"]:
             seq = rec["row_seq"]
             value = encode_json([rec["prev_hash"], *(rec[f] for f in AUDIT_FIELDS), rec["hash"]])
@@ -367,7 +408,7 @@ class PostgresStore(PgBase):
                 generation = self._scalar("SELECT n FROM generation")
                 self._main.execute(f"DROP SCHEMA {schema.NAMESPACE} CASCADE")
                 self.codec = Codec(new_key)
-                schema.create(self._main, self.codec, self.shown_url, serversecrets.fingerprint(self._secrets))
+                schema.create(self._main, self.codec, self.shown_url, self.secrets)
                 # Readers elsewhere compare this counter: it must move on, never start over.
                 self._main.execute("UPDATE generation SET n = %s", (generation,))
                 copied = self.import_rows(rows)

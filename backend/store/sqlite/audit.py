@@ -1,5 +1,6 @@
-"""The SQLite store's audit log: hash-chained records, each appended in the transaction of the
-change it records, the chain's head saved once per commit.
+"""The SQLite store's audit log: records chained by HMAC under the audit key, each appended in
+the transaction of the change it records, the chain's head (sealed by the same key) saved once
+per commit.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import threading
 from collections.abc import Iterator
 
 from ..chain import matching_records, verify_chain
-from ..interface import AUDIT_FIELDS, audit_payload
+from ..interface import AUDIT_FIELDS, GENESIS_HASH, audit_payload
 from .rows import Rows
 
 
@@ -19,7 +20,7 @@ class AuditChain(Rows):
         head = self._current_head()
         seq = head["seq"] + 1
         record = (seq, now, actor, source, action, target, outcome, detail)
-        text, digest = audit_payload(head["hash"], record)
+        text, digest = audit_payload(self._audit_mac, head["hash"], record)
         self._write("INSERT INTO audit VALUES (?, ?)", (seq, self.codec.seal_text("audit", str(seq), text)))
         self._audit_head = {"seq": seq, "hash": digest}
         self._head_unsaved = True
@@ -42,4 +43,18 @@ class AuditChain(Rows):
 
     def verify_audit(self) -> tuple[int, str | None]:
         """(records checked, None) or (count, what is wrong) at the first record that fails."""
-        return verify_chain(self._audit_rows("ASC"), self._current_head)
+        unsaved = self._owner == threading.get_ident() and self._audit_head is not None
+        return verify_chain(self._audit_rows("ASC"), self._current_head, self._audit_mac, head_sealed=not unsaved)
+
+    def _rechain(self) -> None:
+        """Re-key every record's hash under the current audit key (after rotate-secrets, or
+        the upgrade from the unkeyed chain); the caller has verified the old chain. Inside a
+        write: the new head is saved, sealed, at commit."""
+        prev_hash, last = GENESIS_HASH, 0
+        for seq, data in self.conn.execute("SELECT seq, data FROM audit ORDER BY seq").fetchall():
+            _, *record, _ = self.codec.open("audit", str(seq), data)
+            text, prev_hash = audit_payload(self._audit_mac, prev_hash, tuple(record))
+            self._write("UPDATE audit SET data = ? WHERE seq = ?", (self.codec.seal_text("audit", str(seq), text), seq))
+            last = seq
+        self._audit_head = {"seq": last, "hash": prev_hash}
+        self._head_unsaved = True

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ...errors import StoreError
 from ..codec import Codec
-from ..interface import GENESIS_HASH
-from .schema import APPLICATION_ID, DB_FILE, SCHEMA, SCHEMA_VERSION, private_file
+from ..interface import GENESIS_HASH, audit_mac, head_mac
+from ..secrets import ServerSecrets, load_secrets, read_secrets, secrets_path, write_secrets
+from . import lockfile
+from .schema import APPLICATION_ID, DB_FILE, MIGRATES_FROM, SCHEMA, SCHEMA_VERSION, private_file
 
 DEFERRED_WRITES_MAX = 256       # row writes an atomic batch holds back at most (see _write)
 
@@ -27,7 +28,12 @@ class Connection:
     """The writer, the readers and the state of the writer's open transaction."""
 
     def __init__(self, data_dir: str | os.PathLike, *, encryption_key: bytes | None = None,
-                 busy_timeout_ms: int = 30_000, path: Path | None = None):
+                 busy_timeout_ms: int = 30_000, path: Path | None = None, take_lock: bool = True,
+                 secrets: ServerSecrets | None = None):
+        """`take_lock`: hold the store's lock file shared while open (False: the caller holds
+        it, as rekey does, exclusively). `secrets`: use these server secrets instead of the data
+        directory's `secrets` file (rekey builds a copy of a store that way, and writes the file
+        itself)."""
         self.dir = Path(data_dir)
         self.path = path or self.dir / DB_FILE
         self.codec = Codec(encryption_key)
@@ -50,18 +56,35 @@ class Connection:
         self._atomic = False
         # Row writes an atomic batch holds back, in order: see _write().
         self._deferred: list[tuple[str, Any]] = []
-        self._secrets: dict[str, str] = {}
-        self.secret = b""
-        self._open(busy_timeout_ms)
+        self._given_secrets = secrets
+        self.secrets_file = secrets_path(self.dir)
+        self.secrets: ServerSecrets          # set once open: see _use_secrets
+        self.secret = self.token_secret = b""
+        self._audit_mac = audit_mac(b"")
+        self._lock_fd: int | None = None
+        self._open(busy_timeout_ms, take_lock)
 
     # --- opening -------------------------------------------------------------------------
 
-    def _open(self, busy_timeout_ms: int) -> None:
+    def _open(self, busy_timeout_ms: int, take_lock: bool) -> None:
         try:
             self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot open the store in {self.dir}: {exc.strerror or exc}") from None
+        if take_lock:
+            self._lock_fd = lockfile.acquire(self.path, exclusive=False)
+        try:
+            self._connect(busy_timeout_ms)
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _connect(self, busy_timeout_ms: int) -> None:
+        try:
             private_file(self.path)
         except OSError as exc:
             raise StoreError(f"cannot open the store in {self.dir}: {exc.strerror or exc}") from None
+        self._check_readonly()
         try:
             self._main = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                          timeout=busy_timeout_ms / 1000)
@@ -80,31 +103,63 @@ class Connection:
             if extra.exists():
                 os.chmod(extra, 0o600)
 
-    def _configure(self) -> None:
+    def _check_readonly(self) -> None:
+        """Check the file is ours, in our format, under our key, on a connection that cannot
+        write any file (not even -shm): a refused open changes no byte, even when a crash left
+        a WAL that the first writing connection would merge and delete."""
+        while True:
+            wal, shm = (Path(str(self.path) + suffix).exists() for suffix in ("-wal", "-shm"))
+            # Without a WAL the file alone is the store; with one, its index is read, never rebuilt.
+            mode = "immutable=1" if not wal else "mode=ro&readonly_shm=1" if shm else "mode=ro"
+            try:
+                self._probe(f"{self.path.resolve().as_uri()}?{mode}")
+                return
+            except StoreError:
+                # Read as immutable while another process began writing (its WAL appears
+                # first): read again, through the WAL.
+                if wal or not Path(str(self.path) + "-wal").exists():
+                    raise
+
+    def _probe(self, uri: str) -> None:
         try:
-            app_id = self.conn.execute("PRAGMA application_id").fetchone()[0]
-            tables = self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            probe = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=self._busy_timeout)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the store: {self.path}: {exc}") from None
+        try:
+            app_id = probe.execute("PRAGMA application_id").fetchone()[0]
+            tables = probe.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             if app_id != APPLICATION_ID and (app_id != 0 or tables):
                 raise StoreError(f"cannot open the store: {self.path} is not an InputLayer store "
                                  "(another program's database); choose another --data-dir")
             if app_id == APPLICATION_ID:
-                self._check_format()        # before anything could write: a wrong key changes no byte
+                self._check_format(probe)
+        except (sqlite3.DatabaseError, ValueError, KeyError) as exc:
+            raise StoreError(f"cannot open the store: {self.path} is not a valid database ({exc}); "
+                             "restore it from a backup or choose another --data-dir") from None
+        finally:
+            probe.close()
+
+    def _configure(self) -> None:
+        try:
+            app_id = self.conn.execute("PRAGMA application_id").fetchone()[0]
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.execute("PRAGMA foreign_keys=ON")
             self.conn.execute("PRAGMA secure_delete=ON")
             if app_id != APPLICATION_ID:
                 self._create_schema()
+            else:
+                self._open_secrets()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open the store: {self.path} is not a valid database ({exc}); "
                              "restore it from a backup or choose another --data-dir") from None
 
-    def _check_format(self) -> None:
-        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-        if version != SCHEMA_VERSION:
+    def _check_format(self, probe: sqlite3.Connection) -> None:
+        version = probe.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (MIGRATES_FROM, SCHEMA_VERSION):
             raise StoreError(f"cannot open the store: {self.path} has format version {version}, "
                              f"this program reads version {SCHEMA_VERSION}")
-        row = self.conn.execute("SELECT data FROM meta WHERE name = 'format'").fetchone()
+        row = probe.execute("SELECT data FROM meta WHERE name = 'format'").fetchone()
         if row is None:
             raise StoreError(f"cannot open the store: {self.path} is damaged (no format record)")
         fmt = json.loads(row[0])
@@ -115,9 +170,9 @@ class Connection:
                              "the store first with `inputlayer-server rekey`")
         if fmt["encrypted"] and fmt["key_id"] != self.codec.key_id:
             raise StoreError("wrong encryption key: INPUTLAYER_ENCRYPTION_KEY is not the key of this store")
-        self._use_secrets(self._meta("secrets"))
 
     def _create_schema(self) -> None:
+        server_secrets = self._given_secrets or self._secrets_for_new_store()
         self._main.execute("BEGIN IMMEDIATE")
         try:
             if self.conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
@@ -127,22 +182,49 @@ class Connection:
                 self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 fmt = {"encrypted": self.codec.encrypted, "key_id": self.codec.key_id}
                 self._main.execute("INSERT INTO meta VALUES ('format', ?)", (json.dumps(fmt),))
-                # Server-side secrets live in their own table, apart from the digests they key.
-                self._set_meta("secrets", {"hmac": secrets.token_hex(32), "token": secrets.token_hex(32)})
-                self._set_meta("audit_head", {"seq": 0, "hash": GENESIS_HASH})
+                self._set_meta("secrets_fingerprint", {"sha256": server_secrets.fingerprint()})
+                mac = audit_mac(server_secrets.audit)
+                self._set_meta("audit_head", {"seq": 0, "hash": GENESIS_HASH,
+                                              "mac": head_mac(mac, 0, GENESIS_HASH)})
+            else:
+                self._check_format(self._main)      # another process created it meanwhile
             self._main.execute("COMMIT")
         except BaseException:
             self._main.execute("ROLLBACK")
             raise
-        self._use_secrets(self._meta("secrets"))
+        self._open_secrets()
 
-    def _use_secrets(self, stored: dict[str, str]) -> None:
-        self._secrets = stored
-        self.secret = stored["hmac"].encode()
+    def _secrets_for_new_store(self) -> ServerSecrets:
+        """The directory's secrets file, made now if there is none (two processes creating one
+        store at once agree on whichever file was linked first)."""
+        found = read_secrets(self.secrets_file, self.codec)
+        if found is None:
+            write_secrets(self.secrets_file, self.codec, ServerSecrets.generate(), replace=False)
+            found = read_secrets(self.secrets_file, self.codec)
+            assert found is not None       # just created, by this process or the winner of a race
+        return found
 
-    @property
-    def token_secret(self) -> bytes:
-        return self._secrets["token"].encode()
+    def _open_secrets(self) -> None:
+        """Load the server secrets the store's fingerprint names (upgrading a version-2 store,
+        whose secrets were in `meta`, first)."""
+        if self.conn.execute("PRAGMA user_version").fetchone()[0] == MIGRATES_FROM:
+            from .migrate import migrate_from_v2
+            from .store import SQLiteStore
+
+            migrate_from_v2(cast(SQLiteStore, self))     # a Connection is always part of a SQLiteStore
+        fingerprint = self._meta("secrets_fingerprint")["sha256"]
+        if self._given_secrets is not None:
+            if self._given_secrets.fingerprint() != fingerprint:
+                raise StoreError("the server secrets given do not belong to this store")
+            self._use_secrets(self._given_secrets)
+        else:
+            self._use_secrets(load_secrets(self.secrets_file, self.codec, fingerprint))
+
+    def _use_secrets(self, server_secrets: ServerSecrets) -> None:
+        self.secrets = server_secrets
+        self.secret = server_secrets.hmac
+        self.token_secret = server_secrets.token
+        self._audit_mac = audit_mac(server_secrets.audit)
 
     # --- connections ---------------------------------------------------------------------
 
@@ -178,6 +260,12 @@ class Connection:
                 with in_use:                 # never close a connection another thread is reading on
                     reader.close()
             self._main.close()
+            self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            lockfile.release(self._lock_fd)
+            self._lock_fd = None
 
     def data_version(self) -> int:
         """Changes when any other connection commits: lets a server notice a local shell's change."""

@@ -67,7 +67,9 @@ class Keys(Rows):
         self._change("DELETE FROM api_keys WHERE label_ref = ?", (label_ref,))
         key_id = self._insert_now("INSERT INTO api_keys (label_ref, owner_ref, data) VALUES (?, ?, '')",
                                   (label_ref, self._user_ref(owner)))
-        self._key_put({"id": key_id, "label": label, "owner": owner, "role": role, "scoped": bool(kgs),
+        owner_id = known(self._get("users", self._user_ref(owner)), "user")["id"]
+        self._key_put({"id": key_id, "label": label, "owner": owner, "owner_id": owner_id, "role": role,
+                       "scoped": bool(kgs),
                        "digest": digest, "prev_digest": None, "prev_valid_until": None, "created_at": now,
                        "expires_at": expires_at, "last_used_at": None, "revoked_at": None,
                        "ips": list(ips), "rate": list(rate) if rate else None})

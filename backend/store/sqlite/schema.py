@@ -10,7 +10,12 @@ import os
 from pathlib import Path
 
 APPLICATION_ID = 0x494C4144   # "ILAD": marks the file as ours, so a foreign database is refused
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# 3: users carry an immutable `id`, keys their `owner_id`; tokens keep key_id and expires_at as
+#    indexed columns (expiry and a key's end touch only the tokens concerned); the server
+#    secrets moved out of `meta` into the `secrets` file (meta keeps `secrets_fingerprint`);
+#    the audit chain is keyed (HMAC under the audit key) and its head carries a `mac`.
+MIGRATES_FROM = 2            # the one older version opened (and upgraded in place)
 DB_FILE = "inputlayer.db"
 
 SCHEMA = """
@@ -39,9 +44,14 @@ CREATE TABLE api_key_kgs (
     PRIMARY KEY (key_id, kg_ref)
 ) WITHOUT ROWID;
 CREATE INDEX api_key_kgs_by_kg ON api_key_kgs(kg_ref);
-CREATE TABLE tokens (ref TEXT PRIMARY KEY, data NOT NULL) WITHOUT ROWID;
 CREATE TABLE audit (seq INTEGER PRIMARY KEY, data NOT NULL);
 """
+TOKENS_SCHEMA = """
+CREATE TABLE tokens (ref TEXT PRIMARY KEY, key_id INTEGER, expires_at REAL NOT NULL, data NOT NULL) WITHOUT ROWID;
+CREATE INDEX tokens_by_expiry ON tokens(expires_at);
+CREATE INDEX tokens_by_key ON tokens(key_id);
+"""
+SCHEMA += TOKENS_SCHEMA
 TABLES = ("meta", "users", "kgs", "acl", "api_keys", "api_key_kgs", "tokens", "audit")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..interface import AUDIT_FIELDS
+from ..secrets import ServerSecrets, pending_path, write_secrets
 from .audit import AuditChain
 from .keys import Keys
 from .tables import Tables
@@ -19,7 +20,7 @@ class SQLiteStore(Tables, Keys, AuditChain):
         kg_names = {ref: self.codec.open("kgs", ref, data)["name"]
                     for ref, data in self.conn.execute("SELECT ref, data FROM kgs")}
         return {
-            "secrets": self._meta("secrets"),
+            "secrets_fingerprint": self._meta("secrets_fingerprint"),
             "audit_head": self._current_head(),
             "users": self.users(),
             "kgs": self.kgs(),
@@ -34,7 +35,7 @@ class SQLiteStore(Tables, Keys, AuditChain):
 
     def import_rows(self, rows: dict[str, Any]) -> int:
         """Fill this (new, empty) store with `export_rows()` of another; inside write()."""
-        self._set_meta("secrets", rows["secrets"])
+        self._set_meta("secrets_fingerprint", rows["secrets_fingerprint"])
         self._set_meta("audit_head", rows["audit_head"])
         for user in rows["users"]:
             self._put("users", self._user_ref(user["name"]), user, insert=True)
@@ -49,10 +50,21 @@ class SQLiteStore(Tables, Keys, AuditChain):
         self._main.executemany("INSERT INTO api_key_kgs VALUES (?, ?)",
                               [(key_id, self._kg_ref(kg)) for key_id, kg in rows["api_key_kgs"]])
         for tok in rows["tokens"]:
-            self._put("tokens", self.codec.ref("token", tok["jti"]), tok, insert=True)
+            self.add_token(tok)
         for rec in rows["audit"]:
             seq = rec["row_seq"]
             value = [rec["prev_hash"], *(rec[f] for f in AUDIT_FIELDS), rec["hash"]]
             self._main.execute("INSERT INTO audit VALUES (?, ?)", (seq, self.codec.seal("audit", str(seq), value)))
-        self._use_secrets(rows["secrets"])
         return sum(len(rows[t]) for t in ("users", "kgs", "acl", "api_keys", "api_key_kgs", "tokens", "audit"))
+
+    def replace_secrets(self, new: ServerSecrets) -> None:
+        """rotate-secrets, inside write(): `secrets.new` is written first and becomes `secrets`
+        once this transaction has committed the new fingerprint (the caller promotes it; an
+        interrupted rotation is finished or undone when the store is next opened). This store
+        works under the new secrets from here on: if the transaction fails, close it."""
+        write_secrets(pending_path(self.secrets_file), self.codec, new, replace=True)
+        self._use_secrets(new)
+        self._rechain()
+        self._change("DELETE FROM tokens")
+        self._cache.clear()
+        self._set_meta("secrets_fingerprint", {"sha256": new.fingerprint()})

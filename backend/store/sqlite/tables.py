@@ -6,6 +6,8 @@ graph's removal cascades to the rows that name it.
 
 from __future__ import annotations
 
+import secrets
+
 from .rows import Rows, known
 
 
@@ -24,10 +26,13 @@ class Tables(Rows):
     def admin_count(self) -> int:
         return sum(1 for u in self.users() if u["role"] == "admin")
 
-    def add_user(self, name: str, role: str, password_hash: str, now: float) -> None:
-        self._put("users", self._user_ref(name), {"name": name, "role": role, "password_hash": password_hash,
-                                                  "password_version": 1, "created_at": now,
-                                                  "last_login_at": None}, insert=True)
+    def add_user(self, name: str, role: str, password_hash: str, now: float) -> str:
+        """The id is random (128 bits), so it is never reused: not after a drop, not by a copy."""
+        user_id = secrets.token_hex(16)
+        self._put("users", self._user_ref(name), {"id": user_id, "name": name, "role": role,
+                                                  "password_hash": password_hash, "password_version": 1,
+                                                  "created_at": now, "last_login_at": None}, insert=True)
+        return user_id
 
     def drop_user(self, name: str) -> None:
         self._change("DELETE FROM users WHERE ref = ?", (self._user_ref(name),))
@@ -104,15 +109,26 @@ class Tables(Rows):
     def token(self, jti: str) -> dict | None:
         return self._get("tokens", self.codec.ref("token", jti))
 
-    def add_token(self, jti: str, username: str, issued_at: float, expires_at: float) -> None:
-        self._put("tokens", self.codec.ref("token", jti), {"jti": jti, "username": username, "issued_at": issued_at,
-                                                          "expires_at": expires_at, "revoked_at": None}, insert=True)
+    def add_token(self, record: dict) -> None:
+        ref = self.codec.ref("token", record["jti"])
+        self._change("INSERT INTO tokens (ref, key_id, expires_at, data) VALUES (?, ?, ?, ?)",
+                     (ref, record["key_id"], record["expires_at"],
+                      self.codec.seal("tokens", ref, {"revoked_at": None, **record})))
+        self._cache.pop(("tokens", ref), None)
 
     def revoke_token(self, jti: str, now: float) -> None:
         self._put("tokens", self.codec.ref("token", jti), {**known(self.token(jti), "token"), "revoked_at": now}, insert=False)
 
     def forget_expired_tokens(self, now: float) -> None:
-        """Expired tokens fail on their own; their records only need to live that long."""
-        for ref, data in self.conn.execute("SELECT ref, data FROM tokens").fetchall():
-            if self.codec.open("tokens", ref, data)["expires_at"] < now:
-                self._change("DELETE FROM tokens WHERE ref = ?", (ref,))
+        """Expired tokens fail on their own; their records only need to live that long. By the
+        index: the cost does not grow with the number of live tokens."""
+        # Rows this transaction cached stay: an expired token is refused by its expiry anyway.
+        self._change("DELETE FROM tokens WHERE expires_at < ?", (now,))
+
+    def end_key_tokens(self, key_id: int) -> None:
+        self._change("DELETE FROM tokens WHERE key_id = ?", (key_id,))
+        self._forget_cached("tokens")
+
+    def _forget_cached(self, table: str) -> None:
+        for cached in [k for k in self._cache if k[0] == table]:
+            del self._cache[cached]

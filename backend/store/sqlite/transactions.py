@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 from ...errors import StoreError
+from ..interface import head_mac
 from .connection import Connection
 
 
@@ -176,8 +177,9 @@ class Transactions(Connection):
         try:
             self._run_deferred()
             if self._head_unsaved:
-                assert self._audit_head is not None     # set by the append that left it unsaved
-                self._set_meta("audit_head", self._audit_head)
+                head = self._audit_head
+                assert head is not None     # set by the append that left it unsaved
+                self._set_meta("audit_head", {**head, "mac": head_mac(self._audit_mac, head["seq"], head["hash"])})
             if self._rows_changed:
                 self._set_meta("rows_gen", {"stamp": secrets.token_hex(8)})
             self._forget()

@@ -1,0 +1,52 @@
+"""`inputlayer-server rotate-secrets`: replace the token-signing and audit keys of a stopped
+store, atomically. Every token ends; the audit chain continues under the new key (re-keyed from
+its first record, after it verified under the old one). The API-key HMAC key is kept: replacing
+it would break every key, and keys are rotated one by one with `.apikey rotate`. A process
+that has the store open would keep the secrets it opened with, so, like rekey, this holds the
+store's lock file exclusively: it refuses while a server or shell has the store open.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from ..errors import StoreError
+from .secrets import ServerSecrets, pending_path, promote_pending
+from .sqlite import DB_FILE, SQLiteStore, lockfile
+
+
+def rotate_secrets(data_dir: str | os.PathLike, key: bytes | None) -> int:
+    """Returns the number of audit records re-keyed (the rotation's own record included)."""
+    data_dir = Path(data_dir)
+    db = data_dir / DB_FILE
+    if not db.exists():
+        raise StoreError(f"no store in {data_dir}")
+    held = lockfile.acquire(db, exclusive=True)
+    try:
+        return _rotate(data_dir, key)
+    finally:
+        lockfile.release(held)
+
+
+def _rotate(data_dir: Path, key: bytes | None) -> int:
+    store = SQLiteStore(data_dir, encryption_key=key, take_lock=False)
+    try:
+        new = ServerSecrets.generate(hmac=store.secret)
+        try:
+            with store.write():
+                count, problem = store.verify_audit()
+                if problem:
+                    raise StoreError(f"refusing to rotate the secrets: {problem}")
+                store.replace_secrets(new)
+                store.append_audit(time.time(), "system", "rotate-secrets", "secrets.rotate", "server", "ok",
+                                   "token-signing and audit keys replaced; every token ended")
+        except BaseException:
+            pending_path(store.secrets_file).unlink(missing_ok=True)
+            raise
+        promote_pending(store.secrets_file, store.codec, new.fingerprint())
+    finally:
+        store.close()
+    return count + 1
+
