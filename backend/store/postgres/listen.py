@@ -38,19 +38,12 @@ class ChangeFeed:
         `retry_secs`."""
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True, **self._kwargs)
-            except psycopg.Error as exc:
+                async with await psycopg.AsyncConnection.connect(self._url, autocommit=True, **self._kwargs) as conn:
+                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    await state(True, "")
+                    await self._follow(conn, changed)
+            except Exception as exc:  # noqa: BLE001 -- whatever broke, the node is deaf until it listens again
                 await state(False, self._reason(exc))
-                await asyncio.sleep(retry_secs)
-                continue
-            try:
-                await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                await state(True, "")
-                await self._follow(conn, changed)
-            except (psycopg.Error, TimeoutError) as exc:
-                await state(False, self._reason(exc))
-            finally:
-                await conn.close()
             await asyncio.sleep(retry_secs)
 
     @staticmethod
@@ -64,5 +57,7 @@ class ChangeFeed:
     def _reason(self, exc: BaseException) -> str:
         if isinstance(exc, TimeoutError):
             return "the database did not answer"
+        if not isinstance(exc, psycopg.Error):
+            return type(exc).__name__          # not the driver's: its text might hold anything
         text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return redact_text(text, self._url)
