@@ -15,7 +15,6 @@ from .config import (
     Config,
     TLSConfig,
     load_config,
-    resolve_data_dir,
     resolve_redis_url,
     resolve_store,
     with_values,
@@ -201,20 +200,23 @@ def rotate_secrets_main(argv: Sequence[str], env: Mapping[str, str]) -> int:
     p = _Parser(prog="inputlayer-server rotate-secrets",
                 description="Replace the token-signing and audit keys of a stopped store: every session "
                             "token ends, the audit chain continues under the new key, API keys keep working.")
-    p.add_argument("--data-dir", metavar="DIR")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--data-dir", metavar="DIR")
+    where.add_argument("--store", metavar="URL")
     p.add_argument("--config", metavar="TOML")
     args = p.parse_args(argv)
     from .store.codec import key_from_env
-    from .store.rotate import rotate_secrets
+    from .store.locate import describe_store
+    from .store.rotate import rotate_store
 
     try:
         config = load_config(args.config, env)
-        data_dir = resolve_data_dir(args.data_dir, env, config)
-        records = rotate_secrets(data_dir, key_from_env(env))
+        location = resolve_store(args.store, args.data_dir, env, config)
+        records = rotate_store(location, env, key_from_env(env))
     except (ConfigError, StoreError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
-    sys.stdout.write(f"Server secrets of {data_dir} rotated: every token ended, {records} audit records "
+    sys.stdout.write(f"Server secrets of {describe_store(location)} rotated: every token ended, {records} audit records "
                      "re-keyed.\n")
     return 0
 

@@ -22,6 +22,7 @@ class ServerConfig(NamedTuple):
     port: int = 8080
     auth_timeout_secs: int = 30
     max_message_bytes: int = 1048576
+    max_program_lines: int = 10000
     trusted_proxies: tuple[str, ...] = ()
     allowed_ips: tuple[str, ...] = ()
     tls: TLSConfig = TLSConfig()
@@ -32,6 +33,8 @@ class SecurityConfig(NamedTuple):
     lockout_failures: int = 20
     lockout_window_secs: int = 60
     lockout_secs: int = 60
+    account_lockout_failures: int = 50
+    account_lockout_secs: int = 60
     argon2_memory_kib: int = 19456
     argon2_time_cost: int = 2
     argon2_parallelism: int = 1
@@ -123,6 +126,7 @@ SCHEMA: dict[str, Callable[[Any], Any]] = {
     "server.port": _int_range(0, 65535),
     "server.auth_timeout_secs": _int_range(1, 86400),
     "server.max_message_bytes": _int_range(1024, 1 << 30),
+    "server.max_program_lines": _int_range(1, 1_000_000),
     "server.trusted_proxies": _networks,
     "server.allowed_ips": _networks,
     "server.tls.cert": _string,
@@ -132,6 +136,8 @@ SCHEMA: dict[str, Callable[[Any], Any]] = {
     "security.lockout_failures": _int_range(1, 1_000_000),
     "security.lockout_window_secs": _int_range(1, 86400),
     "security.lockout_secs": _int_range(1, 86400 * 7),
+    "security.account_lockout_failures": _int_range(1, 1_000_000),
+    "security.account_lockout_secs": _int_range(1, 86400 * 7),
     "security.argon2_memory_kib": _int_range(8, 4 * 1024 * 1024),
     "security.argon2_time_cost": _int_range(1, 100),
     "security.argon2_parallelism": _int_range(1, 64),
@@ -299,10 +305,6 @@ def load_config(flag: str | None, env: Mapping[str, str]) -> Config:
 def default_data_dir(env: Mapping[str, str]) -> str:
     base = env.get("XDG_DATA_HOME") or os.path.join(env.get("HOME", "~"), ".local", "share")
     return os.path.join(os.path.expanduser(base), "inputlayer")
-
-
-def resolve_data_dir(flag: str | None, env: Mapping[str, str], config: Config) -> str:
-    return flag or env.get("INPUTLAYER_DATA_DIR") or config.data_dir or default_data_dir(env)
 
 
 def resolve_store(store_flag: str | None, data_dir_flag: str | None, env: Mapping[str, str],

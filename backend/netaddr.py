@@ -66,6 +66,17 @@ def client_address(peer: str, forwarded_for: list[str], trusted_proxies: Iterabl
     return address
 
 
+def lockout_key(address: str) -> str:
+    """What the lockout counts an address as: an IPv4 address itself, an IPv6 address its /64
+    (one subscriber's prefix: one client holds all of it). Anything else as it is."""
+    ip = parse_ip(address)
+    if ip is None:
+        return address
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True

@@ -22,7 +22,11 @@ from .store.codec import json_encoder
 STREAM_THRESHOLD = 1 << 20          # a reply whose JSON is larger than this is streamed
 CHUNK_ROWS = 500                    # at most this many rows in one result_chunk
 CHUNK_BYTES = 512 * 1024            # ...and about this many bytes, so each chunk fits a client's limit
-RATE_LIMIT = 100                    # messages a second per connection
+RATE_LIMIT = 100                    # messages a second per connection (each line of a program counts)
+AUTH_RATE_LIMIT = 10                # messages a second per connection before it has logged in
+MAX_PROGRAM_LINES = 10_000          # lines in one execute (`max_program_lines`)
+MAX_LINE_CHARS = 65_536             # one line: the parser takes ~3 ms for the worst of this size
+COST_CHARS = 4096                   # a program costs at least one message per this many characters
 FEATURES = ("atomic",)              # what this server adds to the protocol, told at login
 MAX_NOTE_CHARS = 200                # an atomic program's note, added to its audit source
 
@@ -45,6 +49,8 @@ class ErrorKind(enum.Enum):
     ALREADY_AUTHENTICATED = "Already authenticated"
     SESSION_ENDED = "Session ended: "
     RATE_LIMITED = "Rate limit exceeded"
+    PROGRAM_TOO_LONG = "Program too long"
+    LINE_TOO_LONG = "Line too long"
     INVALID_MESSAGE = "Invalid message"
     UNKNOWN_TYPE = "Unknown message type"
     BINARY_FRAME = "Binary frames are not supported"
@@ -91,9 +97,13 @@ def auth_error(message: str) -> str:
 PONG = '{"type": "pong"}'
 
 
-def authenticated(session_id: str, knowledge_graph: str, version: str, role: str, username: str) -> str:
-    return json.dumps({"type": "authenticated", "session_id": session_id, "knowledge_graph": knowledge_graph,
-                       "version": version, "role": role, "username": username, "features": list(FEATURES)})
+def authenticated(session_id: str, knowledge_graph: str, version: str, role: str, username: str,
+                  max_message_bytes: int | None = None) -> str:
+    message: dict[str, Any] = {"type": "authenticated", "session_id": session_id, "knowledge_graph": knowledge_graph,
+               "version": version, "role": role, "username": username, "features": list(FEATURES)}
+    if max_message_bytes is not None:     # so a client refuses a longer line instead of losing the session
+        message["max_message_bytes"] = max_message_bytes
+    return json.dumps(message)
 
 
 def session_ended_text(reason: str) -> str:
@@ -161,6 +171,22 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _credential_text(value: Any) -> str:
+    """A login field as text that can be encoded: JSON may carry a lone surrogate (`\\ud800`),
+    which no UTF-8 encoder (argon2, SQLite, a log) takes. It is spelled out as its escape, so the
+    attempt fails like any wrong name or password, and is audited and counted like one."""
+    text = _text(value)
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def program_lines(program: str) -> int:
+    """How many lines a program holds as the parser splits it (a final newline ends the last
+    line, it does not start another): what the rate limit and `max_program_lines` count."""
+    return program.count("\n") + (0 if not program or program.endswith("\n") else 1)
+
+
 # --- what happens --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -191,6 +217,8 @@ class Authenticate:
 @dataclass(frozen=True)
 class Execute:
     program: str
+    lines: int = 1          # program_lines(program)
+    cost: int = 1           # messages it counts as toward the rate limit: its lines, or its size
     atomic: bool = False        # all lines or none
     note: str = ""              # where an atomic program comes from (a policy file), for the audit
 
@@ -218,7 +246,11 @@ class ServerProtocol:
     the actions to perform."""
     phase: Phase = Phase.AUTH
     rate_limit: int = RATE_LIMIT
-    _arrivals: collections.deque[float] = field(default_factory=collections.deque)
+    auth_rate_limit: int = AUTH_RATE_LIMIT
+    max_program_lines: int = MAX_PROGRAM_LINES
+    # (arrival, cost, leaves the window at): a program of n lines spends n of the budget
+    _arrivals: collections.deque[tuple[float, int, float]] = field(default_factory=collections.deque)
+    _spent: int = 0
 
     def receive(self, raw: str | bytes) -> ServerEvent:
         if self.phase is Phase.CLOSED:
@@ -231,9 +263,9 @@ class ServerProtocol:
         msg = read(raw)
         kind = msg.get("type") if msg else None
         if msg is not None and kind == "login":
-            return Login(_text(msg.get("username")), _text(msg.get("password")))
+            return Login(_credential_text(msg.get("username")), _credential_text(msg.get("password")))
         if msg is not None and kind == "authenticate":
-            return Authenticate(_text(msg.get("api_key")))
+            return Authenticate(_credential_text(msg.get("api_key")))
         return Respond(self._close(auth_error(ErrorKind.AUTH_REQUIRED.value), POLICY_VIOLATION,
                                    ErrorKind.AUTH_REQUIRED.value))
 
@@ -253,36 +285,62 @@ class ServerProtocol:
             program = msg.get("program")
             if not isinstance(program, str):
                 return _reply(error(ErrorKind.INVALID_MESSAGE.value + ': "program" must be a string'))
+            lines = program_lines(program)
+            if lines > self.max_program_lines:
+                return _reply(error(f"{ErrorKind.PROGRAM_TOO_LONG.value}: {lines} lines; at most "
+                                    f"{self.max_program_lines} in one execute. Nothing was run."))
+            if len(program) > MAX_LINE_CHARS and max(map(len, program.split("\n"))) > MAX_LINE_CHARS:
+                return _reply(error(f"{ErrorKind.LINE_TOO_LONG.value}: at most {MAX_LINE_CHARS} characters "
+                                    "in one line. Nothing was run."))
+            cost = max(lines, -(-len(program) // COST_CHARS))
             if msg.get("atomic") is not True:
-                return Execute(program)
+                return Execute(program, lines, cost)
             note = msg.get("note", "")
             if not isinstance(note, str) or not note.isprintable() or len(note) > MAX_NOTE_CHARS:
                 return _reply(error(ErrorKind.INVALID_MESSAGE.value + f': "note" must be printable text of '
                                                                       f"at most {MAX_NOTE_CHARS} characters"))
-            return Execute(program, atomic=True, note=note)
+            return Execute(program, lines, cost, atomic=True, note=note)
         shown = f" '{clip(kind, 40)}'" if isinstance(kind, str) and kind.isprintable() else ""
         return _reply(error(f"{ErrorKind.UNKNOWN_TYPE.value}{shown}: use execute or ping"))
 
-    def allow(self, now: float) -> bool:
-        """Count a message arriving at `now` (seconds); False when it is over the per-connection
-        limit in a one-second window (it is then answered by `rate_limited` and dropped)."""
-        arrivals = self._arrivals
-        while arrivals and now - arrivals[0] >= 1.0:
-            arrivals.popleft()
-        if len(arrivals) >= self.rate_limit:
+    def allow(self, now: float, cost: int = 1) -> bool:
+        """Count a message of `cost` (a program: its lines) arriving at `now` (seconds); False
+        when the per-connection budget of the last second is spent (the message is then
+        answered by `rate_limited` or `auth_rate_limited` and dropped). A program may overdraw
+        the budget; one longer than the budget keeps it spent for as long as its lines take at
+        the limit's pace, so no client runs more lines a second than the limit, on average."""
+        limit = self.auth_rate_limit if self.phase is Phase.AUTH else self.rate_limit
+        if self.exhausted(now):
             return False
-        arrivals.append(now)
+        # Kept in leaving order: a program that leaves later than one second spends the whole
+        # budget until it leaves, so nothing joins behind it before then.
+        self._arrivals.append((now, cost, now + max(1.0, cost / limit)))
+        self._spent += cost
         return True
+
+    def exhausted(self, now: float) -> bool:
+        """Whether the budget is spent at `now`, so a message can be refused before it is even
+        parsed (parsing a 1 MiB message costs the event loop about a millisecond)."""
+        limit = self.auth_rate_limit if self.phase is Phase.AUTH else self.rate_limit
+        arrivals = self._arrivals
+        while arrivals and now >= arrivals[0][2]:
+            self._spent -= arrivals.popleft()[1]
+        return self._spent >= limit
 
     def rate_limited(self) -> tuple[Action, ...]:
         return (Send(error(ErrorKind.RATE_LIMITED.value)),)
 
+    def auth_rate_limited(self) -> tuple[Action, ...]:
+        """Too many messages before logging in: an attacker's, most likely; no more are read."""
+        text = ErrorKind.RATE_LIMITED.value
+        return self._close(auth_error(text), POLICY_VIOLATION, text)
+
     # --- outcomes the application reports ------------------------------------------------
 
     def authenticated(self, session_id: str, knowledge_graph: str, version: str, role: str,
-                      username: str) -> tuple[Action, ...]:
+                      username: str, max_message_bytes: int | None = None) -> tuple[Action, ...]:
         self.phase = Phase.SESSION
-        return (Send(authenticated(session_id, knowledge_graph, version, role, username)),)
+        return (Send(authenticated(session_id, knowledge_graph, version, role, username, max_message_bytes)),)
 
     def refused(self, message: str) -> tuple[Action, ...]:
         """A failed login: the client may try again on this connection."""
@@ -323,6 +381,7 @@ class Authenticated:
     role: str | None
     knowledge_graph: str | None          # None: bound to no KG
     features: frozenset[str] = frozenset()   # protocol additions the server announced
+    max_message_bytes: int | None = None     # the largest message the server accepts, when it says
 
 
 @dataclass(frozen=True)
@@ -391,10 +450,12 @@ class ClientProtocol:
         if kind == "authenticated":
             self.phase = Phase.SESSION
             features = msg.get("features")
+            limit = msg.get("max_message_bytes")
             return Authenticated(msg.get("session_id"), msg.get("username"), msg.get("role"),
                                  msg.get("knowledge_graph") or None,
                                  frozenset(f for f in features if isinstance(f, str)) if isinstance(features, list)
-                                 else frozenset())
+                                 else frozenset(),
+                                 limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None)
         text = str(msg.get("message") or "unexpected reply")
         if kind == "auth_error":
             locked = text.startswith(ErrorKind.LOCKED_OUT.value)

@@ -51,9 +51,12 @@ def default_config():
 def child_env(**extra: str) -> dict[str, str]:
     """The environment of a program under test: what a user has. This sandbox sets
     PYTHONDONTWRITEBYTECODE=1, which would make every start re-compile every source (~30 ms);
-    users do not have it, so it is removed. No inherited INPUTLAYER_* variable."""
+    users do not have it, so it is removed. No inherited INPUTLAYER_* variable. The installed
+    console scripts import the packages from wherever they were installed from: PYTHONPATH
+    makes them run this checkout's code, the code being measured."""
     env = {k: v for k, v in os.environ.items()
            if k != "PYTHONDONTWRITEBYTECODE" and not k.startswith("INPUTLAYER_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update({k: v for k, v in extra.items() if v is not None})
     return env
 

@@ -18,6 +18,7 @@ from backend.config import (
     with_values,
 )
 from backend.errors import AuthError, ConfigError, StoreError, TargetUnreachable
+from backend.store.postgres.url import is_postgres_url
 from backend.targets.protocols import Backend, Bootstrapping
 
 from .environment import Environment, ExitStatus
@@ -46,12 +47,19 @@ def build_parser(columns: int = 80) -> argparse.ArgumentParser:
                 formatter_class=lambda prog: argparse.HelpFormatter(prog, width=columns - 2))
     add_connection_options(p)
     p.add_argument("-c", dest="command", metavar="COMMAND", action=_Ordered, help="run COMMAND (repeatable)")
-    p.add_argument("-f", dest="file", metavar="FILE", action=_Ordered, help="run the commands in FILE")
+    p.add_argument("-f", dest="file", metavar="FILE", action=_Ordered,
+                   help="run the commands in FILE (- for stdin)")
     p.add_argument("--format", choices=("table", "plain", "json", "csv"), help="output format")
     p.add_argument("--on-error", choices=("stop", "continue"), default="stop",
                    help="in script mode: stop at the first failed command (default) or continue")
     p.add_argument("-1", "--single-transaction", action="store_true",
                    help="local target: commit all commands together or none")
+    p.add_argument("--echo", action="store_true",
+                   help="in script mode: print each line (passwords masked) before its result")
+    p.add_argument("--quiet", action="store_true",
+                   help="drop results that only report an action (errors still show)")
+    p.add_argument("--print-completion", choices=("bash", "zsh"), metavar="{bash,zsh}",
+                   help="print a completion script for the shell named, and exit")
     p.add_argument("--version", action="version", version=f"inputlayer {__version__}")
     p.set_defaults(sources=None)
     return p
@@ -78,7 +86,12 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     if verb_at is not None:
         from .policy import run_policy
         return run_policy(argv, verb_at, env)
-    args = build_parser(env.columns).parse_args(argv)
+    parser = build_parser(env.columns)
+    args = parser.parse_args(argv)
+    if args.print_completion:
+        import shtab  # only here: start-up stays fast
+        env.out(shtab.complete(parser, args.print_completion))
+        return ExitStatus.OK
     try:
         config = load_config(args.config, env.env)
         apply_profile(args, env, config)
@@ -123,7 +136,7 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
         lines = script_lines(args, env)
         return run_script(shell, lines, env, fmt=fmt, on_error=args.on_error,
                           single_transaction=args.single_transaction,
-                          max_transaction_secs=config.shell.max_transaction_secs)
+                          max_transaction_secs=config.shell.max_transaction_secs, echo=args.echo, quiet=args.quiet)
     except _Unreadable as exc:
         env.err(f"error: {exc}\n")
         return ExitStatus.ERROR
@@ -165,14 +178,22 @@ def open_backend(args: argparse.Namespace, env: Environment, config: Config, url
     if url:
         from backend.targets.remote import RemoteBackend
         return RemoteBackend(url, ca_file=args.ca_file or env.env.get("INPUTLAYER_CA_FILE"))
+    from backend.store.locate import describe_store
     from backend.targets.local import LocalBackend
     config = with_values(config, {"cluster.redis_url": resolve_redis_url(args.redis, env.env, config)})
-    local = LocalBackend(resolve_store(args.store, args.data_dir, env.env, config), config, env.env)
+    location = resolve_store(args.store, args.data_dir, env.env, config)
+    if not is_postgres_url(location):
+        location = os.path.abspath(os.path.expanduser(location))
+        if os.path.exists(location) and not os.path.isdir(location):
+            raise StoreError(f"{location}: not a directory")
+    local = LocalBackend(location, config, env.env)
     try:
         local.first_start(env.env, config, env.err)
     except BaseException:
         local.close()
         raise
+    if local.bootstrapped:      # a mistyped --data-dir must not go unnoticed
+        env.err(f"Created a new store in {describe_store(location)}; admin bootstrapped.\n")
     return local
 
 
@@ -233,12 +254,17 @@ def script_lines(args, env: Environment) -> LineQueue:
     nothing), else stdin, streamed as it arrives."""
     if not args.sources:
         return LineQueue(stream=env.stdin)
+    if args.sources == [("file", "-")]:
+        return LineQueue(stream=env.stdin)       # streamed, as stdin without -f
     lines: list[Line] = []
     command_number = 0
     for kind, value in args.sources:
         if kind == "command":
             command_number += 1
             lines.append(Line("-c", command_number, value))
+            continue
+        if value == "-":
+            lines += decode_lines(env.stdin.read(), "<stdin>")
             continue
         try:
             with open(value, "rb") as fh:

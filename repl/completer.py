@@ -15,6 +15,7 @@ from prompt_toolkit.document import Document
 from backend.config import SCHEMA, holds_secret
 from backend.language.parser import Analysis, analyze
 from backend.language.registry import (
+    AUDIT_OUTCOMES,
     COMMANDS,
     FORMATS,
     GROUPS,
@@ -22,6 +23,7 @@ from backend.language.registry import (
     ROLES,
     Command,
     Kind,
+    audit_actions,
     find_command,
     offered,
 )
@@ -32,7 +34,7 @@ from backend.result import Result
 LIVE_SOURCES = {"users": "user list", "kgs": "kg list", "api_keys": "apikey list",
                 "sessions": "session list", "addresses": "lockout list"}
 FIXED = {"roles": ROLES, "kg_roles": KG_ROLES, "durations": ("1h", "24h", "7d", "30d", "90d", "never"),
-         "actions": tuple(sorted({c.action for c in COMMANDS if c.writes and not c.shell_only})),
+         "actions": (*audit_actions(), "!auth"), "outcomes": AUDIT_OUTCOMES,
          "settings": tuple(sorted(key for key in SCHEMA if not holds_secret(key))),
          "switches": ("on", "off"), "expanded": ("on", "off", "auto"), "formats": FORMATS}
 # The commands with an argument or option that completes each kind of live name.

@@ -56,6 +56,11 @@ class Environment:
                 columns = 0
         return columns if columns > 0 else 80
 
+    def stdin_line(self) -> str | None:
+        """One line of stdin without its line break, or None at its end."""
+        raw = self.stdin.readline()
+        return raw.decode("utf-8", errors="replace").rstrip("\r\n") if raw else None
+
     def out(self, text: str) -> None:
         self.stdout.write(text)
         self.stdout.flush()

@@ -10,7 +10,8 @@ from prompt_toolkit.history import FileHistory
 
 from backend.config import Config
 from backend.errors import CommandError
-from backend.language.parser import MASK, analyze, parse, redact
+from backend.language.parser import MASK, Analysis, Role, analyze, parse, redact
+from backend.language.registry import is_secret_reference
 
 
 def history_path(config: Config, env: Mapping[str, str]) -> Path:
@@ -35,10 +36,20 @@ def file_entry(line: str) -> str | None:
     if analysis.command is None:
         return None
     try:
-        parse(line.strip())
+        parse(_without_references(line, analysis).strip())
     except CommandError:
         return None
     return redact(line, MASK, analysis=analysis)
+
+
+def _without_references(line: str, analysis: Analysis) -> str:
+    """`line` with a `password=@FILE` or `password=-` (which the shell resolves, and the file
+    may keep) standing for a password, so that the rest of the line is what gets checked."""
+    for part in reversed(analysis.parts):
+        if part.role is Role.OPTION_VALUE and part.kind is not None and part.kind.secret \
+                and is_secret_reference(part.text):
+            line = line[:part.start] + MASK + line[part.end:]
+    return line
 
 
 class PrivateHistory(FileHistory):

@@ -32,6 +32,7 @@ from .environment import Environment, ExitStatus
 from .highlight import STYLE, CommandLexer, SecretMask
 from .history import PrivateHistory, history_path
 from .output import printable
+from .password_source import resolve_password_source
 from .script import LineQueue, bare_command, decode_lines, is_quit, is_skipped, run_script
 
 GREETING = "Type .help for help.\n"
@@ -227,6 +228,15 @@ class Shell:
     # --- running a line ----------------------------------------------------------------------
 
     def execute(self, line: str) -> None:
+        try:
+            # `password=@FILE` is read here; `password=-` at the terminal is a hidden prompt.
+            line = resolve_password_source(line, lambda: self.env.getpass("Password: "))
+        except CommandError as exc:
+            self.error(exc.message)
+            return
+        except (EOFError, KeyboardInterrupt):
+            self.error("interrupted")
+            return
         try:
             inv = parse(line)
         except CommandError:

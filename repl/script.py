@@ -16,11 +16,13 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 from backend.errors import CommandError, SessionEnded, StoreError, StoreFailure
+from backend.language.parser import redact
 from backend.language.registry import COMMANDS, Command, find_command
 from backend.targets.protocols import Backend, Batching
 
 from .environment import Environment, ExitStatus
 from .output import printable, render, render_json_error
+from .password_source import resolve_password_source
 
 COMMENT_PREFIXES = ("#", "//")
 GROUP_MAX_COMMANDS = 500
@@ -56,9 +58,12 @@ def is_quit(text: str) -> bool:
     return text.strip().lower() in QUIT_WORDS
 
 
+BOM = "\ufeff"     # what editors on Windows put first in a UTF-8 file
+
+
 def decode_lines(data: bytes, source: str) -> Iterator[Line]:
     # Bytes that are not UTF-8 become U+FFFD: the line then fails cleanly instead of the run.
-    text = data.decode("utf-8", errors="replace")
+    text = data.decode("utf-8", errors="replace").removeprefix(BOM)
     for number, raw in enumerate(text.splitlines(), 1):
         yield Line(source, number, raw)
 
@@ -91,8 +96,9 @@ class LineQueue:
             parts.pop()
         for raw in parts:
             self._number += 1
+            text = raw.decode("utf-8", errors="replace").rstrip("\r")
             self._pending.append(Line(self._source, self._number,
-                                      raw.decode("utf-8", errors="replace").rstrip("\r")))
+                                      text.removeprefix(BOM) if self._number == 1 else text))
         if final:
             self._eof = True
 
@@ -103,6 +109,15 @@ class LineQueue:
             return
         chunk = os.read(self._fd, 1 << 16)
         self._take(chunk, final=not chunk)
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the lines come from a stream (stdin) rather than -c and -f."""
+        return self._stream is not None
+
+    def next_text(self) -> str | None:
+        line = self.next()
+        return None if line is None else line.text
 
     def next(self) -> Line | None:
         while not self._pending and not self._eof:
@@ -126,9 +141,12 @@ class LineQueue:
 
 def run_script(backend: Backend, lines: LineQueue, env: Environment, *, fmt: str, on_error: str,
                single_transaction: bool, max_transaction_secs: float = 60,
-               clock: Callable[[], float] = time.monotonic) -> ExitStatus:
-    """`max_transaction_secs`: how long a -1 run may hold the store's write lock."""
-    runner = _Runner(backend, env, fmt, stop_on_error=on_error == "stop", clock=clock)
+               clock: Callable[[], float] = time.monotonic, echo: bool = False, quiet: bool = False) -> ExitStatus:
+    """`max_transaction_secs`: how long a -1 run may hold the store's write lock. `echo` prints
+    each line (its secrets masked) before its result; `quiet` drops results that only report an
+    action."""
+    runner = _Runner(backend, env, fmt, stop_on_error=on_error == "stop", clock=clock, echo=echo, quiet=quiet)
+    runner.password_line = lines.next_text if lines.streaming else env.stdin_line
     if not isinstance(backend, Batching):
         if single_transaction:
             raise ValueError("a single transaction needs a target that runs batches")
@@ -146,8 +164,12 @@ def run_script(backend: Backend, lines: LineQueue, env: Environment, *, fmt: str
 
 class _Runner:
     def __init__(self, backend: Backend, env: Environment, fmt: str, stop_on_error: bool,
-                 clock: Callable[[], float]):
+                 clock: Callable[[], float], *, echo: bool = False, quiet: bool = False):
         self.backend = backend
+        self.echo = echo
+        self.quiet = quiet
+        # Where `password=-` reads from: the next line of the script when stdin is the script.
+        self.password_line: Callable[[], str | None] = env.stdin_line
         self.env = env
         self.fmt = fmt
         self.stop_on_error = stop_on_error
@@ -188,8 +210,11 @@ class _Runner:
 
     def _run(self, line: Line) -> tuple[list[tuple[str, str]], bool]:
         """Execute one line: (what to print, as (stream, text) pairs; whether the run must stop)."""
+        shown: list[tuple[str, str]] = []
+        if self.echo:     # on stderr in csv and json, which programs read from stdout
+            shown.append(("err" if self.fmt in ("csv", "json") else "out", printable(redact(line.text)) + "\n"))
         try:
-            result = self.backend.execute(line.text)
+            result = self.backend.execute(resolve_password_source(line.text, self.password_line))
         except CommandError as exc:
             self.failed = True
             self.store_failed = isinstance(exc, StoreFailure)
@@ -197,8 +222,10 @@ class _Runner:
             message = exc.message
             if bare_command(line.text) is not None:
                 message += f" ({BARE_HINT})"
-            return error_report(line, message, self.fmt), stop
-        return [("out", render(result, self.fmt))], False
+            return shown + error_report(line, message, self.fmt), stop
+        if self.quiet and result.is_message:
+            return shown, False
+        return [*shown, ("out", render(result, self.fmt))], False
 
     def _print(self, reports: list[tuple[str, str]]) -> None:
         """Write what a group printed, in order, with one write per run of the same stream."""

@@ -102,7 +102,8 @@ def test_help_takes_every_word():
                                                ("grant", Role.ARGUMENT, "topic")]
 
 
-@pytest.mark.parametrize("line", [e for c in COMMANDS for e in c.examples])
+# `password=@FILE` and `password=-` are resolved by the shell before a line reaches parse().
+@pytest.mark.parametrize("line", [e for c in COMMANDS for e in c.examples if "password=@" not in e and "password=-" not in e])
 def test_analyze_binds_what_parse_binds(line):
     inv = parse(line)
     analysis = analyze(line)

@@ -18,6 +18,15 @@ from backend.config import with_values
 from fakes import FakeClock
 
 WRONG = {"type": "login", "username": "admin", "password": "wrong-password"}
+
+
+def wrong_logins(url: str, count: int, **kwargs) -> list[str]:
+    """`count` wrong passwords, on as many connections as the pre-login rate (10 a second) needs."""
+    answers: list[str] = []
+    while len(answers) < count:
+        with Client(url, **kwargs) as c:
+            answers += [c.request(WRONG)["message"] for _ in range(min(10, count - len(answers)))]
+    return answers
 LOCKED = "Too many failed attempts"
 
 
@@ -59,6 +68,7 @@ def test_the_21st_failure_is_refused_whichever_node_the_first_20_reached(cluster
     with Client(a.url) as on_a, Client(b.url) as on_b:
         answers = [(on_a if i % 2 else on_b).request(WRONG)["message"] for i in range(20)]
         assert answers == ["Invalid credentials"] * 20          # ten on each node
+    with Client(a.url) as on_a, Client(b.url) as on_b:         # (10 messages a connection before login)
         assert on_a.login()["message"].startswith(LOCKED)      # the right password, refused at once
         assert on_b.login()["message"].startswith(LOCKED)
     with logged_in(b.url, source_address=("127.0.0.2", 0)) as admin:
@@ -72,9 +82,7 @@ def test_the_21st_failure_is_refused_whichever_node_the_first_20_reached(cluster
 def test_a_local_shell_given_redis_sees_and_clears_the_cluster_s_lockouts(cluster, redis_service, tmp_path,
                                                                           prefix):
     a, _ = cluster(2)
-    with Client(a.url) as c:
-        for _ in range(20):
-            c.request(WRONG)
+    wrong_logins(a.url, 20)
     config = tmp_path / "cluster.toml"
     config.write_text(CHEAP_TOML + f'\n[cluster]\nkey_prefix = "{prefix}"\n')
     env = cli_env(config, INPUTLAYER_ADMIN_PASSWORD=ADMIN_PASSWORD)
@@ -88,12 +96,21 @@ def test_a_local_shell_given_redis_sees_and_clears_the_cluster_s_lockouts(cluste
         assert c.login()["type"] == "authenticated"
 
 
+def test_a_user_names_failures_are_counted_across_nodes_apart_from_addresses(cluster):
+    a, b = cluster(2, **{"security.account_lockout_failures": 4})
+    for i, node in enumerate((a, b, a, b)):               # four addresses, two nodes, one name
+        with Client(node.url, source_address=(f"127.0.0.{10 + i}", 0)) as c:
+            assert c.request(WRONG)["message"] == "Invalid credentials"
+    for node, source in ((a, "127.0.0.20"), (b, "127.0.0.21")):     # slowed on every node, the right password too
+        with Client(node.url, source_address=(source, 0)) as c:
+            assert c.login()["message"].startswith(LOCKED)
+            assert c.login("nobody", "wrong-password")["message"] == "Invalid credentials"   # only that name
+
+
 def test_a_lockout_counted_in_redis_ends_when_its_time_is_up(cluster):
     clock = FakeClock()
     a, b = cluster(2, clock=clock)
-    with Client(a.url) as c:
-        for _ in range(20):
-            c.request(WRONG)
+    wrong_logins(a.url, 20)
     clock.advance(59)
     with Client(b.url) as c:
         assert c.login()["message"] == f"{LOCKED}. Try again in 1s"
@@ -203,8 +220,9 @@ def test_redis_stopped_the_node_counts_in_memory_and_says_so_then_returns(cluste
     assert (health(a)["status"], health(a)["cluster"]) == ("healthy", "redis")
     assert degraded_metric(a, key) == 0
     own_redis.stop()
-    with Client(a.url) as c:                   # failures go on being counted, in the node's memory
-        assert [c.request(WRONG)["message"] for _ in range(20)] == ["Invalid credentials"] * 20
+    # Failures go on being counted, in the node's memory.
+    assert wrong_logins(a.url, 20) == ["Invalid credentials"] * 20
+    with Client(a.url) as c:
         assert c.login()["message"].startswith(LOCKED)
     state = health(a)
     assert state["status"] == "degraded" and state["cluster"].startswith("Redis unreachable")
@@ -216,9 +234,7 @@ def test_redis_stopped_the_node_counts_in_memory_and_says_so_then_returns(cluste
     assert health(a)["status"] == "healthy" and degraded_metric(a, key) == 0
     with Client(a.url) as c:                   # what it counted meanwhile still holds
         assert c.login()["message"].startswith(LOCKED)
-    with Client(a.url, source_address=("127.0.0.3", 0)) as c:       # and counting is shared again
-        for _ in range(20):
-            c.request(WRONG)
+    wrong_logins(a.url, 20, source_address=("127.0.0.3", 0))        # and counting is shared again
     with redis.Redis.from_url(own_redis.url) as r:
         assert any(b"127.0.0.3" in k for k in r.keys("*lockout*"))
 

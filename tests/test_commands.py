@@ -36,7 +36,7 @@ def test_general(engine, admin):
     assert engine.execute(admin, ".whoami").rows == [["admin", "admin", "password", "default"]]
     status = dict(engine.execute(admin, ".status").rows)
     assert status["target"] == "local" and status["role"] == "admin" and "version" in status
-    assert engine.execute(admin, ".help").columns == ["command", "description"]
+    assert engine.execute(admin, ".help").columns == ["message"]
     assert msg(engine.execute(admin, ".help .kg acl grant"))[0] == "Usage: .kg acl grant <kg> <user> <role>"
     assert len(engine.execute(admin, ".help user").rows) == 6
     assert err(engine, admin, ".help .nothing") == "Unknown command: .nothing. Type .help for the list."
@@ -261,3 +261,39 @@ def test_rehash_after_parameter_change(tmp_path, cheap_config, clock):
     new_hash = store.user("admin")["password_hash"]
     assert new_hash != old_hash and "t=2" in new_hash
     assert stronger.execute(session, ".whoami").rows[0][0] == "admin"    # a rehash ends no session
+
+
+def test_a_session_that_changes_its_password_survives_a_check_before_the_commit(engine, admin, team):
+    """Another thread (the server's sweep) may check the session while the change is not yet
+    committed, and again after: neither check may end the session that made the change; a change
+    rolled back, then another one made by an admin, still ends it."""
+    import threading
+
+    alice, _ = team
+
+    def check_from_another_thread() -> BaseException | None:
+        seen: list[BaseException | None] = [None]
+
+        def run() -> None:
+            try:
+                engine.check_session(alice)
+            except BaseException as exc:   # noqa: BLE001 -- handed to the test thread
+                seen[0] = exc
+        worker = threading.Thread(target=run)
+        worker.start()
+        worker.join()
+        return seen[0]
+
+    engine.begin_batch()
+    engine.execute(alice, ".user password alice alice-second-pass")
+    assert check_from_another_thread() is None          # sees the committed, older version
+    engine.end_batch(commit=True)
+    assert check_from_another_thread() is None          # sees the new version, made by this session
+    assert engine.execute(alice, ".whoami").rows[0][0] == "alice"
+
+    engine.begin_batch()
+    engine.execute(alice, ".user password alice alice-third-pass")
+    engine.end_batch(commit=False)
+    engine.execute(admin, ".user password alice alice-fourth-pass")
+    with pytest.raises(SessionEnded, match="password changed"):
+        engine.execute(alice, ".whoami")

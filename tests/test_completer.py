@@ -65,9 +65,9 @@ def test_names_are_case_sensitive_but_roles_are_not():
 
 
 def test_a_secret_is_never_completed_the_role_after_it_is():
-    assert complete(".user create bob ") == ["admin ", "editor ", "viewer "]
-    assert complete(".user create bob pw ") == ["admin ", "editor ", "viewer "]
-    assert complete(".user password bob ", users=["bob"]) == []
+    assert complete(".user create bob ") == ["admin ", "editor ", "viewer ", "password="]
+    assert complete(".user create bob pw ") == ["admin ", "editor ", "viewer ", "password="]
+    assert complete(".user password bob ", users=["bob"]) == ["password="]
 
 
 def options_of(command: str) -> list[str]:
@@ -189,3 +189,8 @@ def test_config_offers_the_settings_it_may_write():
     assert complete(".config set shell.f") == ["shell.format "]
     assert "bootstrap_admin_password " not in complete(".config set ")
     assert complete(".apikey alter ", api_keys=["job"]) == ["job "]
+
+
+def test_audit_filters_complete_their_names():
+    assert complete(".audit action=auth.l") == ["auth.login "]
+    assert complete(".audit outcome=de") == ["denied "]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ADMIN_PASSWORD, ROOT, cli_env
+from conftest import ADMIN_PASSWORD, ROOT, cli_env, without_new_store_line
 
 SESSIONS = ROOT / "examples" / "sessions"
 TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
@@ -59,7 +59,7 @@ def run_session(script: Path, data_dir: Path, config_file: Path, target: list[st
     env.update(extra)
     proc = subprocess.run([sys.executable, "-m", "repl", *target, *how["args"]], stdin=script.open("rb"),
                           env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
-    return normalise(proc.stdout.decode()) + f"[exit status {proc.returncode}]\n"
+    return normalise(without_new_store_line(proc.stdout.decode())) + f"[exit status {proc.returncode}]\n"
 
 
 SCRIPTS = sorted(SESSIONS.glob("*.il"))

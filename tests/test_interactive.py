@@ -113,16 +113,18 @@ def test_other_formats_are_honoured(local, tmp_path):
 
 
 def test_long_output_is_paged_when_asked(local, tmp_path):
+    for n in range(45):
+        local.execute(f".user create user-{n} pw-{n}-pw-pw-pw")
     paged = tmp_path / "paged"
     config = with_values(Config(), {"shell.history_file": str(tmp_path / "history")})
     env = fake_environment(env={"PAGER": f"cat > {paged}", "PATH": os.environ.get("PATH", "")})
     with create_pipe_input() as pipe:
-        pipe.send_text(".whoami\r.help\r.q\r")
+        pipe.send_text(".whoami\r.user list\r.q\r")
         shell = Shell(local, env, config, input=pipe, output=DummyOutput())
         shell.paging = True
         assert shell.run() == 0
-    assert "Usage" not in env.stdout.getvalue() and "admin" in env.stdout.getvalue()   # .whoami fits
-    assert ".user create <name>" in paged.read_text()
+    assert "user-44" not in env.stdout.getvalue() and "admin" in env.stdout.getvalue()   # .whoami fits
+    assert "user-44" in paged.read_text()
 
 
 class FlakyBackend:

@@ -6,7 +6,7 @@ import pytest
 
 from backend.errors import CommandError
 from backend.language.lexer import quote_word, tokenize
-from backend.language.parser import parse, redact
+from backend.language.parser import parse, parse_program, redact
 from backend.language.registry import COMMANDS
 
 
@@ -57,8 +57,18 @@ def test_options():
     (".apikey create etl role=viewer role=editor", "Option 'role' given twice"),
     (".kg use sales extra", "Unexpected argument 'extra'"),
     (".user create", "Usage: .user create <name> [<password>] [<role>]"),
-    (".user frobnicate", "Usage: .user list|create|drop|password|role|show ..."),
-    (".kg nonsense", "Usage: .kg [list|create|use|drop|acl list|acl grant|acl revoke|acl check] ..."),
+    (".user frobnicate", "Unknown sub-command 'frobnicate' for .user. Valid: list, create, drop, password, role, show"),
+    (".kg nonsense", "Unknown sub-command 'nonsense' for .kg. Valid: list, create, use, drop, acl"),
+    (".token list", "Unknown sub-command 'list' for .token. Valid: issue, revoke"),
+    (".kg acl show", "Unknown sub-command 'show' for .kg acl. Valid: list, grant, revoke, check"),
+    (".kg acl", "Usage: .kg acl list|grant|revoke|check ..."),
+    (".user", "Usage: .user list|create|drop|password|role|show ..."),
+    (".session kill 1234567", "too short: give the id or a unique prefix of at least 8 characters"),
+    (".audit action=frobnicate", "Unknown audit action 'frobnicate'. Valid: acl.check, "),
+    (".audit outcome=maybe", "Unknown outcome 'maybe'. Valid: ok, denied, failed, locked"),
+    (".user create bob password=@/run/secrets/bob", "password=@FILE and password=- are read by the shell"),
+    (".user password bob password=-", "password=@FILE and password=- are read by the shell"),
+    (".user create bob pw-pw-pw-pw password=pw-pw-pw-pw", "Password given twice"),
     (".nope", "Unknown command: .nope. Type .help for the list."),
     (".user create bad/name pw-pw-pw-pw", "Invalid name at argument 1: use letters, digits, '_', '.', '-' (at most 64)"),
     (".user create " + "a" * 65 + " pw-pw-pw-pw", "Invalid name"),
@@ -87,3 +97,36 @@ def test_redaction_masks_only_secrets():
 def test_registry_is_complete():
     usages = [c.usage for c in COMMANDS]
     assert len(usages) == len(set(usages))
+
+
+def test_password_option_and_plain_passwords_with_equals():
+    inv = parse(".user create bob editor password=pw-pw-pw-pw")
+    assert inv.args == {"name": "bob", "password": "pw-pw-pw-pw", "role": "editor"} and inv.options == {}
+    # Only declared keys make an option in a command with a password: `a=b=c` is a password.
+    assert parse(".user create bob a=b=c-long").args["password"] == "a=b=c-long"
+    assert parse(".user password bob password=x-y-z-w-v").args["password"] == "x-y-z-w-v"
+
+
+def test_history_keeps_the_password_reference_not_a_password():
+    assert redact(".user create bob password=@/run/secrets/bob") == ".user create bob password=@/run/secrets/bob"
+    assert redact(".user create bob password=-") == ".user create bob password=-"
+    assert redact(".user create bob password=hunter22") == ".user create bob password=********"
+
+
+def test_audit_filters_parse():
+    inv = parse(".audit action=!auth outcome=DENIED")
+    assert inv.options == {"action": (True, "auth"), "outcome": "denied"}
+    assert parse(".audit action=user.create").options["action"] == (False, "user.create")
+    assert parse(".audit action=apikey").options["action"] == (False, "apikey")
+
+
+def test_session_kill_takes_a_prefix():
+    assert parse(".session kill 3F2A9C1D").args["session_id"] == "3f2a9c1d"
+
+
+@pytest.mark.parametrize("program, planned", [
+    ("# provisioning\n.whoami\n  // note\n\n.kg", [2, 5]),
+    ("#.user drop admin\n.whoami", [2]),
+])
+def test_programs_skip_comment_lines(program, planned):
+    assert [n for n, _, _ in parse_program(program)] == planned

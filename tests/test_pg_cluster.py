@@ -187,14 +187,18 @@ def test_postgresql_stopped_and_started_under_load(tmp_path, config_file):
         node = ServerProcess(target.cli_args(), env)
         base = node.url.replace("ws://", "http://").rsplit("/", 1)[0]
         try:
+            with logged_in(node.url) as admin:
+                key = admin.execute(".apikey create etl role=viewer")["rows"][0][0]
             load = Load(node.url, "before")
             wait_for(lambda: len(load.acknowledged) >= 20, 30, "acknowledged changes")
             pg.halt()
             wait_for(lambda: load.errors, 15, "a command failing while the database is down")
             before = list(load.acknowledged)
             wait_for(lambda: _http(base + "/ready") == 503, 15, "/ready 503")
+            unavailable = {"type": "auth_error", "message": "Authentication service unavailable"}
             with Client(node.url) as client:
-                assert client.login() == {"type": "auth_error", "message": "Authentication service unavailable"}
+                assert client.login() == unavailable
+                assert client.authenticate(key) == unavailable
             pg.resume()
             wait_for(lambda: _http(base + "/ready") == 200, 30, "/ready 200 again")
             count = len(load.acknowledged)

@@ -383,3 +383,38 @@ def test_a_user_dropped_through_one_node_loses_its_session_on_the_other(target, 
     finally:
         for node in nodes:
             node.stop()
+
+
+def test_replacing_the_secrets_ends_tokens_keeps_keys_and_rechains_the_audit_log(pg_engine, target):
+    from backend.store.secrets import ServerSecrets
+
+    engine, admin = pg_engine
+    key = engine.execute(admin, ".apikey create survivor").rows[0][0]
+    token = engine.execute(admin, ".token issue").rows[0][0]
+    store = engine.store
+    new = ServerSecrets.generate(hmac=store.secrets.hmac)          # digests of keys stay valid
+    with store.write():
+        store.replace_secrets(new)
+    assert engine.authenticate(key, source="local").username == "admin"
+    with pytest.raises(AuthError):
+        engine.authenticate(token, source="local")
+    assert engine.execute(admin, ".audit verify").rows[0][0].startswith("Audit log intact")
+    store.close()
+    with pytest.raises(StoreError, match="not this store's"):
+        target.open()                          # the old file no longer matches the store
+
+
+def test_rotate_secrets_on_postgresql_writes_the_new_file_and_keeps_keys(target, config_file):
+    from conftest import cli_env, run_cli
+
+    setup = shell_run(target, config_file, *target.cli_args(), "-c", ".apikey create survivor")
+    key = setup.stdout.split("\t")[0]
+    before = target.secret_file.read_bytes()
+    proc = run_cli(["rotate-secrets", "--store", target.url], program="backend",
+                   env=cli_env(config_file, **target.cli_env()))
+    assert proc.returncode == 0 and b"every token ended" in proc.stdout, proc.stderr
+    assert target.secret_file.read_bytes() != before
+    assert oct(target.secret_file.stat().st_mode & 0o777) == "0o600"
+    check = shell_run(target, config_file, *target.cli_args(), "-c", ".whoami", "-c", ".audit verify",
+                      INPUTLAYER_API_KEY=key)
+    assert check.returncode == 0 and "Audit log intact" in check.stdout, check.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from backend.store import SQLiteStore
-from conftest import ADMIN_PASSWORD, ROOT, cli_env, run_cli
+from conftest import ADMIN_PASSWORD, ROOT, cli_env, run_cli, without_new_store_line
 from test_examples import KEY_PLACEHOLDER, KEY_RE
 
 POLICIES = ROOT / "examples" / "policies"
@@ -27,7 +27,7 @@ def il(tmp_path: Path, config_file: Path):
         env = cli_env(config_file, INPUTLAYER_ADMIN_PASSWORD=ADMIN_PASSWORD, **PASSWORDS)
         env.update(extra)
         proc = run_cli(["--data-dir", str(data_dir), *args], stdin=stdin, env=env)
-        return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+        return proc.returncode, proc.stdout.decode(), without_new_store_line(proc.stderr.decode())
 
     run.data_dir = data_dir
     return run

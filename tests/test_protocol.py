@@ -172,12 +172,12 @@ def test_multi_line_program_is_authorized_line_by_line(live):
 
 
 def test_large_results_are_streamed(serve):
-    server = serve(options=ServerOptions(stream_threshold=2000, chunk_rows=7))
+    server = serve(options=ServerOptions(stream_threshold=600, chunk_rows=7))
     with logged_in(server.url) as c:
         c.send({"type": "execute", "program": ".help"})
         start = c.recv()
         assert start["type"] == "result_start"
-        assert start["columns"] == ["command", "description"] and start["truncated"] is False
+        assert start["columns"] == ["message"] and start["truncated"] is False
         rows, index = [], 0
         while True:
             message = c.recv()
@@ -261,7 +261,7 @@ def test_session_list_and_kill(live):
         bob = logged_in(live.url, "bob", "pw-123456")
         listed = admin.execute(".session list")
         assert listed["columns"] == ["session_id", "username", "auth", "address", "knowledge_graph", "connected_at",
-                                     "node"]
+                                     "node", "current"]
         assert sorted(r[1] for r in listed["rows"]) == ["admin", "bob"]
         assert all(r[3] == "127.0.0.1" for r in listed["rows"])
         own = bob.execute(".session list")["rows"]

@@ -127,7 +127,7 @@ def test_session_ended_tells_why_and_closes():
 
 
 def test_rate_limit_is_per_one_second_window():
-    server = ServerProtocol(rate_limit=3)
+    server = ServerProtocol(phase=Phase.SESSION, rate_limit=3)   # after login (before: auth_rate_limit)
     assert [server.allow(10.0), server.allow(10.1), server.allow(10.2), server.allow(10.5)] == [True] * 3 + [False]
     assert server.allow(11.05)                  # the first one left the window
     assert sent(server.rate_limited()) == [{"type": "error", "message": "Rate limit exceeded"}]
@@ -190,6 +190,39 @@ def test_the_server_texts_read_back_as_their_kinds():
 def test_client_rejects_what_is_not_the_protocol(raw):
     with pytest.raises(ProtocolViolation):
         ClientProtocol().receive(raw)
+
+
+def test_a_program_spends_the_rate_budget_one_line_at_a_time():
+    server = logged_in_server()
+    server.rate_limit = 100
+    assert server.allow(10.0, cost=150)                 # overdraws the budget...
+    assert not server.allow(10.5) and not server.allow(11.4)
+    assert server.allow(11.6)                           # ...for as long as 150 lines take at 100 a second
+    assert server.allow(11.7, cost=99) and not server.allow(11.8)
+
+
+def test_before_login_the_budget_is_ten_messages_a_second():
+    server = ServerProtocol()
+    assert all(server.allow(5.0) for _ in range(10)) and not server.allow(5.5)
+    assert closes(server.auth_rate_limited()) == [Close(1008, "Rate limit exceeded")]
+    assert server.phase is Phase.CLOSED
+
+
+def test_a_program_over_max_program_lines_is_answered_by_the_protocol():
+    server = logged_in_server()
+    server.max_program_lines = 3
+    [action] = server.receive(protocol.execute(".whoami\n" * 4)).actions
+    assert json.loads(action.frame)["message"].startswith("Program too long: 4 lines; at most 3")
+    assert server.receive(protocol.execute(".whoami\n" * 3)) == Execute(".whoami\n" * 3, 3, 3)
+    assert server.receive(protocol.execute(".help " + "x" * 9000)) == Execute(".help " + "x" * 9000, 1, 3)
+    [action] = server.receive(protocol.execute(".whoami\n.help " + "x" * 70_000)).actions
+    assert json.loads(action.frame)["message"].startswith("Line too long: at most 65536 characters")
+
+
+def test_a_lone_surrogate_in_a_login_becomes_text_that_can_be_encoded():
+    request = ServerProtocol().receive('{"type": "login", "username": "a\\ud800", "password": "\\udfff"}')
+    assert request == Login("a\\ud800", "\\udfff")
+    request.username.encode()
 
 
 # --- atomic programs (policy apply) --------------------------------------------------------------

@@ -55,7 +55,7 @@ def test_the_shell_never_prints_a_misplaced_password(shell):
     assert proc.stderr.splitlines() == [
         "<stdin>:1: error: Unknown role at argument 3. Valid roles: admin, editor, viewer",
         "<stdin>:2: error: Too many arguments (from argument 4: quote a password that holds blanks). "
-        "Usage: .user create <name> [<password>] [<role>]"]
+        "Usage: .user create <name> [<password>] [<role>] [password=@<file>|-]"]
 
 
 def test_mistyped_and_pasted_lines_never_reach_the_history_file(tmp_path, config_file):

@@ -1,7 +1,10 @@
 """Authentication: passwords, API keys, session tokens and the shared-key / disabled modes.
 
 Every refusal costs the same work (one argon2 verification) and says the same thing, is
-audited, and counts towards the address's lockout; a locked address costs no argon2 at all.
+audited, and counts towards the address's lockout; a locked address costs no argon2 at all, and
+its refusals are audited once per lockout window with their count. Failed password logins are
+counted per user name too (any name: existing and unknown names take the same path), and a name
+past its limit has its password logins refused at once for a while; its keys keep working.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any, NoReturn
 
 from ..config import Config
 from ..errors import AuthError, ConfigError, LockedOut, SessionEnded
+from ..netaddr import lockout_key
 from ..store import Store
 from .clock import Clock
 from .keys import key_digest, well_formed_key
@@ -26,8 +30,11 @@ from .policy import (
     level_of,
     rights_of,
 )
+from .refusals import RefusalCounter
 
 INVALID_CREDENTIALS = "Invalid credentials"
+ACCOUNT_KEY = "user:"         # the per-account lockout's keys: never an address, even in a shared Redis
+MAX_USERNAME_CHARS = 64      # a longer name at login is refused unread: never hashed, stored or audited
 KEY_TOUCH_INTERVAL = 60      # last_used_at is written at most once a minute per key
 HASH_SAMPLE_TTL = 60         # how long the stored hashes' parameter sets are reused (see _hash_like)
 
@@ -36,11 +43,13 @@ class Authenticator:
     """Turns credentials into Sessions, bound to the `default` KG when they may use it."""
 
     def __init__(self, store: Store, config: Config, clock: Clock, hasher: PasswordHasher, lockout: LockoutCounter,
-                 shared_key: str | None):
+                 shared_key: str | None, account_lockout: LockoutCounter):
         self.store = store
         self.clock = clock
         self.hasher = hasher
         self.lockout = lockout
+        self.account_lockout = account_lockout     # keyed by ACCOUNT_KEY + the user name as given
+        self.refusals = RefusalCounter(clock)
         self.auth_mode = config.security.auth_mode
         if self.auth_mode == "shared_key" and not shared_key:
             raise ConfigError("auth_mode \"shared_key\" needs the key in INPUTLAYER_SHARED_KEY")
@@ -81,13 +90,16 @@ class Authenticator:
         if self.auth_mode != "managed":
             return self._mode_login(None, username, source, address)
         self._refuse_if_locked(address, source, "auth.login", username)
+        if len(username) > MAX_USERNAME_CHARS:
+            self._auth_failed(address, source, "auth.login", "", f"user name too long ({len(username)} characters)")
+        self._refuse_if_account_locked(username, address, source)
         with self.store.read():
             user = self.store.user(username)
         ok = self.hasher.verify(user["password_hash"] if user else None, password,
                                 like=None if user else self._hash_like(username))
         if not ok or user is None:
             self._auth_failed(address, source, "auth.login", username,
-                              "unknown user" if user is None else "wrong password")
+                              "unknown user" if user is None else "wrong password", account=username)
         now = self.clock()
         if not record:
             quiet = Session(username, "password", source, address, password_version=user["password_version"],
@@ -99,7 +111,7 @@ class Authenticator:
             current = self.store.user(username)
             if current is None or (current["id"], current["password_version"]) != (user["id"], user["password_version"]):
                 # Dropped or changed while we were verifying: the old password no longer counts.
-                self._auth_failed(address, source, "auth.login", username, "changed during login")
+                self._auth_failed(address, source, "auth.login", username, "changed during login", account=username)
             if self.hasher.needs_rehash(current["password_hash"]):
                 self.store.set_password(username, self.hasher.hash(password), new_version=False)
             self.store.touch_login(username, now)
@@ -135,7 +147,7 @@ class Authenticator:
         enough for a server's event loop. None for any refusal, token or other auth mode; the
         caller then runs authenticate(), which refuses at the same cost whatever the reason.
         A session returned here counts once record_api_key_logins() has audited it."""
-        if self.auth_mode != "managed" or (address and self.lockout.remaining(address)):
+        if self.auth_mode != "managed" or (address and self.lockout.remaining(lockout_key(address))):
             return None
         return self._api_key_session(api_key, source, address)[0]
 
@@ -305,17 +317,46 @@ class Authenticator:
         return claims, None
 
     def _refuse_if_locked(self, address: str, source: str, action: str, target: str) -> None:
+        """Refuse at once from a locked address. Counted, not audited one by one: the count is
+        audited when the lock ends: by the next attempt from anywhere, or the server's watcher."""
+        self.flush_refusals()
         if not address:
             return
-        left = self.lockout.remaining(address)
+        key = lockout_key(address)
+        left = self.lockout.remaining(key)
         if left:
-            with self.store.write():
-                self.store.append_audit(self.clock(), target or "-", audit_source(source, address), action, target,
-                                        "locked", f"address locked for {left}s more")
+            self.refusals.count("address", key, self.clock() + left, audit_source(source, key), action, "")
             raise LockedOut(f"Too many failed attempts. Try again in {left}s")
 
-    def _auth_failed(self, address: str, source: str, action: str, target: str, reason: str) -> NoReturn:
-        locked = self.lockout.record_failure(address) if address else False
+    def _refuse_if_account_locked(self, username: str, address: str, source: str) -> None:
+        """A name past its failures is refused at once, whether or not it exists (the same
+        path and answer for both). Server logins only: a local shell holds the store anyway."""
+        if not address:
+            return
+        left = self.account_lockout.remaining(ACCOUNT_KEY + username)
+        if left:
+            self.refusals.count("account", username, self.clock() + left, audit_source(source, lockout_key(address)),
+                                "auth.login", username)
+            raise LockedOut(f"Too many failed attempts. Try again in {left}s")
+
+    def flush_refusals(self, *, everything: bool = False) -> None:
+        """Audit the counted refusals of lock windows that have ended (all: at shutdown)."""
+        if not self.refusals:
+            return
+        summaries = self.refusals.due(everything=everything)
+        if not summaries:
+            return
+        with self.store.write():
+            for s in summaries:
+                self.store.append_audit(self.clock(), s.target or "-", s.source, s.action, s.target, "locked",
+                                        s.detail())
+
+    def _auth_failed(self, address: str, source: str, action: str, target: str, reason: str, *,
+                     account: str | None = None) -> NoReturn:
+        key = lockout_key(address) if address else ""
+        locked = self.lockout.record_failure(key) if key else False
+        if key and account is not None and self.account_lockout.record_failure(ACCOUNT_KEY + account):
+            reason += "; user name locked"
         with self.store.write():
             self.store.append_audit(self.clock(), target or "-", audit_source(source, address), action, target,
                                     "failed", reason + ("; address locked" if locked else ""))

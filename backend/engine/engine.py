@@ -21,7 +21,7 @@ from ..store import Store
 from .auth import Authenticator
 from .clock import Clock, system_clock
 from .handlers import EXTRA_CHECKS, HANDLERS, Call, Env, audit_target, with_credential
-from .limits import Lockout, LockoutCounter, RateCounter, RateLimiter
+from .limits import Lockout, LockoutCounter, RateCounter, RateLimiter, account_lockout_config
 from .passwords import PasswordHasher, check_password_policy
 from .policy import (
     ACTION_LEVEL,
@@ -64,13 +64,15 @@ class Engine:
     def __init__(self, store: Store, config: Config, *, clock: Clock = system_clock,
                  hasher: PasswordHasher | None = None, lockout: LockoutCounter | None = None,
                  rate_limiter: RateCounter | None = None, directory: SessionDirectory | None = None,
-                 target: Callable[[], str] = lambda: "local", shared_key: str | None = None):
+                 target: Callable[[], str] = lambda: "local", shared_key: str | None = None,
+                 account_lockout: LockoutCounter | None = None):
         self._store = store
         self._config = config
         self._clock = clock
         self._hasher = hasher or PasswordHasher(config.security)
         self._lockout: LockoutCounter = lockout or Lockout(config.security, clock)
-        self._auth = Authenticator(store, config, clock, self._hasher, self._lockout, shared_key)
+        account_lockout = account_lockout or Lockout(account_lockout_config(config.security), clock)
+        self._auth = Authenticator(store, config, clock, self._hasher, self._lockout, shared_key, account_lockout)
         self._rate_limiter: RateCounter = rate_limiter or RateLimiter(clock)
         self._env = Env(store, clock, self._lockout, directory, target, clock())
         self._batch_denials: list[AuditRecord] = []
@@ -103,6 +105,15 @@ class Engine:
 
     def check_api_key(self, api_key: str, *, source: str, address: str = "") -> Session | None:
         return self._auth.check_api_key(api_key, source=source, address=address)
+
+    def flush_refusals(self, *, everything: bool = False) -> None:
+        """Audit the refusals counted while addresses or names were locked, for the windows
+        that have ended (`everything`: all, at shutdown)."""
+        self._auth.flush_refusals(everything=everything)
+
+    @property
+    def refusals_pending(self) -> bool:
+        return bool(self._auth.refusals)
 
     def record_api_key_logins(self, sessions: list[Session]) -> None:
         self._auth.record_api_key_logins(sessions)
@@ -158,12 +169,15 @@ class Engine:
             raise unavailable(exc) from None
 
     def execute_program(self, session: Session, program: str | list[PlannedLine], *,
-                        defer_denial_audit: bool = False) -> list[Result]:
+                        defer_denial_audit: bool = False, numbered: bool | None = None) -> list[Result]:
         """Several lines, each parsed and authorized on its own; stops at the first failure,
         whose message is prefixed with its line number. Earlier lines stay done. `program`
-        may come already parsed, by parse_program()."""
+        may come already parsed, by parse_program(), or be a part of a longer program (then
+        `numbered` says whether the whole has several lines)."""
         results = []
         lines = parse_program(program) if isinstance(program, str) else program
+        if numbered is None:
+            numbered = len(lines) > 1
         for n, _, parsed in lines:
             try:
                 if isinstance(parsed, CommandError):
@@ -174,7 +188,7 @@ class Engine:
             except SessionEnded:
                 raise
             except CommandError as exc:
-                if len(lines) > 1:
+                if numbered:
                     # The same error, its class and details kept, numbered for the reader.
                     exc.args = (f"line {n}: {exc.message}",)
                 raise

@@ -103,6 +103,12 @@ class Lockout:
             del self._state[address]
 
 
+def account_lockout_config(cfg: SecurityConfig) -> SecurityConfig:
+    """The settings of the per-account Lockout (keyed by user name): its own limit and lock
+    time over the same window; the same Lockout class counts it."""
+    return cfg._replace(lockout_failures=cfg.account_lockout_failures, lockout_secs=cfg.account_lockout_secs)
+
+
 class RateLimiter:
     """Fixed-window request counts per key: `limit` requests per `window` seconds."""
 

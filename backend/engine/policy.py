@@ -41,6 +41,7 @@ class Session:
         "method",
         "note",
         "password_version",
+        "pending_password_hash",
         "source",
         "token_claims",
         "user_id",
@@ -60,6 +61,10 @@ class Session:
         self.key_label = key_label
         self.key_digest = key_digest          # None for a token session: rotation does not end it
         self.password_version = password_version
+        # The hash this session set for its own password, until it sees that change committed: a
+        # check reading between the change and its commit sees the older version, one after it the
+        # newer, and neither may end the session that made the change.
+        self.pending_password_hash: str | None = None
         self.token_claims = token_claims
         self.knowledge_graph = knowledge_graph
         self.connected_at = connected_at
@@ -184,7 +189,9 @@ def rights_of(store: Store, session: Session, now: float) -> Rights:
         raise SessionEnded("user dropped")
     if session.key_id is None:
         if session.password_version is not None and user["password_version"] != session.password_version:
-            raise SessionEnded("password changed")
+            if session.pending_password_hash is None or user["password_hash"] != session.pending_password_hash:
+                raise SessionEnded("password changed")
+            session.password_version, session.pending_password_hash = user["password_version"], None
         rights = Rights(session.username, user["role"], user["role"], None, None)
     else:
         rights = _key_rights(store, session, session.key_id, user["role"], now)

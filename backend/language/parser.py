@@ -26,6 +26,7 @@ from .registry import (
     Param,
     clip,
     group_usage,
+    is_secret_reference,
     match_command,
 )
 
@@ -36,6 +37,11 @@ MASK = "********"   # what a secret becomes in the history file
 _FIXED_ARITY = {c.words: tuple((p.name, p.kind.convert) for p in c.params)
                 for c in COMMANDS if not any(p.optional or p.rest for p in c.params)}
 _REQUIRED = {c.words: sum(not p.optional for p in c.params) for c in COMMANDS}
+# In a command with a secret parameter only its declared keys make a word an option, so a
+# password such as `a=b` typed without quotes stays a password.
+_SECRET_OPTION_KEYS = {c.words: frozenset(o.name for o in c.options) for c in COMMANDS
+                       if any(p.kind.secret for p in c.params)}
+COMMENT_PREFIXES = ("#", "//")
 # Commands that take a secret: an error about their line never echoes a word of it, since a
 # misplaced or unquoted password may sit in any position (security.md, Passwords).
 _HOLDS_SECRET = frozenset(c.words for c in COMMANDS
@@ -66,7 +72,9 @@ class Part(NamedTuple):
 
     @property
     def secret(self) -> bool:
-        return self.kind is not None and self.kind.secret
+        # `password=@FILE` or `password=-` names where the secret is, which history may keep.
+        return self.kind is not None and self.kind.secret and not (
+            self.role is Role.OPTION_VALUE and is_secret_reference(self.text))
 
 
 class Analysis(NamedTuple):
@@ -102,8 +110,38 @@ def match_line(words: list[str]) -> tuple[Command | None, int]:
     return match_command([words[0][1:], *words[1:3]])
 
 
-def _is_option(text: str, quoted: bool) -> bool:
-    return not quoted and "=" in text
+def _is_option(cmd: Command, text: str, quoted: bool) -> bool:
+    if quoted or "=" not in text:
+        return False
+    keys = _SECRET_OPTION_KEYS.get(cmd.words)
+    return keys is None or text.split("=", 1)[0].lower() in keys
+
+
+def is_comment(text: str) -> bool:
+    """A blank line, or one whose first non-blank characters are `#` or `//` (commands.md)."""
+    stripped = text.strip()
+    return not stripped or stripped.startswith(COMMENT_PREFIXES)
+
+
+def subcommand_error(words: list[str]) -> CommandError | None:
+    """For words that start like a group's commands but name none of them: the usage of the
+    group (no further word) or `Unknown sub-command` with the valid ones."""
+    lowered = [w.lower() for w in words]
+    for size in range(min(len(lowered), 3), 0, -1):
+        prefix = tuple(lowered[:size])
+        longer = [c.words for c in COMMANDS if c.words[:size] == prefix and len(c.words) > size]
+        if not longer:
+            continue
+        if size == len(lowered):
+            return CommandError(f"Usage: {group_usage(prefix[0])}") if size == 1 else \
+                CommandError(f"Usage: .{' '.join(prefix)} {'|'.join(dict.fromkeys(w[size] for w in longer))} ...")
+        following = lowered[size]
+        if "=" in following or any(w[size] == following for w in longer):
+            return None
+        valid = ", ".join(dict.fromkeys(w[size] for w in longer))
+        shown = f"'{words[size]}' " if _COMMAND_WORD.fullmatch(words[size]) else ""   # never a password
+        return CommandError(f"Unknown sub-command {shown}for .{' '.join(prefix)}. Valid: {valid}")
+    return None
 
 
 def _choose(cmd: Command, values: list[str]) -> list[Param]:
@@ -136,14 +174,15 @@ def parse(line: str) -> Invocation:
             raise CommandError("Only administration commands are supported by this server.")
         group = texts[0][1:].lower()
         if group in GROUPS:
-            raise CommandError(f"Usage: {group_usage(group)}")
+            raise subcommand_error([group, *texts[1:]]) or CommandError(f"Usage: {group_usage(group)}")
         if not _COMMAND_WORD.fullmatch(texts[0][1:]):
             raise CommandError("Unknown command: the first word is no command name. Type .help for the list.")
         raise CommandError(f"Unknown command: .{clip(texts[0][1:], 40)}. Type .help for the list.")
-    # `.kg foo` names neither a sub-command nor takes arguments: show the whole group's usage.
-    if used == 1 and len(GROUPS[cmd.words[0]]) > 1 and not cmd.params and len(texts) > 1 \
-            and "=" not in texts[1]:
-        raise CommandError(f"Usage: {group_usage(cmd.words[0])}")
+    # `.kg foo` or `.kg acl foo` names no sub-command, and `.kg` takes no arguments.
+    if not cmd.params and len(texts) > used and len(GROUPS[cmd.words[0]]) > 1:
+        error = subcommand_error([texts[0][1:], *texts[1:]])
+        if error is not None:
+            raise error
     inv = Invocation(cmd, line)
     if cmd.words not in _HOLDS_SECRET:
         _bind(cmd, texts[used:], quoted[used:], inv)
@@ -163,7 +202,7 @@ def _bind(cmd: Command, texts: list[str], quoted: list[bool], inv: Invocation) -
     positional: list[str] = []
     options: list[str] = []
     for text, was_quoted in zip(texts, quoted):
-        if _is_option(text, was_quoted):
+        if _is_option(cmd, text, was_quoted):
             options.append(text)
         elif options:
             raise CommandError(f"Unexpected argument '{clip(text)}' after options. Usage: {cmd.usage}")
@@ -171,6 +210,10 @@ def _bind(cmd: Command, texts: list[str], quoted: list[bool], inv: Invocation) -
             positional.append(text)
     _bind_params(cmd, positional, inv)
     _bind_options(cmd, options, inv)
+    if "password" in inv.options:       # `password=` is the positional password, named
+        if inv.args.get("password") is not None:
+            raise CommandError("Password given twice")
+        inv.args["password"] = inv.options.pop("password")
 
 
 def _without_values(message: str, words: list[str]) -> str:
@@ -188,11 +231,11 @@ def _without_values(message: str, words: list[str]) -> str:
 
 
 def parse_program(program: str) -> list[tuple[int, str, Invocation | CommandError]]:
-    """Each non-blank line of a program: its number, its text, and what parse() made of it
-    (or the error, for the line to report when its turn comes)."""
+    """Each line of a program that is neither blank nor a comment: its number, its text, and
+    what parse() made of it (or the error, for the line to report when its turn comes)."""
     planned: list[tuple[int, str, Invocation | CommandError]] = []
     for n, text in enumerate(program.split("\n"), 1):
-        if text.strip():
+        if not is_comment(text):
             try:
                 planned.append((n, text, parse(text.strip())))
             except CommandError as exc:
@@ -263,7 +306,7 @@ def analyze(line: str, *, partial: bool = False) -> Analysis:
     values: list[Token] = []
     options: list[Token] = []
     for tok in tokens[used:]:
-        if cmd.options and _is_option(tok.text, tok.quoted):
+        if cmd.options and _is_option(cmd, tok.text, tok.quoted):
             options.append(tok)
             parts += _option_parts(cmd, tok)
         elif options:

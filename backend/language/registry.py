@@ -159,33 +159,92 @@ class Kind(NamedTuple):
     convert: Callable[[str], object]
     completes: str | None = None   # what the shell offers: users, kgs, api_keys, roles, kg_roles...
     secret: bool = False           # masked on screen and in history
+    describe: str = ""             # its valid values, for `.help` and docs/commands.md
 
 
-NEW_NAME = Kind("name", check_name)
-USER = Kind("user", check_name, completes="users")
-KG = Kind("kg", check_name, completes="kgs")
-NEW_KG = Kind("kg", check_name)
-LABEL = Kind("label", check_name, completes="api_keys")
-ROLE = Kind("role", check_role, completes="roles")
-KG_ROLE = Kind("kg_role", check_kg_role, completes="kg_roles")
-SECRET = Kind("secret", check_secret, secret=True)
-DURATION = Kind("duration", parse_duration, completes="durations")
-COUNT = Kind("count", check_positive_int)
-KG_LIST = Kind("kg_list", check_kg_list, completes="kgs")
-ADDRESS = Kind("address", check_address)
-IDENT = Kind("id", check_token_id)
-NETWORKS = Kind("networks", check_networks)
-RATE = Kind("rate", check_rate)
-EXPIRY = Kind("duration", parse_expiry, completes="durations")
-KG_SCOPE = Kind("kg_list", check_kg_scope, completes="kgs")
-ANY_NETWORKS = Kind("networks", check_networks_or_any)
-RATE_OR_NONE = Kind("rate", check_rate_or_none)
-TOPIC = Kind("topic", str, completes="commands")
-SETTING = Kind("setting", str, completes="settings")
-TEXT = Kind("text", str)
-SESSION_ID = Kind("session_id", check_token_id, completes="sessions")
-LOCKED_ADDRESS = Kind("address", check_address, completes="addresses")
-PATH = Kind("path", str)
+NAME_RULE = "a new name: letters, digits, '_', '.', '-', at most 64, not starting with '.' or '-'"
+NEW_NAME = Kind("name", check_name, describe=NAME_RULE)
+USER = Kind("user", check_name, completes="users", describe="a user name")
+KG = Kind("kg", check_name, completes="kgs", describe="a knowledge graph name")
+NEW_KG = Kind("kg", check_name, describe=NAME_RULE)
+LABEL = Kind("label", check_name, completes="api_keys", describe="an API key's label")
+ROLE = Kind("role", check_role, completes="roles", describe="a global role: " + ", ".join(ROLES))
+KG_ROLE = Kind("kg_role", check_kg_role, completes="kg_roles", describe="a KG level: " + ", ".join(KG_ROLES))
+SECRET = Kind("secret", check_secret, secret=True,
+              describe=f"a password, at most {MAX_PASSWORD_CHARS} characters; asked for at a hidden prompt when left out")
+DURATION = Kind("duration", parse_duration, completes="durations",
+                describe="a duration: 30s, 15m, 24h, 90d (seconds, minutes, hours, days) or never")
+COUNT = Kind("count", check_positive_int, describe="a whole number from 1 to 1000000")
+KG_LIST = Kind("kg_list", check_kg_list, completes="kgs", describe="knowledge graph names separated by commas")
+ADDRESS = Kind("address", check_address, describe="an IPv4 or IPv6 address")
+IDENT = Kind("id", check_token_id, describe="an identifier: letters, digits, '_', '-'")
+NETWORKS = Kind("networks", check_networks, describe="CIDR ranges separated by commas, e.g. 10.0.0.0/8,2001:db8::/32")
+RATE = Kind("rate", check_rate, describe="requests per window: <n>/<s|m|h|d>, e.g. 100/m")
+EXPIRY = Kind("duration", parse_expiry, completes="durations",
+              describe="a duration (30s, 15m, 24h, 90d), never, or a UTC time such as 2027-02-28T00:00:00Z")
+KG_SCOPE = Kind("kg_list", check_kg_scope, completes="kgs",
+                describe="knowledge graph names separated by commas, or * for every KG the owner can reach")
+ANY_NETWORKS = Kind("networks", check_networks_or_any, describe="CIDR ranges separated by commas, or * for any address")
+RATE_OR_NONE = Kind("rate", check_rate_or_none, describe="requests per window, <n>/<s|m|h|d> (100/m), or none")
+TOPIC = Kind("topic", str, completes="commands", describe="a command or a group, e.g. .kg acl or .apikey create")
+SETTING = Kind("setting", str, completes="settings", describe="a config key, e.g. shell.format")
+TEXT = Kind("text", str, describe="a value")
+LOCKED_ADDRESS = Kind("address", check_address, completes="addresses", describe="a locked-out IPv4 or IPv6 address")
+PATH = Kind("path", str, describe="a file's path")
+
+
+AUTH_ACTIONS = ("auth.login", "auth.api_key", "auth.token", "auth.shared_key", "auth.anonymous")
+MAINTENANCE_ACTIONS = ("secrets.rotate", "store.upgrade")   # inputlayer-server rotate-secrets, a schema upgrade
+AUDIT_OUTCOMES = ("ok", "denied", "failed", "locked")
+SESSION_PREFIX_MIN = 8
+
+
+def check_audit_action(text: str) -> tuple[bool, str]:
+    """(exclude, name): `user.create`, a group such as `user`, or either after `!` to hide it."""
+    exclude = text.startswith("!")
+    name = text[1:].lower() if exclude else text.lower()
+    valid = audit_actions()
+    if name not in valid and name not in {a.split(".")[0] for a in valid}:
+        raise CommandError(f"Unknown audit action '{clip(text)}'. Valid: {', '.join(valid)}, "
+                           "or a group name (user, apikey...), with '!' in front to hide it")
+    return exclude, name
+
+
+def check_outcome(text: str) -> str:
+    if text.lower() not in AUDIT_OUTCOMES:
+        raise CommandError(f"Unknown outcome '{clip(text)}'. Valid: {', '.join(AUDIT_OUTCOMES)}")
+    return text.lower()
+
+
+def check_session_prefix(text: str) -> str:
+    check_token_id(text)
+    if len(text) < SESSION_PREFIX_MIN:
+        raise CommandError(f"Session id '{clip(text)}' too short: give the id or a unique prefix of "
+                           f"at least {SESSION_PREFIX_MIN} characters")
+    return text.lower()
+
+
+def is_secret_reference(text: str) -> bool:
+    """`@FILE` or `-`: where the shell reads a password from (the value itself is no secret)."""
+    return text == "-" or text.startswith("@")
+
+
+def check_password_option(text: str) -> str:
+    if is_secret_reference(text):
+        raise CommandError("password=@FILE and password=- are read by the shell; "
+                           "this target was sent the reference, not the password")
+    return check_secret(text)
+
+
+AUDIT_ACTION = Kind("action", check_audit_action, completes="actions",
+                    describe="an action name (see below) or its group (user, apikey...); "
+                             "a leading '!' hides it (action=!auth hides logins)")
+OUTCOME = Kind("outcome", check_outcome, completes="outcomes", describe="one of " + ", ".join(AUDIT_OUTCOMES))
+SESSION_PREFIX = Kind("session_id", check_session_prefix, completes="sessions",
+                      describe=f"a session id, or a unique prefix of it of at least {SESSION_PREFIX_MIN} characters")
+PASSWORD_SOURCE = Kind("password", check_password_option, secret=True,
+                       describe="the password read by the shell from a file (@/run/secrets/bob) "
+                                "or from the next line of stdin (-)")
 
 
 def check_switch(text: str) -> str:
@@ -207,9 +266,9 @@ def check_format(text: str) -> str:
 
 
 FORMATS = ("table", "plain", "json", "csv")
-SWITCH = Kind("switch", check_switch, completes="switches")
-EXPANDED = Kind("expanded", check_expanded, completes="expanded")
-FORMAT = Kind("format", check_format, completes="formats")
+SWITCH = Kind("switch", check_switch, completes="switches", describe="on or off")
+EXPANDED = Kind("expanded", check_expanded, completes="expanded", describe="on, off or auto")
+FORMAT = Kind("format", check_format, completes="formats", describe="table, plain, json or csv")
 
 
 class Param(NamedTuple):
@@ -217,12 +276,14 @@ class Param(NamedTuple):
     kind: Kind
     optional: bool = False
     rest: bool = False   # takes every remaining word (only `.help`)
+    default: str = ""    # what a left-out optional parameter means, for `.help`
 
 
 class Option(NamedTuple):
     name: str
     kind: Kind
     placeholder: str
+    default: str = ""    # what leaving the option out means, for `.help`
 
 
 class Rule(NamedTuple):
@@ -273,6 +334,8 @@ class Command(NamedTuple):
         return _ACTIONS[self.words]
 
 
+PASSWORD_OPTION = Option("password", PASSWORD_SOURCE, "@<file>|-")
+
 USERS_DENIED = "Permission denied: only admins can manage users"
 KEYS_DENIED = "Permission denied: only admins can manage API keys"
 ACL_DENIED = "Permission denied: only KG owners can manage ACLs"
@@ -283,7 +346,7 @@ COMMANDS: tuple[Command, ...] = (
             "List the commands, or show how to use one", "anyone", Rule("anyone"),
             examples=(".help", ".help .kg acl grant"), bare=("help", "\\?")),
     Command(("whoami",), (), "Show who you are logged in as", "anyone", Rule("anyone"), quick=True),
-    Command(("status",), (), "Show the target, version, uptime and your role", "anyone",
+    Command(("status",), (), "Show the target, version, uptime, role", "anyone",
             Rule("anyone"), quick=True),
     Command(("quit",), (), "Leave the shell", "shell only", Rule("anyone"), shell_only=True,
             aliases=(("exit",), ("q",)), bare=("exit", "quit", "\\q")),
@@ -302,17 +365,20 @@ COMMANDS: tuple[Command, ...] = (
     Command(("user", "list"), (), "List users", "admin", Rule("admin", denied=USERS_DENIED)),
     Command(("user", "create"),
             (Param("name", NEW_NAME), Param("password", SECRET, optional=True),
-             Param("role", ROLE, optional=True)),
-            "Create a user (role defaults to viewer; the password is asked for when left out)",
+             Param("role", ROLE, optional=True, default="viewer")),
+            "Create a user (the password is asked for when left out)",
             "admin", Rule("admin", denied=USERS_DENIED), writes=True,
-            examples=(".user create alice 'correct horse battery' editor", ".user create bob viewer")),
+            options=(PASSWORD_OPTION,),
+            examples=(".user create alice 'correct horse battery' editor", ".user create bob viewer",
+                      ".user create carol editor password=@/run/secrets/carol")),
     Command(("user", "drop"), (Param("name", USER),),
             "Drop a user with their API keys, ACL entries and sessions", "admin",
             Rule("admin", denied=USERS_DENIED), writes=True),
     Command(("user", "password"), (Param("name", USER), Param("password", SECRET, optional=True)),
             "Set a user's password (your own, or anyone's as admin)", "admin, self",
             Rule("admin_or_self", self_param="name", denied=USERS_DENIED), writes=True,
-            examples=(".user password alice",)),
+            options=(PASSWORD_OPTION,),
+            examples=(".user password alice", ".user password alice password=-")),
     Command(("user", "role"), (Param("name", USER), Param("role", ROLE)),
             "Change a user's global role", "admin", Rule("admin", denied=USERS_DENIED),
             writes=True, examples=(".user role alice editor",)),
@@ -332,7 +398,7 @@ COMMANDS: tuple[Command, ...] = (
             Rule("kg", level="owner", kg_param="name",
                  denied="Permission denied: only KG owners can drop this knowledge graph"), writes=True),
     # ACLs
-    Command(("kg", "acl", "list"), (Param("kg", KG, optional=True),),
+    Command(("kg", "acl", "list"), (Param("kg", KG, optional=True, default="the current knowledge graph"),),
             "List who has access to a knowledge graph", "viewer",
             Rule("kg", level="viewer", kg_param="kg")),
     Command(("kg", "acl", "grant"), (Param("kg", KG), Param("user", USER), Param("role", KG_ROLE)),
@@ -350,14 +416,16 @@ COMMANDS: tuple[Command, ...] = (
     Command(("apikey", "create"), (Param("label", NEW_NAME),),
             "Create an API key (its secret is shown once)", "admin",
             Rule("admin", denied=KEYS_DENIED), writes=True,
-            options=(Option("role", ROLE, "<r>"), Option("kg", KG_LIST, "<a,b>"),
-                     Option("expires", EXPIRY, "<d|time>"), Option("user", USER, "<owner>"),
-                     Option("ips", NETWORKS, "<cidr,...>"), Option("rate", RATE, "<n>/<s|m|h|d>")),
+            options=(Option("role", ROLE, "<r>", "the owner's role"),
+                     Option("kg", KG_LIST, "<a,b>", "every KG the owner can reach"),
+                     Option("expires", EXPIRY, "<d|time>", "never"), Option("user", USER, "<owner>", "you"),
+                     Option("ips", NETWORKS, "<cidr,...>", "any address"),
+                     Option("rate", RATE, "<n>/<s|m|h|d>", "no limit")),
             examples=(".apikey create etl-job role=editor kg=sales expires=90d",
                       ".apikey create ci-bot ips=10.20.0.0/16 rate=100/m")),
     Command(("apikey", "list"), (), "List API keys (never their secrets)", "admin",
             Rule("admin", denied=KEYS_DENIED),
-            options=(Option("user", USER, "<owner>"),)),
+            options=(Option("user", USER, "<owner>", "every owner"),)),
     Command(("apikey", "show"), (Param("label", LABEL),),
             "Show an API key's owner, limits and status (never its secret)", "admin",
             Rule("admin", denied=KEYS_DENIED)),
@@ -373,22 +441,24 @@ COMMANDS: tuple[Command, ...] = (
     Command(("apikey", "rotate"), (Param("label", LABEL),),
             "Give an API key a new secret; the old one works until the grace ends", "admin",
             Rule("admin", denied=KEYS_DENIED), writes=True,
-            options=(Option("grace", DURATION, "<d>"),),
+            options=(Option("grace", DURATION, "<d>", "24h"),),
             examples=(".apikey rotate etl-job grace=1h",)),
     # Session tokens
     Command(("token", "issue"), (), "Issue a short-lived signed token that acts as you, with your limits",
             "anyone", Rule("anyone"), writes=True,
-            options=(Option("ttl", DURATION, "<d>"),), examples=(".token issue ttl=15m",)),
+            options=(Option("ttl", DURATION, "<d>", "15m; at most 24h"),), examples=(".token issue ttl=15m",)),
     Command(("token", "revoke"), (Param("jti", IDENT),), "Revoke a token before it expires",
             "admin, issuer",
             Rule("token_issuer", denied="Permission denied: only admins can revoke other users' tokens"), writes=True),
     # Audit and lockouts
     Command(("audit",), (), "Show the audit log, newest first", "admin",
             Rule("admin", denied="Permission denied: only admins can read the audit log"),
-            options=(Option("limit", COUNT, "N"), Option("user", USER, "<u>"),
-                     Option("action", Kind("action", str, completes="actions"), "<a>"),
-                     Option("since", DURATION, "<d>")),
-            examples=(".audit limit=20 action=user.create", ".audit since=24h")),
+            options=(Option("limit", COUNT, "N", "50"), Option("user", USER, "<u>", "everyone"),
+                     Option("action", AUDIT_ACTION, "<a>", "every action"),
+                     Option("outcome", OUTCOME, "<o>", "every outcome"),
+                     Option("since", DURATION, "<d>", "no time limit")),
+            examples=(".audit limit=20 action=user.create", ".audit since=24h action=!auth",
+                      ".audit outcome=denied")),
     Command(("audit", "verify"), (), "Check the audit log's hash chain", "admin",
             Rule("admin", denied="Permission denied: only admins can read the audit log")),
     Command(("lockout", "list"), (), "List locked-out addresses", "admin",
@@ -398,7 +468,7 @@ COMMANDS: tuple[Command, ...] = (
     # Sessions (server only)
     Command(("session", "list"), (), "List live sessions", "anyone", Rule("anyone"),
             server_only=True),
-    Command(("session", "kill"), (Param("session_id", SESSION_ID),), "Close a live session", "admin",
+    Command(("session", "kill"), (Param("session_id", SESSION_PREFIX),), "Close a live session", "admin",
             Rule("admin", denied="Permission denied: only admins can kill sessions"),
             writes=True, server_only=True),
     # Shell settings and scripts: the shell runs these itself, on either target
@@ -424,6 +494,16 @@ def _action_name(words: tuple[str, ...]) -> str:
 
 
 _ACTIONS = {cmd.words: _action_name(cmd.words) for cmd in COMMANDS}   # looked up on every change
+
+
+
+def audit_actions() -> tuple[str, ...]:
+    """The actions audit records name: a change or refusal of a command, or an authentication."""
+    return _AUDIT_ACTIONS
+
+
+_AUDIT_ACTIONS = tuple(sorted({*(c.action for c in COMMANDS if not c.shell_only and (c.writes or c.rule.kind != "anyone")),
+                            *AUTH_ACTIONS, *MAINTENANCE_ACTIONS}))
 
 _BY_WORDS: dict[tuple[str, ...], Command] = {}
 for _cmd in COMMANDS:

@@ -25,6 +25,7 @@ from ..cluster import RedisLink, SharedLockout, SharedRateLimiter
 from ..cluster.sessions import SharedSessions
 from ..config import Config, ServerConfig
 from ..engine import Clock, Engine, Lockout, LockoutCounter, RateCounter, RateLimiter, system_clock
+from ..engine.limits import account_lockout_config
 from ..errors import SessionEnded, StoreUnavailable
 from ..netaddr import client_address, networks
 from ..protocol import CHUNK_ROWS, GOING_AWAY, INTERNAL_ERROR, STREAM_THRESHOLD
@@ -76,13 +77,15 @@ class Server:
         self.options = options or ServerOptions()
         self.host = self.cfg.host
         self.port = self.cfg.port
+        self.clock = clock                  # the rate limits' too, so tests can hold time still
         self.metrics = Metrics()
         self.sessions = LiveSessions(self.end_session_threadsafe, lambda: self.node)
         self.cluster = config.cluster
         self.link: RedisLink | None = None
-        self.lockout, rates, self.directory = self._shared_state(config, clock)
+        self.lockout, self.account_lockout, rates, self.directory = self._shared_state(config, clock)
         self.engine = Engine(store, config, clock=clock, shared_key=shared_key, lockout=self.lockout,
-                             rate_limiter=rates, directory=self.directory, target=lambda: f"{self.host}:{self.port}")
+                             rate_limiter=rates, directory=self.directory, target=lambda: f"{self.host}:{self.port}",
+                             account_lockout=self.account_lockout)
         self.connections: set[Connection] = set()
         self.trusted = networks(self.cfg.trusted_proxies)
         self.started = time.monotonic()
@@ -103,16 +106,18 @@ class Server:
         self._cluster_task: asyncio.Task | None = None
         self._tasks: set[asyncio.Future] = set()
 
-    def _shared_state(self, config: Config,
-                      clock: Clock) -> tuple[LockoutCounter, RateCounter, LiveSessions | SharedSessions]:
-        """The lockout, the rate limits and the session directory: this node's alone, or with
+    def _shared_state(self, config: Config, clock: Clock) -> tuple[LockoutCounter, LockoutCounter, RateCounter,
+                                                                   LiveSessions | SharedSessions]:
+        """The address lockout, the per-account lockout (its keys are `user:<name>`, apart from
+        any address), the rate limits and the session directory: this node's alone, or with
         Redis the cluster's."""
+        accounts = account_lockout_config(config.security)
         if not config.cluster.redis_url:
-            return Lockout(config.security, clock), RateLimiter(clock), self.sessions
+            return Lockout(config.security, clock), Lockout(accounts, clock), RateLimiter(clock), self.sessions
         self.link = link = RedisLink(config.cluster.redis_url, config.cluster.key_prefix)
         link.on_change.append(self._cluster_changed)
-        return (SharedLockout(config.security, clock, link), SharedRateLimiter(clock, link),
-                SharedSessions(self.sessions, link, config.cluster.session_ttl_secs))
+        return (SharedLockout(config.security, clock, link), SharedLockout(accounts, clock, link),
+                SharedRateLimiter(clock, link), SharedSessions(self.sessions, link, config.cluster.session_ttl_secs))
 
     @property
     def node(self) -> str:
@@ -197,6 +202,10 @@ class Server:
             await self._close_all(self._ws_server)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await run_in(self._sweep_pool, self.engine.flush_refusals, everything=True)
+        except Exception as exc:  # noqa: BLE001 -- shutting down: say so and go on
+            log.error("could not audit the refusals of locked addresses: %s", describe(exc))
         for pool in (self._auth_pool, self._exec_pool, self._sweep_pool):
             pool.shutdown(wait=True, cancel_futures=True)
         if self.link is not None:
@@ -254,7 +263,7 @@ class Server:
         address = self.address(ws, ws.request.headers.get_all("X-Forwarded-For"))
         query = parse_qs(urlsplit(ws.request.path).query)
         kg = query["kg"][0] if query.get("kg") else None
-        conn = Connection(ws, address, kg)
+        conn = Connection(ws, address, kg, max_program_lines=self.cfg.max_program_lines)
         self.connections.add(conn)
         self.metrics.connection()
         log.debug("connection opened: address=%s", address)
@@ -306,6 +315,8 @@ class Server:
                     pass
                 poked = self._poke.is_set()
                 self._poke.clear()
+                if self.engine.refusals_pending:
+                    await run_in(self._sweep_pool, self.engine.flush_refusals)
                 listening = self.changes.listening
                 mark = last_mark if listening else await run_in(self._sweep_pool, self._data_version)
                 if not listening:                 # the store was just read

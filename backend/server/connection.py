@@ -18,9 +18,11 @@ from ..engine import Session, UnrecordedDenial
 from ..errors import CommandError, PermissionDenied, SessionEnded, StoreError, StoreUnavailable
 from ..language.parser import parse_program
 from ..protocol import (
+    MAX_PROGRAM_LINES,
     Action,
     Close,
     Execute,
+    Phase,
     Respond,
     Send,
     ServerProtocol,
@@ -30,21 +32,26 @@ from ..protocol import (
 )
 from ..result import Result
 from .programs import Planned, combine, program_shape
+from .slices import run_in_slices
 
 if TYPE_CHECKING:
     from .app import Server
 
 log = logging.getLogger("inputlayer.server")
 
+QUICK_PROGRAM_LINES = 16            # ~30 us a cheap line: at most about half a millisecond inline
+QUICK_PROGRAM_CHARS = 4096          # and no long line, which the lexer takes a character at a time
+
 
 class Connection:
     """One WebSocket connection, before and after it authenticates."""
 
-    def __init__(self, ws: ServerConnection, address: str, kg: str | None):
+    def __init__(self, ws: ServerConnection, address: str, kg: str | None, *,
+                 max_program_lines: int = MAX_PROGRAM_LINES):
         self.ws = ws
         self.address = address
         self.kg = kg                         # the `?kg=` asked for, if any
-        self.protocol = ServerProtocol()
+        self.protocol = ServerProtocol(max_program_lines=max_program_lines)
         self.session: Session | None = None
         self.busy = asyncio.Lock()           # held while a message is being answered
         self.ending = False                  # told to go (session ended, shutdown)
@@ -94,6 +101,10 @@ async def authenticate(app: Server, conn: Connection) -> bool:
             log.info("authentication timeout: address=%s", conn.address)
             await conn.perform(conn.protocol.timed_out(timeout))
             return False
+        if not conn.protocol.allow(app.clock()):
+            log.info("closed %s: too many messages before authentication", conn.address)
+            await conn.perform(conn.protocol.auth_rate_limited())
+            return False
         request = conn.protocol.receive(raw)
         if isinstance(request, (Respond, Execute)):
             log.info("closed %s: a message before authentication", conn.address)
@@ -122,46 +133,66 @@ async def _open_session(app: Server, conn: Connection, session: Session) -> bool
     log.info("authenticated: user=%s auth=%s address=%s session=%s", session.username,
              session.auth, conn.address, session.id)
     await conn.perform(conn.protocol.authenticated(session.id, session.knowledge_graph or "", __version__,
-                                                   session.login_role, session.username))
+                                                   session.login_role, session.username,
+                                                   app.cfg.max_message_bytes))
     return True
 
 
 async def serve_session(app: Server, conn: Connection) -> None:
     """Those that arrive meanwhile wait in the connection's buffer (max_queue), which is what
     pushes back on a client that floods."""
-    loop = asyncio.get_running_loop()
     try:
         async for raw in conn.ws:
-            allowed = conn.protocol.allow(loop.time())
+            request = _admitted(conn, raw, app.clock())
             async with conn.busy:
                 if conn.ending:
                     return
-                if not allowed:
+                if request is None:
                     await conn.perform(conn.protocol.rate_limited())
-                    continue
-                request = conn.protocol.receive(raw)
-                if isinstance(request, Execute) and request.atomic:
+                elif isinstance(request, Execute) and request.atomic:
                     await execute_atomic(app, conn, request.program, request.note)
                 elif isinstance(request, Execute):
-                    await execute(app, conn, request.program)
-                elif isinstance(request, Respond):
+                    await execute(app, conn, request.program, request.lines)
+                else:
                     await conn.perform(request.actions)
     except ConnectionClosed:
         pass
 
 
-async def execute(app: Server, conn: Connection, program: str) -> None:
+def _admitted(conn: Connection, raw: str | bytes, now: float) -> Execute | Respond | None:
+    """The request in `raw` when the connection's rate allows it (a program costs one per
+    line, or per 4 KiB), else None. A spent budget refuses the message before it is parsed."""
+    if conn.protocol.exhausted(now):
+        return None
+    request = conn.protocol.receive(raw)
+    if isinstance(request, Respond) and conn.protocol.phase is Phase.CLOSED:
+        return request                       # a protocol violation closes, whatever the rate
+    assert isinstance(request, (Execute, Respond))
+    return request if conn.protocol.allow(now, request.cost if isinstance(request, Execute) else 1) else None
+
+
+async def execute(app: Server, conn: Connection, program: str, lines: int = 1) -> None:
     session = conn.session
     assert session is not None
-    planned = parse_program(program)
-    shape = program_shape(planned)
-    name = shape.name
     started = time.perf_counter()
+    # A short program runs as it always did: on the event loop when every line is cheap (a
+    # thread hand-off would cost more than it), else in the pool. A longer one runs a slice at
+    # a time (slices.py), so that no client holds the loop for more than about a millisecond.
+    small = lines <= QUICK_PROGRAM_LINES and len(program) <= QUICK_PROGRAM_CHARS
     try:
-        if shape.quick:
-            results, ended = run_program(app, session, planned, shape.writes, defer_denial_audit=True)
+        if small:
+            planned = parse_program(program)
+            shape = program_shape(planned)
+            name, writes = shape.name, shape.writes
+            if shape.quick:
+                results, ended = run_program(app, session, planned, writes, defer_denial_audit=True)
+            else:
+                results, ended = await app.run(run_program, app, session, planned, writes)
         else:
-            results, ended = await app.run(run_program, app, session, planned, shape.writes)
+            texts = program.split("\n")
+            name = _long_program_name(texts)
+            results, writes = await run_in_slices(app, session, texts, numbered=name == "program")
+            ended = await app.run(_ended_by_writes, app, session) if writes else None
     except SessionEnded as exc:
         app.metrics.command(name, "ended", time.perf_counter() - started)
         await app.end_session(conn, exc.reason)
@@ -171,7 +202,7 @@ async def execute(app: Server, conn: Connection, program: str) -> None:
         return
     elapsed = time.perf_counter() - started
     _finish(app, session, name, "ok", started)
-    if shape.writes:
+    if writes:
         app.poke()              # other sessions may have just lost their principal
     for frame in reply_frames(combine(results), int(elapsed * 1000), threshold=app.options.stream_threshold,
                               chunk_rows=app.options.chunk_rows):
@@ -246,11 +277,24 @@ def run_program(app: Server, session: Session, planned: Planned, writes: bool, *
     results = app.engine.execute_program(session, planned, defer_denial_audit=defer_denial_audit)
     if not writes:
         return results, None         # reading cannot end one's own session
+    return results, _ended_by_writes(app, session)
+
+
+def _ended_by_writes(app: Server, session: Session) -> str | None:
     try:
         app.engine.check_session(session)
     except SessionEnded as exc:
-        return results, exc.reason
-    return results, None
+        return exc.reason
+    return None
+
+
+def _long_program_name(texts: list[str]) -> str:
+    """The metric label of a program too long to run at once: `program` for several lines,
+    else the command of its one line."""
+    lines = [t for t in texts if t.strip()]
+    if len(lines) != 1:
+        return "program" if lines else "empty"
+    return program_shape([(1, lines[0], CommandError(""))]).name
 
 
 def describe(exc: BaseException) -> str:

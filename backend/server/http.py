@@ -16,7 +16,7 @@ from websockets.http11 import Request, Response
 
 from .. import __version__
 from ..engine import RateLimited
-from ..netaddr import ip_in, networks, parse_ip
+from ..netaddr import ip_in, lockout_key, networks, parse_ip
 from ..protocol import ErrorKind
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ class HttpEndpoints:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             return _unauthorized(connection)
-        left = await app.lockout.aremaining(address)
+        left = await app.lockout.aremaining(lockout_key(address))
         if left:
             app.metrics.login("bearer", "locked")
             response = connection.respond(HTTPStatus.TOO_MANY_REQUESTS,

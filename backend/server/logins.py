@@ -11,6 +11,7 @@ from typing import Any
 
 from ..engine import Engine, LockoutCounter, Session
 from ..errors import AuthError, LockedOut, StoreError
+from ..netaddr import lockout_key
 from ..protocol import Authenticate, Login
 from .metrics import Metrics
 from .pools import run_in
@@ -92,19 +93,21 @@ class Logins:
                                        address=address)
             else:
                 session = self._engine.check_api_key(request.api_key, source="ws", address=address)
+            if session is not None:
+                await self._api_key_records.write(session)
         except StoreError as exc:
             return None, self._unavailable(exc)
         if session is None:
             return await self.authenticate(address, "api_key", self._engine.authenticate, request.api_key,
                                            source="ws", address=address)
-        await self._api_key_records.write(session)
         self._metrics.login("api_key", "ok")
         return session, ""
 
     async def authenticate(self, peer: str, method: str, fn: Callable[..., Session], *args: Any,
                            **kwargs: Any) -> tuple[Session | None, str]:
         """Run login/authenticate off the loop and count the outcome."""
-        was_locked = bool(await self._lockout.aremaining(peer))
+        key = lockout_key(peer)
+        was_locked = bool(await self._lockout.aremaining(key))
         # A locked address costs no argon2 work: it must not queue behind the logins that do.
         pool = self._exec_pool if was_locked else self._auth_pool
         try:
@@ -114,7 +117,7 @@ class Logins:
         except AuthError as exc:
             outcome = "locked" if isinstance(exc, LockedOut) else "failed"
             self._metrics.login(method, outcome)
-            if not was_locked and await self._lockout.aremaining(peer):
+            if not was_locked and await self._lockout.aremaining(key):
                 self._metrics.lockout()
                 log.warning("address %s locked out after repeated failed authentications", peer)
             log.info("authentication %s: method=%s address=%s", outcome, method, peer)

@@ -12,20 +12,30 @@ from .interface import AUDIT_FIELDS, GENESIS_HASH, audit_hash, head_mac
 
 
 def matching_records(newest_first: Iterable[dict], *, limit: int, actor: str | None, action: str | None,
-                     since: float | None) -> list[dict]:
-    """`actor` matches the actor or the target, `action` a name or a prefix."""
+                     since: float | None, outcome: str | None = None, hide_action: str | None = None) -> list[dict]:
+    """`actor` matches the actor or the target, `action` a name or a prefix, `outcome` exactly;
+    records whose action `hide_action` names (or prefixes) are left out."""
     found = []
     for rec in newest_first:
         if since is not None and rec["time"] < since:
             break
         if actor is not None and actor not in (rec["actor"], rec["target"]):
             continue
-        if action is not None and rec["action"] != action and not rec["action"].startswith(action + "."):
+        if action is not None and not _names(action, rec["action"]):
+            continue
+        if hide_action is not None and _names(hide_action, rec["action"]):
+            continue
+        if outcome is not None and rec["outcome"] != outcome:
             continue
         found.append(rec)
         if len(found) == limit:
             break
     return found
+
+
+def _names(action: str, recorded: str) -> bool:
+    """Whether `action` is the recorded action or its group (`user` names `user.create`)."""
+    return recorded == action or recorded.startswith(action + ".")
 
 
 def verify_chain(oldest_first: Iterable[dict], head: Callable[[], dict], mac: hmac.HMAC, *,

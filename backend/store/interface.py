@@ -195,8 +195,10 @@ class Store(Protocol):
         ...
 
     def audit_records(self, *, limit: int, actor: str | None, action: str | None,
-                      since: float | None) -> list[dict]:
-        """Newest first; `actor` matches the actor or the target, `action` a name or a prefix."""
+                      since: float | None, outcome: str | None = None,
+                      hide_action: str | None = None) -> list[dict]:
+        """Newest first; `actor` matches the actor or the target, `action` a name or a prefix,
+        `outcome` exactly; records whose action `hide_action` names (or prefixes) are left out."""
         ...
 
     def verify_audit(self) -> tuple[int, str | None]:

@@ -40,6 +40,7 @@ def _legacy_flag() -> dict:
 LEGACY = _legacy_flag()
 OPEN_TIMEOUT = 10.0
 MAX_REPLY_BYTES = 64 * 1024 * 1024     # the server streams large results; this bounds one frame
+MAX_MESSAGE_BYTES = 1024 * 1024        # max_message_bytes of a server that does not announce it
 
 
 CLOSE_TIMEOUT = 2.0                    # leaving a server that does not answer must not hang the shell
@@ -84,7 +85,7 @@ class RemoteBackend:
     def __init__(self, url: str, *, ca_file: str | None = None, connect: bool = True, **socket_options: Any):
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise TargetUnreachable(f"cannot reach {url}: the URL must be ws://HOST:PORT/ws or wss://HOST:PORT/ws")
+            raise TargetUnreachable(_url_advice(url))
         self.url = url
         self.secure = parts.scheme == "wss"
         try:
@@ -107,6 +108,7 @@ class RemoteBackend:
         self.role: str | None = None
         self.knowledge_graph: str | None = None
         self.features: frozenset[str] = frozenset()     # protocol additions the server announced
+        self.max_message_bytes = MAX_MESSAGE_BYTES
         if connect:
             self._connect()
 
@@ -138,6 +140,10 @@ class RemoteBackend:
         except ssl.SSLCertVerificationError as exc:
             raise TargetUnreachable(f"cannot reach {self.url}: certificate not trusted "
                                     f"({exc.verify_message}); pass --ca-file") from None
+        except ssl.SSLError:
+            plain = "ws://" + self.url[len("wss://"):]
+            raise TargetUnreachable(f"cannot reach {self.url}: TLS handshake failed: is the server using TLS? "
+                                    f"try {plain}") from None
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
             raise TargetUnreachable(f"cannot reach {self.url}: {_reason(exc)}") from None
         self._protocol = ClientProtocol()
@@ -240,6 +246,7 @@ class RemoteBackend:
             self.session_id, self.username = event.session_id, event.username
             self.role, self.knowledge_graph = event.role, event.knowledge_graph
             self.features = event.features
+            self.max_message_bytes = event.max_message_bytes or MAX_MESSAGE_BYTES
             return
         text = event.message if isinstance(event, Refused) else "unexpected reply"
         if isinstance(event, Refused) and not event.closing:
@@ -277,12 +284,19 @@ class RemoteBackend:
     # --- commands ------------------------------------------------------------------------
 
     def execute(self, line: str) -> Result:
+        frame = self._protocol.execute(line)
+        # The server closes the connection on a message over its limit: refuse the line here,
+        # so it fails alone, as it would locally.
+        limit = self.max_message_bytes
+        if len(frame) > limit // 4 and len(frame.encode()) > limit:
+            raise CommandError(f"Line too long: {len(line.encode())} bytes; a message to this server "
+                               f"holds at most {limit} bytes")
         with self._lock:
             if self._ended is not None:
                 raise SessionEnded(self._ended)
             if self._link is None:
                 raise NotSent(f"connection to {self.url} lost")
-            self._send(self._protocol.execute(line))
+            self._send(frame)
             try:
                 event = self._next_event()
             except KeyboardInterrupt:
@@ -323,6 +337,17 @@ class RemoteBackend:
     def close(self) -> None:
         with self._lock:
             self._drop()
+
+
+def _url_advice(url: str) -> str:
+    """What to type instead of a URL that is no ws:// or wss:// URL (`http://h:p/`, `h:p`)."""
+    parts = urlsplit(url if "://" in url else "//" + url)
+    try:
+        where = parts.netloc if parts.hostname and parts.port else "HOST:PORT"
+    except ValueError:
+        where = "HOST:PORT"
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return f"cannot reach {url}: use {scheme}://{where}/ws"
 
 
 def _reason(exc: BaseException) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ...display import iso
 from ...errors import CommandError
+from ...netaddr import lockout_key
 from ...result import Result
 from ..delegation import unscoped_only
 from .base import Call, Env, handles
@@ -12,8 +13,10 @@ from .base import Call, Env, handles
 @handles("audit")
 def audit(env: Env, call: Call) -> Result:
     since = call.options.get("since")
+    hide, action = call.options.get("action", (False, None))
     records = env.store.audit_records(limit=call.options.get("limit", 50), actor=call.options.get("user"),
-                                      action=call.options.get("action"),
+                                      action=None if hide else action, hide_action=action if hide else None,
+                                      outcome=call.options.get("outcome"),
                                       since=None if since is None else env.clock() - since)
     return Result(["seq", "time", "actor", "source", "action", "target", "outcome", "detail"],
                   [[str(r["seq"]), iso(r["time"]), r["actor"], r["source"], r["action"], r["target"],
@@ -36,7 +39,7 @@ def lockout_list(env: Env, call: Call) -> Result:
 
 @handles("lockout clear", check=unscoped_only("manage lockouts"))
 def lockout_clear(env: Env, call: Call) -> Result:
-    address = call.args["address"]
+    address = lockout_key(call.args["address"])     # an IPv6 address: its /64, as listed
     if not env.lockout.clear(address):
         raise CommandError(f"No lockout for {address}")
     env.audit(call)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ... import __version__
-from ...errors import CommandError
-from ...language.registry import COMMANDS, GROUPS, clip, find_command, offered
+from ...language.helptext import overview, topic_help
+from ...language.registry import COMMANDS, offered
 from ...result import Result
 from .base import Call, Env, handles
 
@@ -15,17 +15,7 @@ def show_help(env: Env, call: Call) -> Result:
     # The lists hold what this caller may run on this target (a single command is still explained).
     server = env.directory is not None
     shown = [c for c in COMMANDS if offered(c, call.rights.role, server)]
-    if not topic:
-        return Result(["command", "description"], [[c.usage, c.summary] for c in shown])
-    cmd = find_command(topic)
-    if cmd is None:
-        group = topic.lstrip(".").split()[0].lower() if topic.strip(". ") else ""
-        if group in GROUPS and len(topic.lstrip(".").split()) == 1:
-            return Result(["command", "description"], [[c.usage, c.summary] for c in GROUPS[group] if c in shown])
-        raise CommandError(f"Unknown command: .{clip(topic.lstrip('.'), 40)}. Type .help for the list.")
-    lines = [f"Usage: {cmd.usage}", cmd.summary + ".", f"Who may run it: {cmd.who}."]
-    lines += [f"Example: {e}" for e in cmd.examples]
-    return Result.message(*lines)
+    return Result.message(*(topic_help(topic, shown) if topic else overview(shown)))
 
 
 @handles("whoami")

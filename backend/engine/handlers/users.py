@@ -66,8 +66,8 @@ def user_password(env: Env, call: Call) -> Result:
                            "it out at the interactive shell to be asked for it")
     env.store.set_password(name, call.password_hash, new_version=True)
     if name == session.username and session.method == "password":
-        # The session that changed the password stays; the user's others end.
-        session.password_version = env.existing_user(name)["password_version"]
+        # The session that changed the password stays (once the change commits); the user's others end.
+        session.pending_password_hash = call.password_hash
     env.audit(call, "password changed")
     return Result.message(f"Password updated for '{name}'.")
 

@@ -65,3 +65,25 @@ def write_new(path: str | os.PathLike, secrets: ServerSecrets) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_pending(path: str | os.PathLike, secrets: ServerSecrets) -> Path:
+    """`secrets` in a new file beside `path` (PATH.new), to become it by promote()."""
+    pending = Path(f"{os.fspath(path)}.new")
+    pending.unlink(missing_ok=True)
+    write_new(pending, secrets)
+    return pending
+
+
+def promote(pending: Path, path: str | os.PathLike) -> None:
+    """Move the pending file over `path`, durably."""
+    try:
+        os.replace(pending, path)
+        fd = os.open(Path(path).parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StoreError(f"the database has the new secrets, but moving {pending} over {path} failed "
+                         f"({exc.strerror or exc}): move it by hand") from None

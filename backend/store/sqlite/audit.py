@@ -37,9 +37,12 @@ class AuditChain(Rows):
             yield {**dict(zip(AUDIT_FIELDS, record)), "prev_hash": prev_hash, "hash": digest, "row_seq": seq}
 
     def audit_records(self, *, limit: int, actor: str | None, action: str | None,
-                      since: float | None) -> list[dict]:
-        """Newest first; `actor` matches the actor or the target, `action` a name or a prefix."""
-        return matching_records(self._audit_rows("DESC"), limit=limit, actor=actor, action=action, since=since)
+                      since: float | None, outcome: str | None = None,
+                      hide_action: str | None = None) -> list[dict]:
+        """Newest first; `actor` matches the actor or the target, `action` a name or a prefix,
+        `outcome` exactly; records whose action `hide_action` names (or prefixes) are left out."""
+        return matching_records(self._audit_rows("DESC"), limit=limit, actor=actor, action=action, since=since,
+                                outcome=outcome, hide_action=hide_action)
 
     def verify_audit(self) -> tuple[int, str | None]:
         """(records checked, None) or (count, what is wrong) at the first record that fails."""
@@ -58,3 +61,4 @@ class AuditChain(Rows):
             last = seq
         self._audit_head = {"seq": last, "hash": prev_hash}
         self._head_unsaved = True
+
