@@ -29,14 +29,15 @@ def bootstrap_banner(generated_password: str) -> str:
 
 
 def open_engine(location: str, config: Config, env: Mapping[str, str], *, clock: Clock = system_clock,
-                lockout: LockoutCounter | None = None, rate_limiter: RateCounter | None = None) -> tuple[Store, Engine]:
+                lockout: LockoutCounter | None = None, rate_limiter: RateCounter | None = None,
+                account_lockout: LockoutCounter | None = None) -> tuple[Store, Engine]:
     """The store at `location` (a data directory or a postgresql:// URL: store.locate) and the
     engine over it, with the given counters (else in memory); the store is closed again when
     the engine cannot start."""
     store = open_store(location, env, lock_wait_ms=config.shell.lock_wait_ms)
     try:
         return store, Engine(store, config, clock=clock, shared_key=env.get("INPUTLAYER_SHARED_KEY"),
-                             lockout=lockout, rate_limiter=rate_limiter)
+                             lockout=lockout, rate_limiter=rate_limiter, account_lockout=account_lockout)
     except BaseException:
         store.close()
         raise

@@ -55,4 +55,9 @@ class TargetUnreachable(Exception):
 
 
 class NotSent(TargetUnreachable):
-    """The connection was found lost before a command left: it may be run after reconnecting."""
+    """The connection was found lost before a command left: it may be run after reconnecting.
+    `discovered`: this very call found the loss (so no one has been told of it yet)."""
+
+    def __init__(self, message: str, *, discovered: bool = False):
+        super().__init__(message)
+        self.discovered = discovered

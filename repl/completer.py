@@ -13,6 +13,7 @@ from prompt_toolkit.completion import Completer, Completion
 from prompt_toolkit.document import Document
 
 from backend.config import SCHEMA, holds_secret
+from backend.language.lexer import quote_word
 from backend.language.parser import Analysis, analyze
 from backend.language.registry import (
     AUDIT_OUTCOMES,
@@ -28,6 +29,8 @@ from backend.language.registry import (
     offered,
 )
 from backend.result import Result
+
+from .output import printable
 
 # Where live names come from: the kind's `completes` value -> the command listing them
 # (first column).
@@ -194,5 +197,5 @@ class CommandCompleter(Completer):
             candidates, typed_key = FIXED.get(kind.completes or "", ()), typed.lower()
         end = "" if kind.name == "kg_list" else " "
         for value in candidates:
-            if value.startswith(typed_key):
-                yield Completion(value + end, -replace, display=value)
+            if value.startswith(typed_key):    # a name from outside (a locked user:<name>) may need quotes
+                yield Completion(quote_word(value) + end, -replace, display=printable(value))

@@ -133,8 +133,10 @@ class Shell:
         except SessionEnded as exc:
             self._told(exc.message, True)
             raise
-        except NotSent:
-            raise                               # known lost already
+        except NotSent as exc:
+            if exc.discovered:                  # else known lost already
+                self._told(str(exc), False)
+            raise
         except TargetUnreachable as exc:
             self._told(str(exc), False)
             raise

@@ -107,6 +107,27 @@ def test_a_user_names_failures_are_counted_across_nodes_apart_from_addresses(clu
             assert c.login("nobody", "wrong-password")["message"] == "Invalid credentials"   # only that name
 
 
+def test_a_locked_user_name_is_listed_once_and_lifted_from_any_node_or_a_local_shell(cluster, redis_service,
+                                                                                    tmp_path, prefix):
+    a, b = cluster(2, **{"security.account_lockout_failures": 4})
+    ghost = {"type": "login", "username": "ghost", "password": "wrong-password"}
+    for i, node in enumerate((a, b, a, b)):
+        with Client(node.url, source_address=(f"127.0.0.{10 + i}", 0)) as c:
+            assert c.request(ghost)["message"] == "Invalid credentials"
+    with logged_in(b.url, source_address=("127.0.0.2", 0)) as admin:
+        rows = admin.execute(".lockout list")["rows"]
+        assert [r[:2] for r in rows] == [[f"127.0.0.{10 + i}", "1"] for i in range(4)] + [["user:ghost", "4"]]
+        assert rows[-1][2]
+    config = tmp_path / "cluster.toml"
+    config.write_text(CHEAP_TOML + f'\n[cluster]\nkey_prefix = "{prefix}"\n')
+    shell = ["--data-dir", str(tmp_path / "data"), "--redis", redis_service.url, "--format", "csv"]
+    env = cli_env(config, INPUTLAYER_ADMIN_PASSWORD=ADMIN_PASSWORD)
+    cleared = run_cli([*shell, "-c", ".lockout clear user:ghost"], env=env)
+    assert cleared.stdout.decode().splitlines()[-1] == "Lockout cleared for user:ghost.", cleared.stderr
+    with Client(a.url, source_address=("127.0.0.20", 0)) as c:
+        assert c.request(ghost)["message"] == "Invalid credentials"         # counted afresh, not refused
+
+
 def test_a_lockout_counted_in_redis_ends_when_its_time_is_up(cluster):
     clock = FakeClock()
     a, b = cluster(2, clock=clock)

@@ -93,6 +93,7 @@ def test_a_limited_key_cannot_make_a_key_beyond_its_limits(engine, limited, opti
     ".user password bob bob-new-passphrase",
     ".user password admin admin-new-passphrase",
     ".lockout clear 192.0.2.1",
+    ".lockout clear user:admin",
     ".lockout list",
 ])
 def test_a_kg_scoped_credential_cannot_manage_users_or_lockouts(engine, admin, limited, line):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -160,4 +161,34 @@ def test_api_key_login_remotely(live):
     assert backend.execute(".whoami").rows[0][2] == "api_key:ops"
     with pytest.raises(CommandError, match="Permission denied"):
         backend.execute(".user list")
+    backend.close()
+
+
+def test_a_request_that_finds_the_connection_lost_says_it_was_the_first_to_know(tmp_path, cheap_config):
+    """The reader tells watch() of an end only when no request holds the connection; a request
+    (the completion refresher's) that meets the end first must say so, or nobody is told."""
+    from websockets.protocol import State
+
+    from backend.errors import NotSent
+
+    servers = Servers()
+    server = servers.start(tmp_path / "data", with_values(cheap_config, {"server.port": 0}))
+    backend = RemoteBackend(server.url)
+    told = Told()
+    backend.watch(told)
+    backend.login("admin", ADMIN_PASSWORD)
+    link = backend._link
+    assert link is not None
+    with backend._lock:                           # a request in progress while the server stops
+        servers.stop_all()
+        deadline = time.monotonic() + 10          # the reader sees the end, then waits for the lock
+        while link.ws.protocol.state is not State.CLOSED and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert link.ws.protocol.state is State.CLOSED
+        with pytest.raises(NotSent) as found:
+            backend.execute(".kg list")
+    assert found.value.discovered
+    with pytest.raises(NotSent) as again:         # known now: not discovered a second time
+        backend.execute(".kg list")
+    assert not again.value.discovered
     backend.close()

@@ -309,6 +309,14 @@ def test_session_ids_and_locked_addresses_are_completed():
     assert offered(".lockout clear 2", "admin", **names) == ["2001:db8::1 "]
 
 
+def test_a_locked_user_name_from_outside_is_completed_quoted_and_shown_escaped():
+    names = {"addresses": ["10.0.0.7", "user:bob smith", "user:\x1b[2Jx"]}
+    completer = CommandCompleter(Live("admin", **names))
+    offers = list(completer.get_completions(Document(".lockout clear user:"), None))
+    assert [c.text for c in offers] == ['"user:bob smith" ', 'user:\x1b[2Jx ']   # one word as the lexer reads it
+    assert [c.display_text for c in offers] == ["user:bob smith", "user:\\x1b[2Jx"]
+
+
 def test_help_lists_what_the_caller_may_run_on_this_target(local):
     local.execute(".user create ed 'ed-password-1' editor")
     assert ".session" not in str(local.execute(".help").rows)       # local: no sessions

@@ -41,8 +41,9 @@ RESULTS: dict[tuple[str, ...], str] = {
     ("audit",): "newest first, columns `seq, time, actor, source, action, target, outcome, detail`; "
                 "outcomes are `ok`, `denied`, `failed`, `locked`.",
     ("audit", "verify"): "`Audit log intact: <n> records.` or an error naming the first record that fails.",
-    ("lockout", "list"): "columns `address, failures, locked_until`.",
-    ("lockout", "clear"): "`Lockout cleared for <address>.`",
+    ("lockout", "list"): "columns `address, failures, locked_until`: addresses with recent failures, then "
+                         "locked user names as `user:<name>` (the name as given at login, escaped on output).",
+    ("lockout", "clear"): "`Lockout cleared for <address>.` or `Lockout cleared for user:<name>.`",
     ("session", "list"): "columns `session_id, username, auth, address, knowledge_graph, connected_at, "
                          "current`; `current` is `yes` on your own session. Admins see every session, "
                          "others their own.",
@@ -67,7 +68,8 @@ ERRORS: dict[tuple[str, ...], tuple[str, ...]] = {
                   "Role '<r>' exceeds the owner's role '<o>'", "Permission denied: only admins can manage API keys"),
     ("audit",): ("Unknown audit action '<a>'. Valid: …", "Unknown outcome '<o>'. Valid: ok, denied, failed, locked",
                  "Permission denied: only admins can read the audit log"),
-    ("lockout",): ("No lockout for <address>", "Permission denied: only admins can manage lockouts"),
+    ("lockout",): ("No lockout for <address>", "No lockout for user:<name>",
+                   "Permission denied: only admins can manage lockouts"),
     ("session",): ("<command> needs a server: sessions exist only there (connect with --url)",),
     ("session", "kill"): ("Session '<id>' not found", "Session id '<p>' is ambiguous: it starts <id>, <id>",
                           "Session id '<p>' too short: give the id or a unique prefix of at least 8 characters",

@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 from ..config import Config
 from ..errors import AuthError, ConfigError, LockedOut, SessionEnded
+from ..language.registry import ACCOUNT_KEY, MAX_USERNAME_CHARS
 from ..netaddr import lockout_key
 from ..store import Store
 from .clock import Clock
@@ -33,8 +34,6 @@ from .policy import (
 from .refusals import RefusalCounter
 
 INVALID_CREDENTIALS = "Invalid credentials"
-ACCOUNT_KEY = "user:"         # the per-account lockout's keys: never an address, even in a shared Redis
-MAX_USERNAME_CHARS = 64      # a longer name at login is refused unread: never hashed, stored or audited
 KEY_TOUCH_INTERVAL = 60      # last_used_at is written at most once a minute per key
 HASH_SAMPLE_TTL = 60         # how long the stored hashes' parameter sets are reused (see _hash_like)
 

@@ -74,7 +74,7 @@ class Engine:
         account_lockout = account_lockout or Lockout(account_lockout_config(config.security), clock)
         self._auth = Authenticator(store, config, clock, self._hasher, self._lockout, shared_key, account_lockout)
         self._rate_limiter: RateCounter = rate_limiter or RateLimiter(clock)
-        self._env = Env(store, clock, self._lockout, directory, target, clock())
+        self._env = Env(store, clock, self._lockout, directory, target, clock(), account_lockout)
         self._batch_denials: list[AuditRecord] = []
         self._parsed_ahead: dict[str, Invocation] = {}     # see prepare()
 

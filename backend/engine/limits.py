@@ -8,7 +8,10 @@ import threading
 from typing import Protocol
 
 from ..config import SecurityConfig
+from ..language.registry import ACCOUNT_KEY
 from .clock import Clock
+
+Entry = tuple[str, int, float | None]      # (key, recent failures, locked_until or None)
 
 
 class LockoutCounter(Protocol):
@@ -101,6 +104,20 @@ class Lockout:
         for address in [a for a, s in self._state.items()
                         if s.locked_until <= now and not any(now - t < self.window for t in s.failures)]:
             del self._state[address]
+
+
+def address_entries(addresses: LockoutCounter) -> list[Entry]:
+    """The address lockout's entries alone: under Redis both lockouts share one key space, so
+    the address table also sees the `user:<name>` keys."""
+    return [e for e in addresses.entries() if not e[0].startswith(ACCOUNT_KEY)]
+
+
+def lockout_entries(addresses: LockoutCounter, accounts: LockoutCounter) -> list[Entry]:
+    """What `.lockout list` shows: addresses with recent failures, then locked user names as
+    `user:<name>` (the form `.lockout clear` takes), each with the counts of its own table. A
+    name only once locked: every mistyped login (and any name an attacker sprays) is no news."""
+    return address_entries(addresses) + [e for e in accounts.entries()
+                                         if e[0].startswith(ACCOUNT_KEY) and e[2] is not None]
 
 
 def account_lockout_config(cfg: SecurityConfig) -> SecurityConfig:

@@ -40,7 +40,7 @@ OVERVIEW: tuple[tuple[tuple[str, ...], str], ...] = (
     (("apikey",), "API keys: role, KGs, expiry, IPs, rate"),
     (("token",), "Short-lived signed tokens that act as you"),
     (("audit",), "The audit log, and checking its hash chain"),
-    (("lockout",), "Addresses locked out after failed logins"),
+    (("lockout",), "Addresses and user names locked after failed logins"),
     (("session",), "Live sessions on a server: list, kill"),
 )
 

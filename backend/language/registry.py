@@ -19,6 +19,8 @@ NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
 DURATION_RE = re.compile(r"(\d{1,9})([smhd])")
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_PASSWORD_CHARS = 1024
+MAX_USERNAME_CHARS = 64      # a longer name at login is refused unread: never hashed, stored or audited
+ACCOUNT_KEY = "user:"        # a user name's lockout, as listed and cleared: never an address, even in Redis
 
 
 # --- argument kinds -------------------------------------------------------------------------
@@ -148,6 +150,19 @@ def check_address(text: str) -> str:
         raise CommandError(f"Invalid address '{clip(text)}': use an IPv4 or IPv6 address") from None
 
 
+def check_lockout_target(text: str) -> str:
+    """An address, or `user:<name>` for a user name's lockout: the name as given at login (any
+    text a login may count: unknown names are counted too), so not held to NAME_RE."""
+    if text.startswith(ACCOUNT_KEY):
+        if not 0 < len(text) - len(ACCOUNT_KEY) <= MAX_USERNAME_CHARS:
+            raise CommandError(f"Invalid user name '{clip(text)}': give user:<name>, at most {MAX_USERNAME_CHARS} characters")
+        return text
+    try:
+        return normalize_address(text)
+    except ValueError:
+        raise CommandError(f"Invalid lockout '{clip(text)}': use an IPv4 or IPv6 address, or user:<name>") from None
+
+
 def check_token_id(text: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_\-]{1,64}", text):
         raise CommandError(f"Invalid identifier '{clip(text)}'")
@@ -189,7 +204,8 @@ RATE_OR_NONE = Kind("rate", check_rate_or_none, describe="requests per window, <
 TOPIC = Kind("topic", str, completes="commands", describe="a command or a group, e.g. .kg acl or .apikey create")
 SETTING = Kind("setting", str, completes="settings", describe="a config key, e.g. shell.format")
 TEXT = Kind("text", str, describe="a value")
-LOCKED_ADDRESS = Kind("address", check_address, completes="addresses", describe="a locked-out IPv4 or IPv6 address")
+LOCKOUT = Kind("lockout", check_lockout_target, completes="addresses",   # `.lockout list`'s first column
+               describe="a locked-out IPv4 or IPv6 address, or user:<name> for a locked user name")
 PATH = Kind("path", str, describe="a file's path")
 
 
@@ -461,10 +477,12 @@ COMMANDS: tuple[Command, ...] = (
                       ".audit outcome=denied")),
     Command(("audit", "verify"), (), "Check the audit log's hash chain", "admin",
             Rule("admin", denied="Permission denied: only admins can read the audit log")),
-    Command(("lockout", "list"), (), "List locked-out addresses", "admin",
+    Command(("lockout", "list"), (), "List locked-out addresses and user names (user:<name>)", "admin",
             Rule("admin", denied="Permission denied: only admins can manage lockouts")),
-    Command(("lockout", "clear"), (Param("address", LOCKED_ADDRESS),), "Lift the lockout of an address",
-            "admin", Rule("admin", denied="Permission denied: only admins can manage lockouts"), writes=True),
+    Command(("lockout", "clear"), (Param("target", LOCKOUT),),
+            "Lift the lockout of an address, or of a user name given as user:<name>",
+            "admin", Rule("admin", denied="Permission denied: only admins can manage lockouts"), writes=True,
+            examples=(".lockout clear 203.0.113.7", ".lockout clear user:alice")),
     # Sessions (server only)
     Command(("session", "list"), (), "List live sessions", "anyone", Rule("anyone"),
             server_only=True),

@@ -16,6 +16,7 @@ from websockets.http11 import Request, Response
 
 from .. import __version__
 from ..engine import RateLimited
+from ..engine.limits import address_entries
 from ..netaddr import ip_in, lockout_key, networks, parse_ip
 from ..protocol import ErrorKind
 
@@ -98,7 +99,7 @@ class HttpEndpoints:
             response.headers["Retry-After"] = str(exc.reset_in)
             _rate_headers(response, exc.limit, 0, exc.reset_in)
             return response
-        entries = await app.run(app.lockout.entries)
+        entries = await app.run(address_entries, app.lockout)
         text = app.metrics.render(connections=len(app.connections), sessions=len(app.sessions),
                                   locked=sum(1 for _, _, until in entries if until),
                                   uptime=time.monotonic() - app.started, degraded=bool(app.link and app.link.degraded))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from ..bootstrap import first_start, open_engine
 from ..config import Config
 from ..engine import Clock, Session, system_clock
+from ..engine.limits import account_lockout_config
 from ..errors import CommandError, StoreError
 from ..result import Result
 
@@ -50,13 +51,14 @@ class LocalBackend:
 
     def _shared_counters(self, config: Config, clock: Clock) -> dict:
         """With a cluster's Redis (scaleout.md), the shell sees and clears the lockouts every
-        node counts there, and spends a key's `rate=` from the same budget."""
+        node counts there (addresses and user names), and spends a key's `rate=` from the same budget."""
         if not config.cluster.redis_url:
             return {}
         from ..cluster import RedisLink, SharedLockout, SharedRateLimiter  # only a cluster needs redis-py
 
         self._link = link = RedisLink(config.cluster.redis_url, config.cluster.key_prefix)
-        return {"lockout": SharedLockout(config.security, clock, link), "rate_limiter": SharedRateLimiter(clock, link)}
+        return {"lockout": SharedLockout(config.security, clock, link), "rate_limiter": SharedRateLimiter(clock, link),
+                "account_lockout": SharedLockout(account_lockout_config(config.security), clock, link)}
 
     def bootstrap(self, admin_password: str | None) -> None:
         with _store_errors():

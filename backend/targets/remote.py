@@ -176,7 +176,7 @@ class RemoteBackend:
             self._link.ws.send(frame)
         except (ConnectionClosed, OSError) as exc:
             lost = self._lost(exc)
-            raise (NotSent(str(lost)) if isinstance(lost, TargetUnreachable) else lost) from None
+            raise (NotSent(str(lost), discovered=True) if isinstance(lost, TargetUnreachable) else lost) from None
 
     def _next_event(self) -> Authenticated | Refused | Reply:
         """Receive until a frame finishes something (pongs and stream chunks do not)."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from ...display import iso
 from ...errors import CommandError
+from ...language.registry import ACCOUNT_KEY
 from ...netaddr import lockout_key
 from ...result import Result
 from ..delegation import unscoped_only
+from ..limits import lockout_entries
 from .base import Call, Env, handles
 
 
@@ -33,14 +35,19 @@ def audit_verify(env: Env, call: Call) -> Result:
 
 @handles("lockout list", check=unscoped_only("manage lockouts"))
 def lockout_list(env: Env, call: Call) -> Result:
+    # A user name is listed as given at login: the shell's renderers escape it, like any text.
     return Result(["address", "failures", "locked_until"],
-                  [[a, str(n), iso(until)] for a, n, until in env.lockout.entries()])
+                  [[a, str(n), iso(until)] for a, n, until in lockout_entries(env.lockout, env.account_lockout)])
 
 
 @handles("lockout clear", check=unscoped_only("manage lockouts"))
 def lockout_clear(env: Env, call: Call) -> Result:
-    address = lockout_key(call.args["address"])     # an IPv6 address: its /64, as listed
-    if not env.lockout.clear(address):
-        raise CommandError(f"No lockout for {address}")
+    target = call.args["target"]
+    if target.startswith(ACCOUNT_KEY):
+        key, table = target, env.account_lockout
+    else:
+        key, table = lockout_key(target), env.lockout     # an IPv6 address: its /64, as listed
+    if not table.clear(key):
+        raise CommandError(f"No lockout for {key}")
     env.audit(call)
-    return Result.message(f"Lockout cleared for {address}.")
+    return Result.message(f"Lockout cleared for {key}.")

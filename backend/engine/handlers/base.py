@@ -38,13 +38,14 @@ class Call(NamedTuple):
 
 class Env:
     """What handlers work with: the same for every command an engine runs."""
-    __slots__ = ("clock", "directory", "lockout", "started_at", "store", "target")
+    __slots__ = ("account_lockout", "clock", "directory", "lockout", "started_at", "store", "target")
 
     def __init__(self, store: Store, clock: Clock, lockout: LockoutCounter, directory: SessionDirectory | None,
-                 target: Callable[[], str], started_at: float):
+                 target: Callable[[], str], started_at: float, account_lockout: LockoutCounter):
         self.store = store
         self.clock = clock
         self.lockout = lockout
+        self.account_lockout = account_lockout     # keyed `user:<name>`
         self.directory = directory
         self.target = target
         self.started_at = started_at
