@@ -21,6 +21,7 @@ from test_protocol import assert_ended
 from websockets.exceptions import ConnectionClosed
 
 from backend.config import Config, with_values
+from backend.engine import Engine
 from backend.server import ServerOptions
 from backend.store.postgres.listen import APPLICATION_NAME
 
@@ -87,7 +88,7 @@ def test_a_change_through_another_process_is_heard_and_ends_the_session_at_once(
 
 def test_a_node_that_stops_hearing_reads_afresh_until_it_listens_again(target):
     # Deaf, it polls the change counter; it connects again only after listen_retry.
-    node = node_thread(target, poll_interval=0.1, full_sweep_interval=NEVER, listen_retry=3.0)
+    node = node_thread(target, poll_interval=0.1, full_sweep_interval=NEVER, listen_retry=5.0)
     try:
         wait_for(lambda: node.server.changes.listening, 10, "listening")
         with logged_in(node.url) as admin:
@@ -98,16 +99,15 @@ def test_a_node_that_stops_hearing_reads_afresh_until_it_listens_again(target):
         carol = logged_in(node.url, "carol", "pw-123456")
         assert bob.execute(".kg acl list graph")["type"] == "result"     # the right, now cached
 
+        # Another process's changes, which the node cannot hear while deaf.
+        engine = Engine(target.open(), with_values(Config(), CHEAP_ARGON2))
+        admin_session = engine.login("admin", ADMIN_PASSWORD, source="local")
+
         pids = listeners(target.url, node.port)
         assert len(pids) == 1
         with psycopg.connect(target.url, autocommit=True) as killer:
             killer.execute("SELECT pg_terminate_backend(%s)", (pids[0],))
         wait_for(lambda: not node.server.changes.listening, 10, "the node notices it is deaf")
-
-        shell = target.open()               # another process's change, which the node cannot hear
-        from backend.engine import Engine
-        engine = Engine(shell, with_values(Config(), CHEAP_ARGON2))
-        admin_session = engine.login("admin", ADMIN_PASSWORD, source="local")
         engine.execute(admin_session, ".kg acl revoke graph bob")
         assert bob.execute(".kg acl list graph")["type"] == "error"      # never the cached right
         engine.execute(admin_session, ".user drop carol")
