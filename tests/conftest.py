@@ -123,6 +123,14 @@ def store_target(request, tmp_path: Path):
 
 
 @pytest.fixture
+def pg_target(pg_server, tmp_path: Path):
+    """A fresh PostgreSQL store's place, for what only PostgreSQL has."""
+    target = StoreTarget("postgresql", tmp_path, pg_server)
+    yield target
+    target.close()
+
+
+@pytest.fixture
 def engine(store_target: StoreTarget, cheap_config: Config, clock: FakeClock):
     eng = Engine(store_target.open(), cheap_config, clock=clock)
     eng.bootstrap(ADMIN_PASSWORD)
