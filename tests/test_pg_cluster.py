@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 
 from backend.config import Config, with_values
 from backend.engine import Engine
+from backend.errors import CommandError
 from backend.server import ServerOptions
 from backend.store.postgres.listen import APPLICATION_NAME
 
@@ -194,6 +195,8 @@ def test_postgresql_stopped_and_started_under_load(tmp_path, config_file):
         try:
             with logged_in(node.url) as admin:
                 key = admin.execute(".apikey create etl role=viewer")["rows"][0][0]
+            shell = Engine(target.open(), with_values(Config(), CHEAP_ARGON2))     # a shell on the store
+            shell_admin = shell.login("admin", ADMIN_PASSWORD, source="local")
             load = Load(node.url, "before")
             wait_for(lambda: len(load.acknowledged) >= 20, 30, "acknowledged changes")
             pg.halt()
@@ -204,6 +207,9 @@ def test_postgresql_stopped_and_started_under_load(tmp_path, config_file):
             with Client(node.url) as client:
                 assert client.login() == unavailable
                 assert client.authenticate(key) == unavailable
+            for line in (".kg create shell-down", ".user list"):
+                with pytest.raises(CommandError, match="^store unavailable: "):
+                    shell.execute(shell_admin, line)
             pg.resume()
             wait_for(lambda: _http(base + "/ready") == 200, 30, "/ready 200 again")
             count = len(load.acknowledged)
@@ -214,8 +220,10 @@ def test_postgresql_stopped_and_started_under_load(tmp_path, config_file):
             assert load.slowest_error <= 10.5, load.slowest_error
             assert set(before) <= set(load.acknowledged)
             nothing_lost(node.url, load)
+            assert shell.execute(shell_admin, ".kg create shell-back").rows   # the shell reconnected too
         finally:
             node.stop()
+            target.close()
     finally:
         pg.stop()
 
