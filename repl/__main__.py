@@ -98,15 +98,18 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     except ConfigError as exc:
         env.err(f"error: {exc}\n")
         return ExitStatus.ERROR
+    return run_shell(args, env, config)
+
+
+def run_shell(args: argparse.Namespace, env: Environment, config: Config) -> int:
+    """Open the target the options name, then log in and run the prompt or the script on it."""
     # stdin decides, as in psql: `inputlayer | tee log` keeps the prompt.
     interactive = env.stdin_isatty and not args.sources
     fmt = args.format or config.shell.format or ("table" if env.stdout_isatty or interactive else "plain")
     url = args.url or (None if args.data_dir or args.store else env.env.get("INPUTLAYER_URL"))
-    if args.single_transaction and url:
-        env.err("error: --single-transaction needs a local data directory, not --url\n")
-        return ExitStatus.ERROR
-    if args.redis and url:
-        env.err("error: --redis needs a local data directory, not --url (the server has its own)\n")
+    problem = local_only_problem(args, url)
+    if problem:
+        env.err(f"error: {problem}\n")
         return ExitStatus.ERROR
     if interactive:
         _preload_interactive()
@@ -119,24 +122,7 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
         env.err("interrupted\n")
         return ExitStatus.ERROR
     try:
-        try:
-            problem = log_in(backend, args, env, interactive)
-        except StoreError as exc:
-            problem = f"error: {exc}"
-        except KeyboardInterrupt:
-            problem = "interrupted"
-        if problem:
-            env.err(problem + "\n")
-            return ExitStatus.ERROR
-        from .settings import ShellSide
-        shell = ShellSide(backend, config_target(args.config, env.env))
-        if interactive:
-            from .interactive import run_interactive  # prompt-toolkit only now
-            return run_interactive(shell, env, config, fmt=fmt)
-        lines = script_lines(args, env)
-        return run_script(shell, lines, env, fmt=fmt, on_error=args.on_error,
-                          single_transaction=args.single_transaction,
-                          max_transaction_secs=config.shell.max_transaction_secs, echo=args.echo, quiet=args.quiet)
+        return run_session(backend, args, env, config, interactive, fmt)
     except _Unreadable as exc:
         env.err(f"error: {exc}\n")
         return ExitStatus.ERROR
@@ -148,6 +134,38 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
         return ExitStatus.STOPPED
     finally:
         backend.close()
+
+
+def local_only_problem(args: argparse.Namespace, url: str | None) -> str | None:
+    """What is wrong when an option that needs a local data directory meets a remote target."""
+    if args.single_transaction and url:
+        return "--single-transaction needs a local data directory, not --url"
+    if args.redis and url:
+        return "--redis needs a local data directory, not --url (the server has its own)"
+    return None
+
+
+def run_session(backend: Backend, args: argparse.Namespace, env: Environment, config: Config,
+                interactive: bool, fmt: str) -> int:
+    """Log in to the opened target, then run the prompt or the script."""
+    try:
+        problem = log_in(backend, args, env, interactive)
+    except StoreError as exc:
+        problem = f"error: {exc}"
+    except KeyboardInterrupt:
+        problem = "interrupted"
+    if problem:
+        env.err(problem + "\n")
+        return ExitStatus.ERROR
+    from .settings import ShellSide
+    shell = ShellSide(backend, config_target(args.config, env.env))
+    if interactive:
+        from .interactive import run_interactive  # prompt-toolkit only now
+        return run_interactive(shell, env, config, fmt=fmt)
+    lines = script_lines(args, env)
+    return run_script(shell, lines, env, fmt=fmt, on_error=args.on_error,
+                      single_transaction=args.single_transaction,
+                      max_transaction_secs=config.shell.max_transaction_secs, echo=args.echo, quiet=args.quiet)
 
 
 def apply_profile(args, env: Environment, config: Config) -> None:

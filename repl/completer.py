@@ -13,21 +13,10 @@ from prompt_toolkit.completion import Completer, Completion
 from prompt_toolkit.document import Document
 
 from backend.config import SCHEMA, holds_secret
+from backend.language.kinds import AUDIT_OUTCOMES, FORMATS, KG_ROLES, ROLES, Kind
 from backend.language.lexer import quote_word
 from backend.language.parser import Analysis, analyze
-from backend.language.registry import (
-    AUDIT_OUTCOMES,
-    COMMANDS,
-    FORMATS,
-    GROUPS,
-    KG_ROLES,
-    ROLES,
-    Command,
-    Kind,
-    audit_actions,
-    find_command,
-    offered,
-)
+from backend.language.registry import COMMANDS, GROUPS, Command, audit_actions, find_command, offered
 from backend.result import Result
 
 from .output import printable

@@ -10,8 +10,8 @@ from prompt_toolkit.history import FileHistory
 
 from backend.config import Config
 from backend.errors import CommandError
+from backend.language.kinds import is_secret_reference
 from backend.language.parser import MASK, Analysis, Role, analyze, parse, redact
-from backend.language.registry import is_secret_reference
 
 
 def history_path(config: Config, env: Mapping[str, str]) -> Path:

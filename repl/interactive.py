@@ -9,30 +9,24 @@ import threading
 import time
 from functools import partial
 
-from prompt_toolkit import PromptSession
 from prompt_toolkit.application import run_in_terminal
-from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
-from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
-from prompt_toolkit.keys import Keys
-from prompt_toolkit.lexers import PygmentsLexer
-from prompt_toolkit.output import ColorDepth
 
 from backend.config import Config
 from backend.errors import AuthError, CommandError, NotSent, SessionEnded, TargetUnreachable
+from backend.language.kinds import ROLES
 from backend.language.lexer import quote_word
-from backend.language.parser import MASK, Invocation, Part, Role, analyze, parse, secret_spans
-from backend.language.registry import ROLES, Command
+from backend.language.parser import MASK, Invocation, Part, Role, analyze, parse
+from backend.language.registry import Command
 from backend.result import Result
 from backend.targets.protocols import Backend, Reconnecting, Timed, Watching
 
-from .completer import CommandCompleter, LiveNames
+from .completer import LiveNames
 from .display import format_result, needs_pager, page
 from .display_settings import Settings, is_setting
 from .environment import Environment, ExitStatus
-from .highlight import STYLE, CommandLexer, SecretMask
-from .history import PrivateHistory, history_path
 from .output import printable
 from .password_source import resolve_password_source
+from .prompt_session import prompt_session
 from .script import LineQueue, bare_command, decode_lines, is_quit, is_skipped, run_script
 
 GREETING = "Type .help for help.\n"
@@ -43,32 +37,6 @@ class _Leave(Exception):
     def __init__(self, status: int, message: str | None = None):
         self.status = status
         self.message = message     # said as an error line on the way out
-
-
-def paste_bindings() -> KeyBindings:
-    """A pasted block (bracketed paste) that ends with a newline runs at once, each line in
-    order (as psql does); without a final newline it waits for Enter like a typed line."""
-    bindings = KeyBindings()
-
-    @bindings.add(Keys.BracketedPaste)
-    def _paste(event: KeyPressEvent) -> None:
-        data = event.data.replace("\r\n", "\n").replace("\r", "\n")
-        buffer = event.current_buffer
-        buffer.insert_text(data.rstrip("\n") if data.endswith("\n") else data)
-        if data.endswith("\n"):
-            buffer.validate_and_handle()
-
-    return bindings
-
-
-class SafeAutoSuggest(AutoSuggestFromHistory):
-    """History suggestions, except one that would show a secret in grey after the cursor."""
-
-    def get_suggestion(self, buffer, document):
-        suggestion = super().get_suggestion(buffer, document)
-        if suggestion and any(end > len(document.text) for _, end in secret_spans(document.text + suggestion.text)):
-            return None
-        return suggestion
 
 
 class Shell:
@@ -91,21 +59,8 @@ class Shell:
         self.live = LiveNames(self._background_call, who, server=backend.target != "local")
         if isinstance(backend, Watching):
             backend.watch(self._told)
-        colour = "NO_COLOR" not in env.env
-        self.session: PromptSession[str] = PromptSession(
-            history=PrivateHistory(history_path(config, env.env)),
-            completer=CommandCompleter(self.live, local=backend.target == "local"),
-            complete_while_typing=False,
-            auto_suggest=SafeAutoSuggest(),
-            enable_history_search=False,   # Up recalls; Ctrl-R searches
-            lexer=PygmentsLexer(CommandLexer) if colour else None,
-            input_processors=[SecretMask()],
-            style=STYLE,
-            include_default_pygments_style=False,
-            color_depth=None if colour else ColorDepth.DEPTH_1_BIT,
-            bottom_toolbar=self._toolbar,
-            key_bindings=paste_bindings(),
-            input=input, output=output)
+        self.session = prompt_session(self.live, env, config, local=backend.target == "local",
+                                      toolbar=self._toolbar, input=input, output=output)
 
     @property
     def fmt(self) -> str:

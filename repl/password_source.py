@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from backend.errors import CommandError
+from backend.language.kinds import ROLE, ROLES, is_secret_reference
 from backend.language.lexer import quote_word
 from backend.language.parser import Role, analyze
-from backend.language.registry import ROLE, ROLES, is_secret_reference
 
 MAX_FILE_BYTES = 64 * 1024     # a password file, not a disk image read by mistake
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from backend.errors import CommandError
+from backend.language.kinds import KG, KG_ROLE, ROLE, SECRET, USER
 from backend.language.parser import MASK, Role, analyze, parse, redact
-from backend.language.registry import COMMANDS, KG, KG_ROLE, ROLE, SECRET, USER
+from backend.language.registry import COMMANDS
 
 
 def roles(line: str, partial: bool = False) -> list[tuple[str, Role, str | None]]:

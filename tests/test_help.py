@@ -7,7 +7,8 @@ import pytest
 from backend.engine.handlers.apikeys import DEFAULT_GRACE
 from backend.engine.handlers.tokens import DEFAULT_TOKEN_TTL
 from backend.errors import CommandError
-from backend.language.registry import COMMANDS, ROLES, audit_actions, find_command, parse_duration
+from backend.language.kinds import ROLES, parse_duration
+from backend.language.registry import COMMANDS, audit_actions, find_command
 
 
 def lines(engine, session, line):

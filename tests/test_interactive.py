@@ -382,7 +382,7 @@ def test_wrong_login_exits_2(term, tmp_path, config_file):
 def test_auto_suggestion_never_shows_a_secret():
     from prompt_toolkit.buffer import Buffer
     from prompt_toolkit.history import InMemoryHistory
-    from repl.interactive import SafeAutoSuggest
+    from repl.prompt_session import SafeAutoSuggest
 
     history = InMemoryHistory()
     for line in (".user password bob N3w-pass-123", ".user list"):

@@ -12,7 +12,7 @@ from backend.config import with_values
 from backend.display import iso
 from backend.engine import Engine
 from backend.errors import AuthError, CommandError, LockedOut, PermissionDenied
-from backend.language.registry import FORMATS
+from backend.language.kinds import FORMATS
 from backend.netaddr import lockout_key
 from backend.result import Result
 from backend.store import SQLiteStore

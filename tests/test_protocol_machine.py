@@ -1,4 +1,4 @@
-"""The wire protocol's state machines (backend/protocol.py), fed messages with no socket."""
+"""The wire protocol's state machines (backend/protocol/), fed messages with no socket."""
 
 from __future__ import annotations
 

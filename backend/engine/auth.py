@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 from ..config import Config
 from ..errors import AuthError, ConfigError, LockedOut, SessionEnded
-from ..language.registry import ACCOUNT_KEY, MAX_USERNAME_CHARS
+from ..language.kinds import ACCOUNT_KEY, MAX_USERNAME_CHARS
 from ..netaddr import lockout_key
 from ..store import Store
 from .clock import Clock

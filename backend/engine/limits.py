@@ -8,7 +8,7 @@ import threading
 from typing import Protocol
 
 from ..config import SecurityConfig
-from ..language.registry import ACCOUNT_KEY
+from ..language.kinds import ACCOUNT_KEY
 from .clock import Clock
 
 Entry = tuple[str, int, float | None]      # (key, recent failures, locked_until or None)

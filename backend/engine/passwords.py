@@ -12,7 +12,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from ..config import SecurityConfig
-from ..language.registry import MAX_PASSWORD_CHARS
+from ..language.kinds import MAX_PASSWORD_CHARS
 
 if TYPE_CHECKING:     # imported when first needed: script mode's start-up stays fast
     from concurrent.futures import Future, ThreadPoolExecutor

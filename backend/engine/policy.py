@@ -11,8 +11,8 @@ import secrets
 from typing import Any, NamedTuple, Protocol
 
 from ..errors import CommandError, PermissionDenied, SessionEnded
+from ..language.kinds import KG_ROLES, ROLES
 from ..language.parser import Invocation
-from ..language.registry import KG_ROLES, ROLES
 from ..netaddr import address_in
 from ..store import Store
 

@@ -11,8 +11,9 @@ import textwrap
 from collections.abc import Sequence
 
 from ..errors import CommandError
+from .kinds import clip
 from .parser import subcommand_error
-from .registry import COMMANDS, GROUPS, Command, audit_actions, clip, group_usage, match_command
+from .registry import COMMANDS, GROUPS, Command, audit_actions, group_usage, match_command
 
 # The sections of docs/commands.md: a title and the first words of the commands it holds.
 TOPICS: tuple[tuple[str, tuple[str, ...]], ...] = (

@@ -15,20 +15,9 @@ from enum import Enum
 from typing import NamedTuple
 
 from ..errors import CommandError
+from .kinds import ROLE, ROLES, Kind, clip, is_secret_reference
 from .lexer import Token, split_words, tokenize
-from .registry import (
-    COMMANDS,
-    GROUPS,
-    ROLE,
-    ROLES,
-    Command,
-    Kind,
-    Param,
-    clip,
-    group_usage,
-    is_secret_reference,
-    match_command,
-)
+from .registry import COMMANDS, GROUPS, Command, Param, group_usage, match_command
 
 MASK = "********"   # what a secret becomes in the history file
 

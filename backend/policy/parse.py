@@ -12,13 +12,7 @@ import tomlkit
 from tomlkit.exceptions import ParseError
 
 from backend.errors import CommandError
-from backend.language.registry import (
-    check_kg_role,
-    check_name,
-    check_networks,
-    check_rate,
-    check_role,
-)
+from backend.language.kinds import check_kg_role, check_name, check_networks, check_rate, check_role
 
 from .model import ALL_KGS, NEVER, ApiKey, State, rate_text
 from .positions import Path, key_lines, line_of

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from backend.language.kinds import ROLES
 from backend.language.lexer import quote_word
-from backend.language.registry import ROLES
 
 from .model import ALL_KGS, NEVER, ApiKey, State
 from .parse import Policy

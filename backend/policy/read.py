@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from backend.errors import CommandError
-from backend.language.registry import KG_ROLES, ROLES, check_name, check_networks, check_rate
+from backend.language.kinds import KG_ROLES, ROLES, check_name, check_networks, check_rate
 from backend.result import Result
 
 from .model import ALL_KGS, NEVER, ApiKey, State, rate_text

@@ -10,7 +10,7 @@ Nothing secret is logged: a log line names the command (never the line), the use
 address, never a password, key or program text. The `websockets` library's own debug logging,
 which prints frames, is kept at INFO or above whatever the level asked for.
 
-app: the Server and its life cycle; connection: one WebSocket driven by backend/protocol.py;
+app: the Server and its life cycle; connection: one WebSocket driven by backend/protocol/;
 logins; sessions: the live-session directory; http; metrics; tls; programs; pools.
 """
 

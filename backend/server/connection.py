@@ -1,4 +1,4 @@
-"""One WebSocket connection: the protocol object (backend/protocol.py) decides, this module does
+"""One WebSocket connection: the protocol object (backend/protocol/) decides, this module does
 the I/O and calls the engine. Messages are answered one at a time, in order."""
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ server's keep-alive pings while the shell waits for the user. One request at a t
 each execute and its reply one exchange, so a completer thread may share the backend. A reader
 thread per connection receives every frame, so a connection that closes while the shell is idle
 (a server restart, `.session kill`) is noticed at once and told to the `watch()` listener. What
-the frames mean is backend/protocol.py's ClientProtocol; this module only moves them.
+the frames mean is backend/protocol/'s ClientProtocol; this module only moves them.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from typing import Any
 
 from ...display import iso
 from ...errors import CommandError
-from ...language.registry import UtcTime
+from ...language.kinds import UtcTime
 from ...result import Result
 from ..delegation import KeyLimits, exceeds, key_limits, within_creator
 from ..keys import key_digest, new_api_key

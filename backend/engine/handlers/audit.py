@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ...display import iso
 from ...errors import CommandError
-from ...language.registry import ACCOUNT_KEY
+from ...language.kinds import ACCOUNT_KEY
 from ...netaddr import lockout_key
 from ...result import Result
 from ..delegation import unscoped_only
