@@ -7,6 +7,8 @@ Cross-process effects are awaited with deadlines, never with fixed sleeps."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import threading
 import time
 import urllib.error
@@ -171,6 +173,16 @@ class Load:
         assert not self.thread.is_alive()
 
 
+def stop_or_show_stacks(node: ServerProcess) -> None:
+    """Stop the node; one that does not stop in time shows where its threads wait (faulthandler)."""
+    try:
+        node.stop(timeout=60)
+    except subprocess.TimeoutExpired:
+        node.proc.send_signal(signal.SIGABRT)
+        _, err = node.proc.communicate(timeout=30)
+        raise AssertionError(f"the node did not stop:\n{err[-6000:]}") from None
+
+
 def nothing_lost(url: str, load: Load) -> None:
     """Every change the load was told of is stored; one whose reply was lost is there wholly,
     with its audit record, or not at all; the audit chain verifies."""
@@ -189,7 +201,8 @@ def test_postgresql_stopped_and_started_under_load(tmp_path, config_file):
     pg = pgkit.start_postgres()               # its own server: this test stops it
     try:
         target = StoreTarget("postgresql", tmp_path, pg)
-        env = cli_env(config_file, INPUTLAYER_ADMIN_PASSWORD=ADMIN_PASSWORD, **target.cli_env())
+        env = cli_env(config_file, INPUTLAYER_ADMIN_PASSWORD=ADMIN_PASSWORD, PYTHONFAULTHANDLER="1",
+                      **target.cli_env())
         node = ServerProcess(target.cli_args(), env)
         base = node.url.replace("ws://", "http://").rsplit("/", 1)[0]
         try:
@@ -222,7 +235,7 @@ def test_postgresql_stopped_and_started_under_load(tmp_path, config_file):
             nothing_lost(node.url, load)
             assert shell.execute(shell_admin, ".kg create shell-back").rows   # the shell reconnected too
         finally:
-            node.stop()
+            stop_or_show_stacks(node)
             target.close()
     finally:
         pg.stop()
