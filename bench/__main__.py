@@ -1,4 +1,4 @@
-"""`python -m bench [W1 ... W6, W5b] [--quick]`: the benchmark of ../shared/spec/bench.md.
+"""`python -m bench [W1 ... W7, W5b] [--quick]`: the benchmark of ../shared/spec/bench.md.
 
 Runs the chosen workloads (all by default) on fresh temporary data directories, prints a table
 with a pass/miss mark for each of the issue's targets, and writes bench/results/latest.json and,
@@ -20,7 +20,7 @@ from .common import Scratch, argon2_text, warm_bytecode
 from .peers import Peers
 from . import report
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W5B", "W6")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W5B", "W6", "W7")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -43,8 +43,11 @@ def runner(name: str):
     if name == "W5B":
         from .w5b_flood import run_w5b
         return run_w5b
-    from .w6_scale import run_w6
-    return run_w6
+    if name == "W6":
+        from .w6_scale import run_w6
+        return run_w6
+    from .w7_cluster import run_w7
+    return run_w7
 
 
 def machine() -> str:
@@ -78,7 +81,7 @@ def revision() -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("workloads", nargs="*", metavar="W", help="workloads to run (W1..W6, W5b; default: all)")
+    p.add_argument("workloads", nargs="*", metavar="W", help="workloads to run (W1..W7, W5b; default: all)")
     p.add_argument("--quick", action="store_true", help="smaller counts for a smoke test (skips W6's 100k store)")
     p.add_argument("--no-peers", action="store_true", help="do not start psql/redis peers")
     p.add_argument("--results", metavar="DIR", default=str(RESULTS),

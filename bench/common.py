@@ -202,13 +202,15 @@ class Outcome:
         self.targets.append(Target(key, text, measured, ok))
 
 
-def prepare_store(data_dir: Path, config, *, keys: int = 1, setup=None) -> list[str]:
-    """Bootstrap a store in this process and create `keys` admin API keys; `setup(engine,
-    session)` may add more. Returns the keys' secrets."""
+def prepare_store(location: Path | str, config, *, keys: int = 1, setup=None,
+                  env: dict[str, str] | None = None) -> list[str]:
+    """Bootstrap a store (a data directory, or a postgresql:// URL with the server secrets file
+    in `env`) in this process and create `keys` admin API keys; `setup(engine, session)` may
+    add more. Returns the keys' secrets."""
     from backend.engine import Engine
-    from backend.store import SQLiteStore
+    from backend.store.locate import open_store
 
-    store = SQLiteStore(data_dir)
+    store = open_store(str(location), env or {})
     try:
         engine = Engine(store, config)
         engine.bootstrap(ADMIN_PASSWORD)

@@ -49,7 +49,8 @@ class _ThrowAway:
 
 class Postgres(_ThrowAway):
     """initdb in a temp dir, a free port, the unix socket in the temp dir, trust auth on
-    127.0.0.1; default durability (fsync=on, synchronous_commit=on). Run as the `postgres`
+    127.0.0.1; default durability (fsync=on, synchronous_commit=on); room for W7's two nodes'
+    pools (max_connections=100). Run as the `postgres`
     user when this process is root (postgres refuses to run as root)."""
 
     stop_grace = 20.0       # a smart shutdown waits for clients
@@ -94,7 +95,7 @@ class Postgres(_ThrowAway):
             self.log = open(self.dir / "server.log", "wb")
             self.proc = subprocess.Popen(
                 [self.postgres, "-D", str(data), "-p", str(self.port), "-k", str(sock),
-                 "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=20"],
+                 "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=100"],
                 stdout=self.log, stderr=subprocess.STDOUT, cwd=self.dir, **as_user)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:

@@ -37,7 +37,7 @@ def table(outcomes: list[Outcome]) -> str:
     for o in outcomes:
         lines.append(f"{o.workload} — {o.title}")
         lines.append(f"  argon2: {o.params}")
-        width = max(len(f.label) for f in o.figures)
+        width = max((len(f.label) for f in o.figures), default=0)
         for f in o.figures:
             note = f"  {f.note}" if f.note else ""
             lines.append(f"  {f.label:<{width}}  {fmt(f.value, f.unit):>14}{note}")
@@ -78,7 +78,7 @@ def write_chart(path: Path, outcomes: list[Outcome], meta: dict) -> str:
     except ImportError:
         return "chart skipped (matplotlib not installed)"
     by = {o.workload: o for o in outcomes}
-    panels = [w for w in ("W1", "W2", "W4", "W6") if w in by]
+    panels = [w for w in ("W1", "W2", "W4", "W6", "W7") if w in by]
     if not panels:
         return "chart skipped (no workload with a chart)"
     cols = 2 if len(panels) > 1 else 1
@@ -98,7 +98,8 @@ def write_chart(path: Path, outcomes: list[Outcome], meta: dict) -> str:
         elif w == "W2":
             keys = [("durable_grants_per_s", "ours durable"), ("single_grants_per_s", "ours -1"),
                     ("fsync_floor_commits_per_s", "fsync floor"), ("psql_autocommit_grants_per_s", "psql"),
-                    ("psql_single_grants_per_s", "psql -1"), ("redis_grants_per_s", "redis-cli")]
+                    ("fsync_free_floor_rows_per_s", "fsync-free floor"), ("psql_single_grants_per_s", "psql -1"),
+                    ("redis_grants_per_s", "redis-cli")]
             items = [(label, o.get(k)) for k, label in keys if o.get(k) is not None]
             ax.bar([i[0] for i in items], [i[1] for i in items],
                    color=["tab:orange" if i[0].startswith("ours") else "tab:gray" for i in items])
@@ -116,6 +117,15 @@ def write_chart(path: Path, outcomes: list[Outcome], meta: dict) -> str:
             ax.set_ylabel("commands/s")
             ax.set_title("W4 remote round trips")
             ax.legend()
+        elif w == "W7":
+            keys = [("pg_durable_grants_per_s", "ours PG durable"), ("psql_autocommit_grants_per_s", "psql"),
+                    ("pg_single_grants_per_s", "ours PG -1"), ("psql_single_grants_per_s", "psql -1")]
+            items = [(label, o.get(k)) for k, label in keys if o.get(k) is not None]
+            ax.bar([i[0] for i in items], [i[1] for i in items],
+                   color=["tab:orange" if i[0].startswith("ours") else "tab:gray" for i in items])
+            ax.set_yscale("log")
+            ax.set_ylabel("grants/s (log)")
+            ax.set_title("W7 grants on PostgreSQL")
         elif w == "W6":
             series = o.data.get("series", {})
             sizes = sorted(int(k) for k in series)

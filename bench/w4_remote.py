@@ -130,11 +130,14 @@ async def client_loop(url: str, key: str, rounds: int, tally: Tally, validate: b
         done += 1
 
 
-async def load(url: str, keys: list[str], clients: int, rounds: int, validate: bool, until=None) -> dict:
+async def load(url: str | list[str], keys: list[str], clients: int, rounds: int, validate: bool,
+               until=None) -> dict:
+    """`clients` clients, spread round-robin over the server(s) at `url`."""
+    urls = [url] if isinstance(url, str) else url
     tally = Tally()
     rng = random.Random(clients)
     start = time.perf_counter()
-    await asyncio.gather(*(client_loop(url, keys[i % len(keys)], rounds, tally, validate,
+    await asyncio.gather(*(client_loop(urls[i % len(urls)], keys[i % len(keys)], rounds, tally, validate,
                                        random.Random(rng.random()), until) for i in range(clients)))
     wall = time.perf_counter() - start
     return {"wall_s": wall, "sessions": tally.sessions, "commands": len(tally.latencies),
