@@ -41,6 +41,11 @@ class StoreError(Exception):
     """The store cannot be opened or written (exit status 2 at start-up)."""
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot be reached now (a database restarting, the network): the same command
+    may work later. Shown as `store unavailable: <reason>`."""
+
+
 class ConfigError(Exception):
     """The configuration is invalid; the message names the key and the file."""
 

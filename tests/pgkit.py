@@ -84,16 +84,24 @@ class PostgresServer:
                   "-E", "UTF8", "--no-instructions")
         pwfile.unlink()
         for attempt in range(PORT_ATTEMPTS):
-            options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=on "
-                       "-c synchronous_commit=on -c max_connections=300 -c shared_buffers=32MB")
             try:
-                self._run(str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"), "-l", str(self.root / "log"),
-                          "-w", "-t", "60", "-o", options, "start")
+                self.resume()
                 return
             except RuntimeError as exc:
                 if attempt == PORT_ATTEMPTS - 1 or "already in use" not in str(exc):
                     raise
                 self.port = free_port()      # another program took the free port meanwhile
+
+    def resume(self) -> None:
+        """Start the server on its data directory and port (again, after halt())."""
+        options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=on "
+                   "-c synchronous_commit=on -c max_connections=300 -c shared_buffers=32MB")
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"), "-l", str(self.root / "log"),
+                  "-w", "-t", "60", "-o", options, "start")
+
+    def halt(self) -> None:
+        """Stop the server as a crash would (immediate mode: no checkpoint), keeping its data."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate", "-w", "stop")
 
     def _owner(self) -> tuple[str, str] | tuple[int, int]:
         stat = self.root.stat()
@@ -101,7 +109,7 @@ class PostgresServer:
 
     def stop(self) -> None:
         try:
-            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate", "-w", "stop")
+            self.halt()
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 

@@ -1,4 +1,5 @@
-"""`inputlayer export | plan | apply` end to end, as a user runs them, on a data directory;
+"""`inputlayer export | plan | apply` end to end, as a user runs them, on a data directory and
+on a PostgreSQL store;
 and examples/policies: a small company's policy applied to a fresh store, then a change planned,
 with the output compared like examples/sessions (UPDATE_EXAMPLES=1 rewrites the .out files)."""
 
@@ -9,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.store import SQLiteStore
-from conftest import ADMIN_PASSWORD, ROOT, cli_env, run_cli, without_new_store_line
+from conftest import ADMIN_PASSWORD, ROOT, StoreTarget, cli_env, run_cli, without_new_store_line
 from test_examples import KEY_PLACEHOLDER, KEY_RE
 
 POLICIES = ROOT / "examples" / "policies"
@@ -19,28 +19,25 @@ PASSWORDS = {f"{name.upper()}_PASSWORD": f"{name}-first-password"
 
 
 @pytest.fixture
-def il(tmp_path: Path, config_file: Path):
-    """il(*args, stdin="", **env) -> (exit status, stdout, stderr) of the shell on one data dir."""
-    data_dir = tmp_path / "data"
+def il(store_target: StoreTarget, config_file: Path):
+    """il(*args, stdin="", **env) -> (exit status, stdout, stderr) of the shell on one store
+    (a data directory, or a PostgreSQL database: the same output is expected of both)."""
 
     def run(*args: str, stdin: str = "", **extra: str):
-        env = cli_env(config_file, INPUTLAYER_ADMIN_PASSWORD=ADMIN_PASSWORD, **PASSWORDS)
+        env = cli_env(config_file, INPUTLAYER_ADMIN_PASSWORD=ADMIN_PASSWORD, **PASSWORDS, **store_target.cli_env())
         env.update(extra)
-        proc = run_cli(["--data-dir", str(data_dir), *args], stdin=stdin, env=env)
+        proc = run_cli([*store_target.cli_args(), *args], stdin=stdin, env=env)
         return proc.returncode, proc.stdout.decode(), without_new_store_line(proc.stderr.decode())
 
-    run.data_dir = data_dir
+    run.target = store_target
     return run
 
 
-def store_snapshot(data_dir: Path) -> tuple:
+def store_snapshot(target: StoreTarget) -> tuple:
     """Everything apply could write: the audit chain's length and every user row."""
-    store = SQLiteStore(data_dir)
-    try:
-        with store.read():
-            return store.verify_audit()[0], [dict(u) for u in store.users()]
-    finally:
-        store.close()
+    store = target.open()
+    with store.read():
+        return store.verify_audit()[0], [dict(u) for u in store.users()]
 
 
 def write(tmp_path: Path, text: str, name: str = "policy.toml") -> str:
@@ -56,10 +53,10 @@ def test_export_then_apply_on_the_same_store_writes_nothing(il, tmp_path):
     assert status == 0 and "[kgs.sales]" in first and 'rate = "5/s"' in first
     assert il("export")[1] == first                     # byte-identical
     exported = write(tmp_path, first)
-    before = store_snapshot(il.data_dir)
+    before = store_snapshot(il.target)
     status, out, err = il("apply", exported, "--prune", "--yes")
     assert (status, out, err) == (0, "No changes.\n", "")
-    assert store_snapshot(il.data_dir) == before        # no audit record, no last_login_at
+    assert store_snapshot(il.target) == before        # no audit record, no last_login_at
     assert il("export", "-o", str(tmp_path / "again.toml"))[0] == 0
     assert (tmp_path / "again.toml").read_text() == first
 
@@ -84,13 +81,14 @@ def test_apply_is_all_or_nothing(il, tmp_path):
     # The fourth change fails in the engine (the password policy): nothing before it stays.
     policy = write(tmp_path, '[users.admin]\nrole = "admin"\n[kgs.aaa]\n[kgs.bbb]\n'
                              '[users.zed]\nrole = "viewer"\npassword_env = "SHORT"\n')
-    before = store_snapshot(il.data_dir) if il.data_dir.exists() else None
+    il("-c", ".whoami")                                  # the store exists, bootstrapped
+    before = store_snapshot(il.target)
     status, out, err = il("apply", policy, "--yes", SHORT="abc")
     assert status == 3
     assert err == ("error: + user zed (viewer): Password too short: at least 8 characters\n"
                    "error: the apply was rolled back; nothing was changed\n")
     assert "[kgs.aaa]" not in il("export")[1]
-    assert before is None or store_snapshot(il.data_dir)[1] == before[1]
+    assert [u["name"] for u in store_snapshot(il.target)[1]] == [u["name"] for u in before[1]]   # no zed
 
 
 def test_script_mode_needs_yes_and_file_errors_name_their_lines(il, tmp_path):
@@ -110,7 +108,8 @@ def test_script_mode_needs_yes_and_file_errors_name_their_lines(il, tmp_path):
 def test_options_go_before_or_after_the_verb_and_usage_errors_exit_2(il, tmp_path, config_file):
     policy = write(tmp_path, '[users.admin]\nrole = "admin"\n[kgs.default]\n')
     env = cli_env(config_file, INPUTLAYER_ADMIN_PASSWORD=ADMIN_PASSWORD)
-    proc = run_cli(["plan", policy, "--data-dir", str(il.data_dir)], env=env)
+    env.update(il.target.cli_env())
+    proc = run_cli(["plan", policy, *il.target.cli_args()], env=env)
     assert (proc.returncode, proc.stdout) == (0, b"No changes.\n")
     assert il("plan")[0] == 2                            # FILE is required
     assert il("export", "--prune")[0] == 2

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import Config
-from ..errors import CommandError, PermissionDenied, SessionEnded, StoreError, StoreFailure
+from ..errors import CommandError, PermissionDenied, SessionEnded, StoreError, StoreFailure, StoreUnavailable
 from ..language.parser import Invocation, parse, parse_program
 from ..language.registry import COMMANDS
 from ..result import Result
@@ -163,7 +163,10 @@ class Engine:
         A refusal is audited before it is raised, unless `defer_denial_audit`: then it is raised
         as an UnrecordedDenial for the caller to pass to record_denial() off its event loop."""
         inv = self._parsed_ahead.pop(line, None) if self._parsed_ahead else None
-        return self._run(session, inv or parse(line.strip()), defer_denial_audit)
+        try:
+            return self._run(session, inv or parse(line.strip()), defer_denial_audit)
+        except StoreUnavailable as exc:
+            raise unavailable(exc) from None
 
     def execute_program(self, session: Session, program: str | list[PlannedLine], *,
                         defer_denial_audit: bool = False, numbered: bool | None = None) -> list[Result]:
@@ -180,6 +183,8 @@ class Engine:
                 if isinstance(parsed, CommandError):
                     raise parsed
                 results.append(self._run(session, parsed, defer_denial_audit))
+            except StoreUnavailable as exc:
+                raise unavailable(exc) from None     # not a fault of this line: no line number
             except SessionEnded:
                 raise
             except CommandError as exc:
@@ -205,6 +210,8 @@ class Engine:
                         if isinstance(parsed, CommandError):
                             raise parsed
                         results.append(self._run(session, parsed, True))
+                    except StoreUnavailable:
+                        raise
                     except UnrecordedDenial as refused:
                         denial = refused.audit_record
                         raise PermissionDenied(f"line {n}: {refused.message}") from None
@@ -213,6 +220,8 @@ class Engine:
                     except CommandError as exc:
                         exc.args = (f"line {n}: {exc.message}",)
                         raise
+        except StoreUnavailable as exc:
+            raise unavailable(exc) from None
         except (sqlite3.DatabaseError, StoreError) as exc:
             raise StoreFailure(f"The store could not complete the commands: {exc}. Nothing was changed.") from None
         finally:
@@ -245,6 +254,8 @@ class Engine:
             if defer_denial_audit:
                 raise UnrecordedDenial(denied.message, record) from None
             self.record_denial(record)
+            raise
+        except StoreUnavailable:
             raise
         except (sqlite3.DatabaseError, StoreError) as exc:
             raise StoreFailure(f"The store could not complete the command: {exc}. Nothing was changed.") from None
@@ -332,3 +343,8 @@ class Engine:
             with self._store.write():
                 for record in denials:
                     self._store.append_audit(*record)
+
+
+def unavailable(exc: StoreUnavailable) -> StoreFailure:
+    """scaleout.md, Faults: a store that cannot be reached fails a command as `store unavailable`."""
+    return StoreFailure(f"store unavailable: {exc}")

@@ -26,11 +26,12 @@ from ..cluster.sessions import SharedSessions
 from ..config import Config, ServerConfig
 from ..engine import Clock, Engine, Lockout, LockoutCounter, RateCounter, RateLimiter, system_clock
 from ..engine.limits import account_lockout_config
-from ..errors import SessionEnded
+from ..errors import SessionEnded, StoreUnavailable
 from ..netaddr import client_address, networks
 from ..protocol import CHUNK_ROWS, GOING_AWAY, INTERNAL_ERROR, STREAM_THRESHOLD
 from ..store import Store
 from . import connection as connections
+from .changes import LISTEN_RETRY_SECS, Changes, postgres_url
 from .connection import Connection, describe
 from .http import HttpEndpoints
 from .logins import Logins
@@ -42,6 +43,9 @@ log = logging.getLogger("inputlayer.server")
 
 POLL_INTERVAL = 0.3                 # how often the store is checked for another process's changes
 FULL_SWEEP_INTERVAL = 1.0           # every session is re-checked at least this often (key expiry)
+# The least time between two sweeps: every login touches a row, so a login storm notifies
+# without pause, and its notifications then share one sweep a gap instead of one each.
+SWEEP_GAP = 0.05
 SHUTDOWN_GRACE = 30.0               # how long a command in flight may take to finish at shutdown
 
 
@@ -51,6 +55,8 @@ class ServerOptions:
     stream_threshold: int = STREAM_THRESHOLD
     chunk_rows: int = CHUNK_ROWS
     poll_interval: float = POLL_INTERVAL
+    listen_retry: float = LISTEN_RETRY_SECS
+    full_sweep_interval: float = FULL_SWEEP_INTERVAL
     # argon2 runs here: one core stays free for the event loop, so a password storm slows
     # password logins, not the API-key traffic beside it.
     auth_workers: int = field(default_factory=lambda: max(1, (os.cpu_count() or 2) - 1))
@@ -89,8 +95,10 @@ class Server:
         self._auth_pool = auth_pool(self.options.auth_workers)
         self._exec_pool = ThreadPoolExecutor(self.options.exec_workers, thread_name_prefix="il-exec")
         self._sweep_pool = ThreadPoolExecutor(1, thread_name_prefix="il-sweep")    # one sweep at a time
+        # A PostgreSQL read is a network round trip: never on the event loop.
         self.logins = Logins(self.engine, self.lockout, self.metrics, auth_pool=self._auth_pool,
-                             exec_pool=self._exec_pool)
+                             exec_pool=self._exec_pool, reads_on_loop=postgres_url(store) is None)
+        self.changes = Changes(store, self.poke, retry_secs=self.options.listen_retry)
         self.http = HttpEndpoints(self)
         self.stopping = False
         self._ws_server: WebSocketServer | None = None
@@ -172,6 +180,7 @@ class Server:
             # mix that compression side channels (CRIME/BREACH) read; and the messages are small.
             compression=None)
         self._watcher = asyncio.create_task(self._watch_store())
+        self.changes.start(self.node)
         if isinstance(self.directory, SharedSessions):
             self._cluster_task = asyncio.create_task(self.directory.run(self.sessions.kill))
             log.info("in a cluster as node %s: lockouts, rate limits and sessions shared through Redis", self.node)
@@ -187,6 +196,7 @@ class Server:
         if self._ws_server is not None:
             self._ws_server.server.close()            # stop accepting; open connections stay
         await asyncio.gather(*(self._shutdown(c) for c in list(self.connections)), return_exceptions=True)
+        await self.changes.stop()
         for task in (self._watcher, self._cluster_task):
             if task is not None:
                 task.cancel()
@@ -294,11 +304,12 @@ class Server:
 
     async def _watch_store(self) -> None:
         """End the sessions whose principal is gone: right after a command that changed the
-        store, when another process commits (PRAGMA data_version), and every second anyway
-        (keys expire with time)."""
+        store, when another process commits (heard as a notification while listening, else by
+        polling the store's change counter), and every second anyway (keys expire with time)."""
         assert self._poke is not None and self._loop is not None
         last_mark = None
         last_full = 0.0
+        unreachable = False               # the store could not be read: said once, not every round
         while True:
             try:
                 try:
@@ -309,20 +320,38 @@ class Server:
                 self._poke.clear()
                 if self.engine.refusals_pending:
                     await run_in(self._sweep_pool, self.engine.flush_refusals)
-                mark = await run_in(self._sweep_pool, self._data_version)
+                listening = self.changes.listening
+                mark = last_mark if listening else await run_in(self._sweep_pool, self._data_version)
+                if not listening:                 # the store was just read
+                    unreachable = self._answered(unreachable)
                 now = self._loop.time()
-                if not (poked or mark != last_mark or now - last_full >= FULL_SWEEP_INTERVAL):
+                if not (poked or mark != last_mark or now - last_full >= self.options.full_sweep_interval):
                     continue
                 last_mark, last_full = mark, now
                 if not len(self.sessions):
                     continue
                 for conn, reason in await run_in(self._sweep_pool, self._sweep):
                     self._spawn(self.end_session(conn, reason))
+                unreachable = self._answered(unreachable)
+                await asyncio.sleep(SWEEP_GAP)
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailable as exc:
+                if not unreachable:
+                    log.warning("sessions cannot be re-checked: %s", exc)
+                    unreachable = True
+                last_mark = None                  # check every session once it answers again
+                await asyncio.sleep(self.options.poll_interval)
             except Exception as exc:  # noqa: BLE001 -- the watcher must outlive one bad sweep
                 log.error("session check failed: %s", describe(exc))
                 await asyncio.sleep(self.options.poll_interval)
+
+    @staticmethod
+    def _answered(unreachable: bool) -> bool:
+        """The store was read: it is no longer unreachable (say so if it was)."""
+        if unreachable:
+            log.info("the store answers again: sessions are re-checked again")
+        return False
 
     def _data_version(self) -> int:
         with self.store.read():

@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 
 from .. import __version__
 from ..engine import Session, UnrecordedDenial
-from ..errors import CommandError, PermissionDenied, SessionEnded, StoreError
+from ..errors import CommandError, PermissionDenied, SessionEnded, StoreError, StoreUnavailable
 from ..language.parser import parse_program
 from ..protocol import (
     MAX_PROGRAM_LINES,
@@ -257,7 +257,7 @@ async def _refused(app: Server, conn: Connection, session: Session, name: str, s
         await conn.send(error(exc.message))
     elif isinstance(exc, StoreError):
         _finish(app, session, name, "error", started)
-        await conn.send(error(str(exc)))
+        await conn.send(error(f"store unavailable: {exc}" if isinstance(exc, StoreUnavailable) else str(exc)))
     else:
         _finish(app, session, name, "internal_error", started)
         log.error("internal error running %s for %s: %s", name, session.username, describe(exc))

@@ -10,13 +10,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..engine import Engine, LockoutCounter, Session
-from ..errors import AuthError, LockedOut
+from ..errors import AuthError, LockedOut, StoreError
 from ..netaddr import lockout_key
 from ..protocol import Authenticate, Login
 from .metrics import Metrics
 from .pools import run_in
 
 log = logging.getLogger("inputlayer.server")
+
+UNAVAILABLE = "Authentication service unavailable"
 
 
 class GroupWriter:
@@ -67,12 +69,13 @@ class GroupWriter:
 
 class Logins:
     def __init__(self, engine: Engine, lockout: LockoutCounter, metrics: Metrics, *, auth_pool: ThreadPoolExecutor,
-                 exec_pool: ThreadPoolExecutor):
+                 exec_pool: ThreadPoolExecutor, reads_on_loop: bool = True):
         self._engine = engine
         self._lockout = lockout
         self._metrics = metrics
         self._auth_pool = auth_pool
         self._exec_pool = exec_pool
+        self._reads_on_loop = reads_on_loop
         self._api_key_records = GroupWriter(
             lambda sessions: run_in(exec_pool, engine.record_api_key_logins, sessions))
 
@@ -82,17 +85,21 @@ class Logins:
             return await self.authenticate(address, "password", self._engine.login, request.username,
                                            request.password, source="ws", address=address)
         # A valid key is checked here on the loop, sparing a thread hand-off; only its audit
-        # record (an fsync) is written off it. Every refusal takes the full path. A lockout
-        # kept in Redis is a network round trip: then the check runs in the pool.
-        if self._lockout.blocking:
-            session = await run_in(self._exec_pool, self._engine.check_api_key, request.api_key, source="ws",
-                                   address=address)
-        else:
-            session = self._engine.check_api_key(request.api_key, source="ws", address=address)
+        # record (an fsync) is written off it. Every refusal takes the full path. A lockout kept
+        # in Redis, or a store on PostgreSQL, is a network round trip: then the check runs in the pool.
+        try:
+            if self._lockout.blocking or not self._reads_on_loop:
+                session = await run_in(self._exec_pool, self._engine.check_api_key, request.api_key, source="ws",
+                                       address=address)
+            else:
+                session = self._engine.check_api_key(request.api_key, source="ws", address=address)
+            if session is not None:
+                await self._api_key_records.write(session)
+        except StoreError as exc:
+            return None, self._unavailable(exc)
         if session is None:
             return await self.authenticate(address, "api_key", self._engine.authenticate, request.api_key,
                                            source="ws", address=address)
-        await self._api_key_records.write(session)
         self._metrics.login("api_key", "ok")
         return session, ""
 
@@ -105,6 +112,8 @@ class Logins:
         pool = self._exec_pool if was_locked else self._auth_pool
         try:
             session = await run_in(pool, fn, *args, **kwargs)
+        except StoreError as exc:
+            return None, self._unavailable(exc)
         except AuthError as exc:
             outcome = "locked" if isinstance(exc, LockedOut) else "failed"
             self._metrics.login(method, outcome)
@@ -115,3 +124,9 @@ class Logins:
             return None, exc.message
         self._metrics.login(method, "ok")
         return session, ""
+
+    @staticmethod
+    def _unavailable(exc: StoreError) -> str:
+        """scaleout.md, Faults: a login the store cannot answer is neither a success nor a failure."""
+        log.warning("authentication not possible: %s", exc)
+        return UNAVAILABLE

@@ -26,12 +26,12 @@ import psycopg
 from psycopg import pq
 from psycopg_pool import ConnectionPool
 
-from ...errors import StoreError
+from ...errors import StoreError, StoreUnavailable
 from ..codec import Codec
 from ..interface import audit_mac, head_mac
 from ..secrets import ServerSecrets
 from . import schema, serversecrets
-from .reads import Snapshots, connection_lost
+from .reads import Snapshots, connection_lost, unreachable
 from .url import CONNECT_TIMEOUT_SECS, connect_kwargs, redact_text, redact_url
 
 NOTIFY_CHANNEL = "inputlayer_changes"
@@ -115,7 +115,8 @@ class PgBase(Snapshots):
         there is one (without the statement or position), else the driver's first line."""
         diag = getattr(exc, "diag", None)
         text = (diag and diag.message_primary) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return StoreError(f"{doing}: {redact_text(text, self.url)}")
+        kind = StoreUnavailable if unreachable(exc) else StoreError
+        return kind(f"{doing}: {redact_text(text, self.url)}")
 
     def _reader_kwargs(self) -> dict:
         return {**self._kwargs, "autocommit": True,

@@ -18,6 +18,9 @@ from psycopg_pool import ConnectionPool
 from ...errors import StoreError
 
 READER_CACHE_ROWS = 10_000      # bounds the memory of a reader's row cache
+# How long a read waits for a pooled connection: reads take milliseconds, so a longer wait means
+# the database is unreachable, and the command must fail well within scaleout.md's 10 s.
+POOL_WAIT_SECS = 4.0
 _UNKNOWN = object()             # not in a row cache (None there means: no such row)
 
 
@@ -80,7 +83,7 @@ class Snapshots:
         in one round trip. A pooled connection the server has dropped (a restart) is only found
         dead when used: then the pool replaces its dead ones and one more is tried."""
         for attempt in (1, 2):
-            reader = self._pool.getconn()
+            reader = self._pool.getconn(timeout=POOL_WAIT_SECS)
             try:
                 with reader.pipeline():
                     reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -136,3 +139,11 @@ def connection_lost(exc: psycopg.Error, conn: psycopg.Connection) -> bool:
         return True
     return isinstance(exc, (psycopg.errors.AdminShutdown, psycopg.errors.CrashShutdown,
                             psycopg.errors.CannotConnectNow))
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says the server cannot be reached or is going away (connection failures,
+    shutdowns, a pool that found no connection in time), not that a statement failed."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    return exc.sqlstate is None or exc.sqlstate.startswith(("08", "57P"))
