@@ -67,28 +67,34 @@ class Snapshots:
                 raise StoreError("the store is closed")
             self._reading += 1
         try:
-            reader, stamp = self._snapshot_connection()
+            reader = self._snapshot_connection()
         except BaseException as exc:
             self._read_finished()
             if isinstance(exc, psycopg.Error):   # psycopg_pool.PoolTimeout is one too
                 raise self._fault("cannot read the store", exc) from None
             raise
-        if stamp != getattr(tls, "seen_stamp", None):
-            tls.cache, tls.seen_stamp = {}, stamp
+        try:
+            stamp = reader.execute("SELECT n FROM generation").fetchone()
+            if stamp != getattr(tls, "seen_stamp", None):
+                tls.cache, tls.seen_stamp = {}, stamp
+        except BaseException as exc:
+            self._pool.putconn(reader)
+            self._read_finished()
+            if isinstance(exc, psycopg.Error):
+                raise self._fault("cannot read the store", exc) from None
+            raise
         tls.conn = reader
         return reader
 
-    def _snapshot_connection(self) -> tuple[psycopg.Connection, Any]:
-        """A pooled connection in a snapshot, and the generation counter in that snapshot: both
-        in one round trip. A pooled connection the server has dropped (a restart) is only found
-        dead when used: then the pool replaces its dead ones and one more is tried."""
+    def _snapshot_connection(self) -> psycopg.Connection:
+        """A pooled connection in a snapshot. A pooled connection the server has dropped (a
+        restart) is only found dead when used: then the pool replaces its dead ones and one more
+        is tried."""
         for attempt in (1, 2):
             reader = self._pool.getconn(timeout=POOL_WAIT_SECS)
             try:
-                with reader.pipeline():
-                    reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    stamp = reader.execute("SELECT n FROM generation")
-                return reader, stamp.fetchone()
+                reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                return reader
             except psycopg.Error as exc:
                 lost = connection_lost(exc, reader)
                 if lost:
