@@ -162,17 +162,22 @@ def copy_store_main(argv: Sequence[str], env: Mapping[str, str]) -> int:
     return 0
 
 
-def rekey_main(argv: Sequence[str], env: Mapping[str, str]) -> int:
-    """`inputlayer-server rekey`: re-encrypt a stopped store (INPUTLAYER_ENCRYPTION_KEY is the
-    current key, INPUTLAYER_NEW_ENCRYPTION_KEY the new one; either unset means plaintext)."""
-    p = _Parser(prog="inputlayer-server rekey",
-                description="Re-encrypt a stopped store under INPUTLAYER_NEW_ENCRYPTION_KEY (unset: "
-                            "decrypt it), reading it with INPUTLAYER_ENCRYPTION_KEY (unset: it is plaintext).")
+def _stopped_store_args(argv: Sequence[str], verb: str, description: str) -> argparse.Namespace:
+    """The options of a maintenance command on a stopped store: where it is, and the config."""
+    p = _Parser(prog=f"inputlayer-server {verb}", description=description)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--data-dir", metavar="DIR")
     where.add_argument("--store", metavar="URL")
     p.add_argument("--config", metavar="TOML")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def rekey_main(argv: Sequence[str], env: Mapping[str, str]) -> int:
+    """`inputlayer-server rekey`: re-encrypt a stopped store (INPUTLAYER_ENCRYPTION_KEY is the
+    current key, INPUTLAYER_NEW_ENCRYPTION_KEY the new one; either unset means plaintext)."""
+    args = _stopped_store_args(argv, "rekey",
+                               "Re-encrypt a stopped store under INPUTLAYER_NEW_ENCRYPTION_KEY (unset: decrypt "
+                               "it), reading it with INPUTLAYER_ENCRYPTION_KEY (unset: it is plaintext).")
     from .store.codec import key_from_env
     from .store.locate import describe_store
     from .store.rekey import rekey_store
@@ -197,14 +202,9 @@ def rekey_main(argv: Sequence[str], env: Mapping[str, str]) -> int:
 
 def rotate_secrets_main(argv: Sequence[str], env: Mapping[str, str]) -> int:
     """`inputlayer-server rotate-secrets`: new token-signing and audit keys for a stopped store."""
-    p = _Parser(prog="inputlayer-server rotate-secrets",
-                description="Replace the token-signing and audit keys of a stopped store: every session "
-                            "token ends, the audit chain continues under the new key, API keys keep working.")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--data-dir", metavar="DIR")
-    where.add_argument("--store", metavar="URL")
-    p.add_argument("--config", metavar="TOML")
-    args = p.parse_args(argv)
+    args = _stopped_store_args(argv, "rotate-secrets",
+                               "Replace the token-signing and audit keys of a stopped store: every session "
+                               "token ends, the audit chain continues under the new key, API keys keep working.")
     from .store.codec import key_from_env
     from .store.locate import describe_store
     from .store.rotate import rotate_store
