@@ -18,6 +18,7 @@ Reads run on pooled connections, one snapshot a command (reads.py).
 from __future__ import annotations
 
 import threading
+from functools import lru_cache
 from itertools import groupby
 from operator import itemgetter
 from typing import Any
@@ -37,6 +38,12 @@ from .url import CONNECT_TIMEOUT_SECS, connect_kwargs, redact_text, redact_url
 NOTIFY_CHANNEL = "inputlayer_changes"
 READERS_MAX = 8                 # pooled reading connections of one process
 HELD_MAX = 1000                 # statements held back at most before they are sent
+
+
+@lru_cache(maxsize=512)
+def dialect(sql: str) -> str:
+    """The shared rows' SQL (`?` placeholders, as SQLite's) in psycopg's `%s` style."""
+    return sql.replace("?", "%s")
 
 
 class _Change:
@@ -150,6 +157,28 @@ class PgBase(Snapshots):
                 self._held or self._audit_held or any(entry[2] is not None for entry in self._savepoints.values())):
             self._send_held()       # a statement that fails must find its command's savepoint
         return self._main
+
+    # --- the shared rows' statements (tables.py): `?` placeholders ---------------------------
+
+    def _query(self, sql: str, params: Any = ()) -> psycopg.Cursor:
+        return self.conn.execute(dialect(sql), params)
+
+    def _change(self, table: str, sql: str, params: Any = ()) -> None:
+        """Every write of a row other than the audit log's goes through here."""
+        self._changed.add(table)
+        self._send(dialect(sql), params)
+
+    def _write(self, sql: str, params: Any) -> None:
+        self._send(dialect(sql), params)
+
+    def _write_audit(self, sql: str, params: Any) -> None:
+        self._send_audit(dialect(sql), params)
+
+    def _insert_id(self, table: str, sql: str, params: Any) -> int:
+        self._changed.add(table)
+        return int(self._scalar(dialect(sql) + " RETURNING id", params))
+
+    # --- held-back writes ----------------------------------------------------------------
 
     def _send(self, sql: str, params: Any = ()) -> None:
         """A write inside the transaction: held back, to be sent with the next ones."""

@@ -164,7 +164,7 @@ class Transactions(Connection):
         self._cache.clear()
         self._audit_head = None
         self._head_unsaved = False
-        self._rows_changed = False
+        self._changed = set()
 
     def _begin(self) -> None:
         self._forget()
@@ -180,7 +180,7 @@ class Transactions(Connection):
                 head = self._audit_head
                 assert head is not None     # set by the append that left it unsaved
                 self._set_meta("audit_head", {**head, "mac": head_mac(self._audit_mac, head["seq"], head["hash"])})
-            if self._rows_changed:
+            if self._changed:
                 self._set_meta("rows_gen", {"stamp": secrets.token_hex(8)})
             self._forget()
             self._main.execute("COMMIT")
