@@ -28,6 +28,7 @@ from psycopg import pq
 from psycopg_pool import ConnectionPool
 
 from ...errors import StoreError, StoreUnavailable
+from ..batches import Batches
 from ..codec import Codec
 from ..interface import audit_mac, head_mac
 from ..secrets import ServerSecrets
@@ -46,23 +47,8 @@ def dialect(sql: str) -> str:
     return sql.replace("?", "%s")
 
 
-class _Change:
-    __slots__ = ("_savepoint", "_store")
-
-    def __init__(self, store: PgBase):
-        self._store = store
-
-    def __enter__(self) -> None:
-        self._savepoint = self._store._enter_write()
-
-    def __exit__(self, exc_type, exc, _tb) -> None:
-        self._store._exit_write(self._savepoint, exc_type is not None)
-        if isinstance(exc, psycopg.Error):
-            raise self._store._fault("cannot write to the store", exc) from None
-
-
-class PgBase(Snapshots):
-    """Transactions, snapshots and row caches; the rows themselves are in PostgresStore."""
+class PgBase(Batches, Snapshots):
+    """Connections, transactions and snapshots; the rows themselves are in ../tables.py."""
 
     def __init__(self, url: str, *, encryption_key: bytes | None = None,
                  secret_file: str | None = None, lock_wait_ms: int = 30_000):
@@ -230,10 +216,6 @@ class PgBase(Snapshots):
 
     # --- transactions --------------------------------------------------------------------
 
-    def write(self) -> _Change:
-        """One change, atomically: a transaction, or a savepoint inside an open batch."""
-        return _Change(self)
-
     def _enter_write(self) -> str | None:
         self._lock.acquire()
         try:
@@ -256,7 +238,8 @@ class PgBase(Snapshots):
             self._lock.release()
             raise
 
-    def _exit_write(self, savepoint: str | None, failed: bool) -> None:
+    def _exit_write(self, savepoint: str | None, exc: BaseException | None) -> None:
+        failed = exc is not None
         try:
             if self._atomic:
                 self._failed = self._failed or failed
@@ -272,6 +255,8 @@ class PgBase(Snapshots):
                 self._commit()
         finally:
             self._lock.release()
+        if isinstance(exc, psycopg.Error):
+            raise self._fault("cannot write to the store", exc) from None
 
     def _end_savepoint(self, name: str, failed: bool) -> None:
         head, head_unsaved, mark = self._savepoints.pop(name)
@@ -291,27 +276,6 @@ class PgBase(Snapshots):
             self._main.execute(f"RELEASE {name}")
         except psycopg.Error as exc:
             raise self._fault("cannot write to the store", exc) from None
-
-    def begin_batch(self, *, atomic: bool = False) -> None:
-        """A transaction every following write() joins: each write a savepoint, or, `atomic`,
-        all or nothing (a failure must end the batch with end_batch(False))."""
-        with self._lock:
-            self._begin()
-            self._depth, self._owner = 1, threading.get_ident()
-            self._atomic = atomic
-
-    def end_batch(self, commit: bool) -> None:
-        with self._lock:
-            self._depth, self._owner = 0, None
-            self._atomic = False
-            if commit:
-                self._commit()
-            else:
-                self._rollback()
-
-    @property
-    def in_batch(self) -> bool:
-        return self._depth > 0
 
     def _forget(self, *, keep_rows: bool = False) -> None:
         """Drop what the writer knew of its transaction; `keep_rows`: not the rows it read,
