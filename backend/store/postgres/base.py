@@ -18,6 +18,7 @@ Reads run on pooled connections, one snapshot a command (reads.py).
 from __future__ import annotations
 
 import threading
+from functools import lru_cache
 from itertools import groupby
 from operator import itemgetter
 from typing import Any
@@ -27,6 +28,7 @@ from psycopg import pq
 from psycopg_pool import ConnectionPool
 
 from ...errors import StoreError, StoreUnavailable
+from ..batches import Batches
 from ..codec import Codec
 from ..interface import audit_mac, head_mac
 from ..secrets import ServerSecrets
@@ -39,23 +41,14 @@ READERS_MAX = 8                 # pooled reading connections of one process
 HELD_MAX = 1000                 # statements held back at most before they are sent
 
 
-class _Change:
-    __slots__ = ("_savepoint", "_store")
-
-    def __init__(self, store: PgBase):
-        self._store = store
-
-    def __enter__(self) -> None:
-        self._savepoint = self._store._enter_write()
-
-    def __exit__(self, exc_type, exc, _tb) -> None:
-        self._store._exit_write(self._savepoint, exc_type is not None)
-        if isinstance(exc, psycopg.Error):
-            raise self._store._fault("cannot write to the store", exc) from None
+@lru_cache(maxsize=512)
+def dialect(sql: str) -> str:
+    """The shared rows' SQL (`?` placeholders, as SQLite's) in psycopg's `%s` style."""
+    return sql.replace("?", "%s")
 
 
-class PgBase(Snapshots):
-    """Transactions, snapshots and row caches; the rows themselves are in PostgresStore."""
+class PgBase(Batches, Snapshots):
+    """Connections, transactions and snapshots; the rows themselves are in ../tables.py."""
 
     def __init__(self, url: str, *, encryption_key: bytes | None = None,
                  secret_file: str | None = None, lock_wait_ms: int = 30_000):
@@ -151,6 +144,28 @@ class PgBase(Snapshots):
             self._send_held()       # a statement that fails must find its command's savepoint
         return self._main
 
+    # --- the shared rows' statements (tables.py): `?` placeholders ---------------------------
+
+    def _query(self, sql: str, params: Any = ()) -> psycopg.Cursor:
+        return self.conn.execute(dialect(sql), params)
+
+    def _change(self, table: str, sql: str, params: Any = ()) -> None:
+        """Every write of a row other than the audit log's goes through here."""
+        self._changed.add(table)
+        self._send(dialect(sql), params)
+
+    def _write(self, sql: str, params: Any) -> None:
+        self._send(dialect(sql), params)
+
+    def _write_audit(self, sql: str, params: Any) -> None:
+        self._send_audit(dialect(sql), params)
+
+    def _insert_id(self, table: str, sql: str, params: Any) -> int:
+        self._changed.add(table)
+        return int(self._scalar(dialect(sql) + " RETURNING id", params))
+
+    # --- held-back writes ----------------------------------------------------------------
+
     def _send(self, sql: str, params: Any = ()) -> None:
         """A write inside the transaction: held back, to be sent with the next ones."""
         self._held.append((sql, params))
@@ -201,10 +216,6 @@ class PgBase(Snapshots):
 
     # --- transactions --------------------------------------------------------------------
 
-    def write(self) -> _Change:
-        """One change, atomically: a transaction, or a savepoint inside an open batch."""
-        return _Change(self)
-
     def _enter_write(self) -> str | None:
         self._lock.acquire()
         try:
@@ -227,7 +238,8 @@ class PgBase(Snapshots):
             self._lock.release()
             raise
 
-    def _exit_write(self, savepoint: str | None, failed: bool) -> None:
+    def _exit_write(self, savepoint: str | None, exc: BaseException | None) -> None:
+        failed = exc is not None
         try:
             if self._atomic:
                 self._failed = self._failed or failed
@@ -243,6 +255,8 @@ class PgBase(Snapshots):
                 self._commit()
         finally:
             self._lock.release()
+        if isinstance(exc, psycopg.Error):
+            raise self._fault("cannot write to the store", exc) from None
 
     def _end_savepoint(self, name: str, failed: bool) -> None:
         head, head_unsaved, mark = self._savepoints.pop(name)
@@ -262,27 +276,6 @@ class PgBase(Snapshots):
             self._main.execute(f"RELEASE {name}")
         except psycopg.Error as exc:
             raise self._fault("cannot write to the store", exc) from None
-
-    def begin_batch(self, *, atomic: bool = False) -> None:
-        """A transaction every following write() joins: each write a savepoint, or, `atomic`,
-        all or nothing (a failure must end the batch with end_batch(False))."""
-        with self._lock:
-            self._begin()
-            self._depth, self._owner = 1, threading.get_ident()
-            self._atomic = atomic
-
-    def end_batch(self, commit: bool) -> None:
-        with self._lock:
-            self._depth, self._owner = 0, None
-            self._atomic = False
-            if commit:
-                self._commit()
-            else:
-                self._rollback()
-
-    @property
-    def in_batch(self) -> bool:
-        return self._depth > 0
 
     def _forget(self, *, keep_rows: bool = False) -> None:
         """Drop what the writer knew of its transaction; `keep_rows`: not the rows it read,

@@ -1,15 +1,14 @@
-"""The read side of the PostgreSQL store: snapshots on pooled connections, and row caches.
+"""The read side of the PostgreSQL store: snapshots on pooled connections.
 
 A read-only command runs in one REPEATABLE READ READ ONLY transaction on a pooled connection. A
 reader caches rows for as long as the `generation` counter, read in its own snapshot, stands
-still: every commit that changes a row bumps it, so a cached row is never one a commit changed.
+still: every commit that changes a row bumps it, so a cached row is never one a commit changed (the caches: ../tables.py).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
 
 import psycopg
 from psycopg import pq
@@ -17,11 +16,9 @@ from psycopg_pool import ConnectionPool
 
 from ...errors import StoreError
 
-READER_CACHE_ROWS = 10_000      # bounds the memory of a reader's row cache
 # How long a read waits for a pooled connection: reads take milliseconds, so a longer wait means
 # the database is unreachable, and the command must fail well within scaleout.md's 10 s.
 POOL_WAIT_SECS = 4.0
-_UNKNOWN = object()             # not in a row cache (None there means: no such row)
 
 
 class _Snapshot:
@@ -51,7 +48,6 @@ class Snapshots:
     _closed: bool
     _reading: int
     _read_done: threading.Condition
-    _cache: dict[tuple, Any]
     _fault: Callable[[str, BaseException], StoreError]
 
     def read(self) -> _Snapshot:
@@ -118,24 +114,6 @@ class Snapshots:
         finally:
             self._pool.putconn(reader)
             self._read_finished()
-
-    def _memo(self, key: tuple, load: Callable, *args, writer_too: bool):
-        """`load(*args)`, remembered: by the writer within its transaction (only for lookups its
-        own writes keep up to date), by a reader while no commit has changed a row."""
-        if self._owner == threading.get_ident():
-            if not writer_too:
-                return load(*args)
-            cache = self._cache
-        elif getattr(self._tls, "conn", None) is not None:
-            cache = self._tls.cache
-            if len(cache) >= READER_CACHE_ROWS:
-                cache.clear()
-        else:
-            return load(*args)
-        value = cache.get(key, _UNKNOWN)
-        if value is _UNKNOWN:
-            value = cache[key] = load(*args)
-        return value
 
 
 def connection_lost(exc: psycopg.Error, conn: psycopg.Connection) -> bool:

@@ -1,6 +1,5 @@
 """The Store on one SQLite file: connections, snapshots and held-back writes (connection,
-transactions), row caches (rows), the tables (tables, keys), the audit chain (audit), and the
-class that joins them (store)."""
+transactions), and the class that joins them with the rows both stores share (store)."""
 
 from .connection import DEFERRED_WRITES_MAX
 from .schema import DB_FILE, TABLES

@@ -50,9 +50,9 @@ class Connection:
         # The audit chain's head, as this transaction's appends left it: saved once, at commit.
         self._audit_head: dict | None = None
         self._head_unsaved = False
-        # Whether this transaction changed any row besides the audit log: only then do readers'
+        # The tables this transaction changed, besides the audit log: only then do readers'
         # caches go stale (logins append audit records all the time, and must not flush them).
-        self._rows_changed = False
+        self._changed: set[str] = set()
         self._atomic = False
         # Row writes an atomic batch holds back, in order: see _write().
         self._deferred: list[tuple[str, Any]] = []
@@ -283,9 +283,13 @@ class Connection:
 
     # --- row writes ----------------------------------------------------------------------
 
-    def _change(self, sql: str, params: Any = ()) -> None:
-        """Every write of a row other than the audit log's goes through here (or _insert_now)."""
-        self._rows_changed = True
+    def _query(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        """A read on this thread's connection (the shared rows' SQL is SQLite's already)."""
+        return self.conn.execute(sql, params)
+
+    def _change(self, table: str, sql: str, params: Any = ()) -> None:
+        """Every write of a row other than the audit log's goes through here (or _insert_id)."""
+        self._changed.add(table)
         self._write(sql, params)
 
     def _write(self, sql: str, params: Any) -> None:
@@ -307,9 +311,16 @@ class Connection:
         for sql, params in deferred:
             execute(sql, params)
 
-    def _insert_now(self, sql: str, params: Any) -> int:
+    def _write_audit(self, sql: str, params: Any) -> None:
+        self._write(sql, params)
+
+    def _insert_id(self, table: str, sql: str, params: Any) -> int:
         """An insert whose new rowid is needed at once."""
-        self._rows_changed = True
+        self._changed.add(table)
         rowid = self.conn.execute(sql, params).lastrowid
         assert rowid is not None    # an INSERT always sets it
         return rowid
+
+    def _plain(self, text: str) -> str | bytes:
+        """An unsealed value in the `data` columns (SQLite's are untyped)."""
+        return text

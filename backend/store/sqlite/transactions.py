@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 from ...errors import StoreError
+from ..batches import Batches
 from ..interface import head_mac
 from .connection import Connection
 
@@ -31,27 +32,7 @@ class _Snapshot:
             self._store._exit_read(self._entered)
 
 
-class _Change:
-    """SQLiteStore.write(): a class rather than a generator-based context manager, as it runs
-    once for every change."""
-    __slots__ = ("_savepoint", "_store")
-
-    def __init__(self, store: Transactions):
-        self._store = store
-
-    def __enter__(self) -> None:
-        self._savepoint = self._store._enter_write()
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        self._store._exit_write(self._savepoint, exc_type is not None)
-
-
-class Transactions(Connection):
-    def write(self) -> _Change:
-        """One change, atomically: a transaction, or a savepoint inside an open batch (a context
-        manager)."""
-        return _Change(self)
-
+class Transactions(Batches, Connection):
     def _enter_write(self) -> tuple[Any, ...] | None:
         """Take the write lock and open this change's transaction or savepoint. Returns what
         _exit_write needs to undo it: None for a top-level transaction or an atomic batch's
@@ -74,7 +55,8 @@ class Transactions(Connection):
             self._lock.release()
             raise
 
-    def _exit_write(self, savepoint: tuple[Any, ...] | None, failed: bool) -> None:
+    def _exit_write(self, savepoint: tuple[Any, ...] | None, exc: BaseException | None) -> None:
+        failed = exc is not None
         try:
             if self._atomic:
                 return
@@ -137,34 +119,12 @@ class Transactions(Connection):
         finally:
             in_use.release()
 
-    def begin_batch(self, *, atomic: bool = False) -> None:
-        """Start a transaction that every following write() joins. Each write is a savepoint
-        (a failure undoes only itself), unless `atomic`: then any failure must end the batch
-        with end_batch(False) (--single-transaction)."""
-        with self._lock:
-            self._begin()
-            self._depth, self._owner = 1, threading.get_ident()
-            self._atomic = atomic
-
-    def end_batch(self, commit: bool) -> None:
-        with self._lock:
-            self._depth, self._owner = 0, None
-            self._atomic = False
-            if commit:
-                self._commit()
-            else:
-                self._rollback()
-
-    @property
-    def in_batch(self) -> bool:
-        return self._depth > 0
-
     def _forget(self) -> None:
         self._deferred.clear()
         self._cache.clear()
         self._audit_head = None
         self._head_unsaved = False
-        self._rows_changed = False
+        self._changed = set()
 
     def _begin(self) -> None:
         self._forget()
@@ -180,7 +140,7 @@ class Transactions(Connection):
                 head = self._audit_head
                 assert head is not None     # set by the append that left it unsaved
                 self._set_meta("audit_head", {**head, "mac": head_mac(self._audit_mac, head["seq"], head["hash"])})
-            if self._rows_changed:
+            if self._changed:
                 self._set_meta("rows_gen", {"stamp": secrets.token_hex(8)})
             self._forget()
             self._main.execute("COMMIT")
