@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from backend import __version__
 from backend.config import (
@@ -106,7 +106,7 @@ def run_shell(args: argparse.Namespace, env: Environment, config: Config) -> int
     # stdin decides, as in psql: `inputlayer | tee log` keeps the prompt.
     interactive = env.stdin_isatty and not args.sources
     fmt = args.format or config.shell.format or ("table" if env.stdout_isatty or interactive else "plain")
-    url = args.url or (None if args.data_dir or args.store else env.env.get("INPUTLAYER_URL"))
+    url = target_url(args, env)
     problem = local_only_problem(args, url)
     if problem:
         env.err(f"error: {problem}\n")
@@ -122,18 +122,30 @@ def run_shell(args: argparse.Namespace, env: Environment, config: Config) -> int
         env.err("interrupted\n")
         return ExitStatus.ERROR
     try:
-        return run_session(backend, args, env, config, interactive, fmt)
+        return closing_failures(lambda: run_session(backend, args, env, config, interactive, fmt), env)
     except _Unreadable as exc:
         env.err(f"error: {exc}\n")
         return ExitStatus.ERROR
+    finally:
+        backend.close()
+
+
+def target_url(args: argparse.Namespace, env: Environment) -> str | None:
+    """The server to talk to: --url, else INPUTLAYER_URL unless a local store is named."""
+    return args.url or (None if args.data_dir or args.store else env.env.get("INPUTLAYER_URL"))
+
+
+def closing_failures(work: Callable[[], int], env: Environment) -> int:
+    """Run `work` on an open target: a lost target or a store fault is one error line (exit 2),
+    Ctrl-C is `interrupted` (exit 3), never a traceback."""
+    try:
+        return work()
     except (TargetUnreachable, StoreError) as exc:
         env.err(f"error: {exc}\n")
         return ExitStatus.ERROR
     except KeyboardInterrupt:
         env.err("interrupted\n")
         return ExitStatus.STOPPED
-    finally:
-        backend.close()
 
 
 def local_only_problem(args: argparse.Namespace, url: str | None) -> str | None:

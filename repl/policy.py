@@ -71,14 +71,10 @@ def run_policy(argv: list[str], at: int, env: Environment) -> int:
         if policy is not None and policy.problems:
             env.err("".join(f"{line}\n" for line in policy.failure().lines))
         return ExitStatus.ERROR
+    from .__main__ import closing_failures
+
     try:
-        return _Verb(backend, args, env, verb).run(policy)
-    except TargetUnreachable as exc:
-        env.err(f"error: {exc}\n")
-        return ExitStatus.ERROR
-    except KeyboardInterrupt:
-        env.err("interrupted\n")
-        return ExitStatus.STOPPED
+        return closing_failures(lambda: _Verb(backend, args, env, verb).run(policy), env)
     finally:
         backend.close()
 
@@ -97,9 +93,9 @@ def _read(path: str) -> str:
 
 def _connect(args, env: Environment, config):
     """The logged-in backend, or None after saying why not."""
-    from .__main__ import log_in, open_backend
+    from .__main__ import log_in, open_backend, target_url
 
-    url = args.url or (None if args.data_dir else env.env.get("INPUTLAYER_URL"))
+    url = target_url(args, env)
     try:
         backend = open_backend(args, env, config, url)
     except (StoreError, TargetUnreachable, ConfigError) as exc:

@@ -176,3 +176,9 @@ def test_a_file_saved_with_a_bom_and_crlf_reads_as_any_other(il, tmp_path):
     path = tmp_path / "win.toml"
     path.write_bytes(b'\xef\xbb\xbf[users.admin]\r\nrole = "admin"\r\n\r\n[kgs.default]\r\nbad = 1\r\n')
     assert il("plan", str(path))[2] == "win.toml:5: unknown key 'bad' in [kgs.default]; allowed: acl\n"
+
+
+def test_a_named_store_wins_over_a_server_url_in_the_environment(il):
+    # --data-dir or --store names the target; INPUTLAYER_URL applies only when neither is given.
+    status, out, err = il("export", INPUTLAYER_URL="ws://127.0.0.1:9/ws")
+    assert (status, err) == (0, "") and "[users.admin]" in out
