@@ -7,6 +7,7 @@ Cross-process effects are awaited with deadlines, never with fixed sleeps."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -27,6 +28,7 @@ from backend.engine import Engine
 from backend.errors import CommandError
 from backend.server import ServerOptions
 from backend.store.postgres.listen import APPLICATION_NAME
+from backend.store.postgres.view import TRUST_SECS
 
 NEVER = 3600.0          # a watcher interval so long that only a notification can wake it
 
@@ -120,6 +122,42 @@ def test_a_node_that_stops_hearing_reads_afresh_until_it_listens_again(target):
         wait_for(lambda: node.server.changes.listening and listeners(target.url, node.port), 15, "listening again")
         engine.execute(admin_session, ".user drop bob")
         assert_ended(bob, "user dropped", within=1.0)
+    finally:
+        node.stop()
+
+
+def test_a_node_whose_listener_stalls_stops_answering_from_its_cache_within_a_second(target):
+    # A stalled connection (not a dropped one) says nothing: the node still thinks it listens
+    # until its proof times out. Its cache must not outlive the last proof by more than a second.
+    node = node_thread(target, full_sweep_interval=NEVER)
+    try:
+        wait_for(lambda: node.server.changes.listening and listeners(target.url, node.port), 10, "listening")
+        with logged_in(node.url) as admin:
+            for line in (".user create bob pw-123456 viewer", ".kg create graph", ".kg acl grant graph bob viewer"):
+                assert admin.execute(line)["type"] == "result", line
+        bob = logged_in(node.url, "bob", "pw-123456")
+        engine = Engine(target.open(), with_values(Config(), CHEAP_ARGON2))
+        admin_session = engine.login("admin", ADMIN_PASSWORD, source="local")
+        with engine.store.read():
+            now = engine.store.data_version()
+        view = node.server.store.view
+        wait_for(lambda: view.trusted() is not None and view.cache.generation == now, 5,
+                 "the node heard every change so far, and trusts what it heard")
+        assert bob.execute(".kg acl check graph bob")["rows"] == [["bob", "graph", "viewer", "ACL entry"]]
+        assert len(view.cache.rows) >= 3            # the user, the graph and the grant, now cached
+
+        [pid] = listeners(target.url, node.port)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            engine.execute(admin_session, ".kg acl revoke graph bob")
+            revoked = time.monotonic()
+            wait_for(lambda: bob.execute(".kg acl check graph bob")["type"] == "error", 2.0,
+                     "the revoked right refused although the node heard nothing")
+            assert time.monotonic() - revoked <= TRUST_SECS + 0.5
+            assert node.server.changes.listening, "the test must run while the node believes it listens"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        bob.close()
     finally:
         node.stop()
 

@@ -151,8 +151,11 @@ def test_each_change_notifies_in_its_own_transaction(pg_engine, pg_target):
         engine.execute(admin, ".kg create never")
         engine.end_batch(False)                                           # rolled back: no NOTIFY
         engine.execute(admin, ".kg acl grant default nia editor")
+        with engine.store.read():
+            now = engine.store.data_version()
         payloads = [n.payload for n in listener.notifies(timeout=2, stop_after=2)]
-        assert payloads == ["users", "acl"]
+        # Each names the generation it committed: the two changes were the last two.
+        assert payloads == [f"{now - 1} users", f"{now} acl"]
         assert list(listener.notifies(timeout=0.2)) == []
 
 

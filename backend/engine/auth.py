@@ -24,6 +24,7 @@ from .limits import LockoutCounter
 from .passwords import PasswordHasher, argon2_parameters
 from .policy import (
     REFUSED_KEY_STATES,
+    Rights,
     Session,
     address_allowed,
     audit_source,
@@ -92,8 +93,7 @@ class Authenticator:
         if len(username) > MAX_USERNAME_CHARS:
             self._auth_failed(address, source, "auth.login", "", f"user name too long ({len(username)} characters)")
         self._refuse_if_account_locked(username, address, source)
-        with self.store.read():
-            user = self.store.user(username)
+        user = self.store.consistent(lambda: self.store.user(username))
         ok = self.hasher.verify(user["password_hash"] if user else None, password,
                                 like=None if user else self._hash_like(username))
         if not ok or user is None:
@@ -176,8 +176,7 @@ class Authenticator:
 
     def trusted_session(self, username: str, *, source: str = "local") -> Session:
         """A password session for a user this very process just bootstrapped."""
-        with self.store.read():
-            user = self.store.user(username)
+        user = self.store.consistent(lambda: self.store.user(username))
         if user is None:
             raise AuthError(INVALID_CREDENTIALS)
         session = Session(username, "password", source, password_version=user["password_version"],
@@ -186,10 +185,13 @@ class Authenticator:
         return session
 
     def bind_default_kg(self, session: Session) -> None:
-        with self.store.read():
+        def rights_and_default() -> tuple[Rights, bool]:
             rights = rights_of(self.store, session, self.clock())
-            if self.store.kg("default") is not None and level_of(self.store, rights, "default"):
-                session.knowledge_graph = "default"
+            return rights, self.store.kg("default") is not None and bool(level_of(self.store, rights, "default"))
+
+        rights, default = self.store.consistent(rights_and_default)
+        if default:
+            session.knowledge_graph = "default"
         session.login_role = rights.role
 
     def _hash_like(self, username: str) -> str | None:
@@ -224,7 +226,8 @@ class Authenticator:
         if not well_formed_key(api_key):
             return None, None, "malformed key"
         digest = key_digest(self.store.secret, api_key)
-        with self.store.read():          # one snapshot: the key, and the rights it opens with
+
+        def opened() -> tuple[Session | None, dict[str, Any] | None, str]:
             row = self.store.key_by_digest(digest)
             if row is None:
                 return None, None, "unknown key"
@@ -237,7 +240,9 @@ class Authenticator:
             session = Session(row["owner"], "api_key", source, address, key_id=row["id"], key_label=row["label"],
                               key_digest=digest, connected_at=self.clock(), user_id=row["owner_id"])
             self.bind_default_kg(session)
-        return session, row, ""
+            return session, row, ""
+
+        return self.store.consistent(opened)          # one view: the key, and the rights it opens with
 
     def _mode_login(self, key: str | None, username: str, source: str, address: str) -> Session:
         """auth_mode shared_key: the one shared key is an admin named `shared-key`; disabled:
@@ -274,8 +279,7 @@ class Authenticator:
     def _token_session(self, claims: dict[str, Any], source: str, address: str) -> tuple[Session | None, str | None]:
         """The session a well-signed, unexpired token opens, from its stored record: the token
         stands for what was recorded when it was issued, and its claims must agree with that."""
-        with self.store.read():
-            record = self.store.token(claims["jti"])
+        record = self.store.consistent(lambda: self.store.token(claims["jti"]))
         if record is None:
             return None, "REVOKED_TOKEN"
         if record["username"] != claims["sub"] or record["expires_at"] != claims["exp"]:

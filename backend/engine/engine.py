@@ -20,7 +20,7 @@ from ..result import Result
 from ..store import Store
 from .auth import Authenticator
 from .clock import Clock, system_clock
-from .handlers import EXTRA_CHECKS, HANDLERS, Call, Env, audit_target, with_credential
+from .handlers import EXTRA_CHECKS, HANDLERS, Call, Env, Handler, audit_target, with_credential
 from .limits import Lockout, LockoutCounter, RateCounter, RateLimiter, account_lockout_config
 from .passwords import PasswordHasher, check_password_policy
 from .policy import (
@@ -125,35 +125,37 @@ class Engine:
 
     def bind_kg(self, session: Session, kg: str) -> None:
         """Bind a new session to the KG its client asked for (`?kg=`), or refuse."""
-        with self._store.read():
+        def allowed() -> bool:
             rights = rights_of(self._store, session, self._clock())
-            if self._store.kg(kg) is None or level_of(self._store, rights, kg) is None:
-                raise PermissionDenied("Access denied")
+            return self._store.kg(kg) is not None and level_of(self._store, rights, kg) is not None
+
+        if not self._store.consistent(allowed):
+            raise PermissionDenied("Access denied")
         session.knowledge_graph = kg
 
     def check_session(self, session: Session) -> None:
         """Raise SessionEnded when the session's principal no longer exists or may not log in."""
-        with self._store.read():
-            rights_of(self._store, session, self._clock())
+        self._store.consistent(lambda: rights_of(self._store, session, self._clock()))
 
     def can(self, session: Session, kg: str, action: str) -> bool:
         """The authorization a query engine asks: may `session` read/write/manage `kg` now?"""
         if action not in ACTION_LEVEL:
             raise ValueError(f"unknown action {action!r}: use read, write or manage")
-        with self._store.read():
+
+        def level() -> str | None:
             try:
                 rights = rights_of(self._store, session, self._clock())
             except SessionEnded:
-                return False
-            if self._store.kg(kg) is None:
-                return False
-            level = level_of(self._store, rights, kg)
-        return level is not None and LEVEL_RANK[level] >= LEVEL_RANK[ACTION_LEVEL[action]]
+                return None
+            return None if self._store.kg(kg) is None else level_of(self._store, rights, kg)
+
+        held = self._store.consistent(level)
+        return held is not None and LEVEL_RANK[held] >= LEVEL_RANK[ACTION_LEVEL[action]]
 
     def consume_rate(self, session: Session) -> tuple[int, int, int] | None:
         """For HTTP requests made with a key: its rate-limit state after counting this one."""
-        with self._store.read():
-            return self._consume_rate(rights_of(self._store, session, self._clock()))
+        rights = self._store.consistent(lambda: rights_of(self._store, session, self._clock()))
+        return self._consume_rate(rights)
 
     # --- execution -----------------------------------------------------------------------
 
@@ -245,9 +247,7 @@ class Engine:
                     rights = self._admit(session, inv)
                     result = handler(self._env, Call(session, rights, inv, password_hash))
             else:
-                with self._store.read():
-                    rights = self._admit(session, inv)
-                    result = handler(self._env, Call(session, rights, inv))
+                result = self._read_command(session, inv, handler)
         except PermissionDenied as denied:
             record = (self._clock(), session.username, session.audit_source, cmd.action, audit_target(inv),
                       "denied", with_credential(session, denied.message))
@@ -262,6 +262,22 @@ class Engine:
         if result.switched_kg is not None:
             session.knowledge_graph = result.switched_kg
         return result
+
+    def _read_command(self, session: Session, inv: Invocation, handler: Handler) -> Result:
+        """A command that changes nothing, on one consistent view of the store (which may run
+        it twice: its request is counted against the rate limit once)."""
+        counted = False
+
+        def run() -> Result:
+            nonlocal counted
+            rights = rights_of(self._store, session, self._clock())
+            if not counted:
+                self._consume_rate(rights)
+                counted = True
+            self._authorize(session, rights, inv)
+            return handler(self._env, Call(session, rights, inv))
+
+        return self._store.consistent(run)
 
     def _admit(self, session: Session, inv: Invocation) -> Rights:
         """The caller's rights now, once its rate limit and the command's rules admit it."""

@@ -1,11 +1,11 @@
 """How a node hears of the changes other processes commit (scaleout.md, Changes reach every node).
 
 On PostgreSQL the node listens (store/postgres/listen.py): each notification has the sessions
-re-checked at once, and nothing is polled. While it does not listen (not yet, or its connection
-dropped) it is deaf, and acts so: the store watcher polls the change counter again, and every
-command reads the store afresh anyway (the store's row caches are only trusted for the change
-counter that the command's own snapshot reads). SQLite has nothing to listen to: its watcher
-polls `PRAGMA data_version`, as before.
+re-checked at once, and nothing is polled; and while the listening connection keeps proving it
+hears, read commands are answered from the node's cache (store/postgres/view.py). While it does
+not listen (not yet, or its connection dropped or stalled) it is deaf, and acts so: the store
+watcher polls the change counter again, and every command reads a snapshot of the store. SQLite
+has nothing to listen to: its watcher polls `PRAGMA data_version`, as before.
 """
 
 from __future__ import annotations
@@ -39,8 +39,10 @@ class Changes:
         if url is None:
             return
         from ..store.postgres.listen import ChangeFeed
+        from ..store.postgres.store import PostgresStore
 
-        feed = ChangeFeed(url, node)
+        assert isinstance(self._store, PostgresStore)
+        feed = ChangeFeed(url, node, self._store.view)
         self._task = asyncio.ensure_future(feed.run(self._changed, self._state, self._retry))
 
     async def stop(self) -> None:

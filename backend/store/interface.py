@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ..errors import StoreError
 from .codec import encode_json
 from .secrets import ServerSecrets
+
+T = TypeVar("T")
 
 __all__ = ["AUDIT_FIELDS", "GENESIS_HASH", "ServerSecrets", "Store", "StoreError", "audit_hash", "audit_mac",
            "audit_payload", "head_mac"]
@@ -66,6 +69,13 @@ class Store(Protocol):
     # --- transactions and whole-store facts
     def read(self) -> AbstractContextManager[None]:
         """A consistent snapshot for a read-only command."""
+        ...
+
+    def consistent(self, fn: Callable[[], T]) -> T:
+        """fn() reading one consistent state of the store, as inside read(). A server node on
+        PostgreSQL may answer from what it cached of the changes it heard (never older than a
+        second), and then runs fn again when that turns out behind part-way: so fn may change
+        nothing but what it returns."""
         ...
 
     def write(self) -> AbstractContextManager[None]:

@@ -52,16 +52,23 @@ class Tables:
         if self._owner == threading.get_ident():
             if not writer_too:
                 return load(*args)
-            cache = self._cache
-        elif getattr(self._tls, "conn", None) is not None:
-            cache = self._tls.cache
-            if len(cache) >= READER_CACHE_ROWS:
-                cache.clear()
-        else:
+            value = self._cache.get(key, _UNKNOWN)
+            if value is _UNKNOWN:
+                value = self._cache[key] = load(*args)
+            return value
+        tls = self._tls
+        if getattr(tls, "conn", None) is None:
             return load(*args)
+        cache = tls.cache
         value = cache.get(key, _UNKNOWN)
-        if value is _UNKNOWN:
-            value = cache[key] = load(*args)
+        if value is not _UNKNOWN:
+            tls.served = True               # see the PostgreSQL store's consistent()
+            return value
+        if len(cache) >= READER_CACHE_ROWS:
+            cache.clear()
+        value = load(*args)
+        # The load may have taken the read's snapshot, whose generation has a cache of its own.
+        tls.cache[key] = value
         return value
 
     def _get(self, table: str, ref: str) -> dict | None:

@@ -18,6 +18,7 @@ Reads run on pooled connections, one snapshot a command (reads.py).
 from __future__ import annotations
 
 import threading
+import time
 from functools import lru_cache
 from itertools import groupby
 from operator import itemgetter
@@ -33,12 +34,24 @@ from ..codec import Codec
 from ..interface import audit_mac, head_mac
 from ..secrets import ServerSecrets
 from . import schema, serversecrets
-from .reads import Snapshots, connection_lost, unreachable
+from .reads import CACHED, Snapshots, connection_lost, unreachable
 from .url import CONNECT_TIMEOUT_SECS, connect_kwargs, redact_text, redact_url
+from .view import NodeView
 
 NOTIFY_CHANNEL = "inputlayer_changes"
 READERS_MAX = 8                 # pooled reading connections of one process
 HELD_MAX = 1000                 # statements held back at most before they are sent
+
+
+def notice(generation: int, tables: set[str]) -> str:
+    """A change's NOTIFY payload: the generation it committed, and the tables it changed."""
+    return f"{generation} {','.join(sorted(tables))}"
+
+
+def heard_generation(payload: str) -> int | None:
+    """The generation in a payload of notice(); None for one that does not say."""
+    first = payload.partition(" ")[0]
+    return int(first) if first.isdigit() else None
 
 
 @lru_cache(maxsize=512)
@@ -60,6 +73,7 @@ class PgBase(Batches, Snapshots):
         self._depth = 0
         self._owner: int | None = None
         self._tls = threading.local()
+        self.view = NodeView(time.monotonic)       # what a server node heard (reads.py, view.py)
         self._closed = False
         self._reading = 0                         # threads inside read(): close() waits for them
         self._read_done = threading.Condition()
@@ -137,6 +151,8 @@ class PgBase(Batches, Snapshots):
         """This thread's connection: its reader inside read(), else the writer, with the
         statements held back sent first (a read sees this transaction's own writes)."""
         reader = getattr(self._tls, "conn", None)
+        if reader is CACHED:
+            return self._leave_cache()
         if reader is not None:
             return reader
         if self._owner == threading.get_ident() and (
@@ -327,16 +343,19 @@ class PgBase(Batches, Snapshots):
             head = self._audit_head
             if self._head_unsaved and head is not None:
                 self._set_meta("audit_head", {**head, "mac": head_mac(self._audit_mac, head["seq"], head["hash"])})
-            if self._changed:
+            generation = self._begun_at[0] + 1 if self._changed else None
+            if generation is not None:
                 self._send("UPDATE generation SET n = n + 1 WHERE id = 1")
-                self._send("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, ",".join(sorted(self._changed))))
+                self._send("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, notice(generation, self._changed)))
             self._send("COMMIT")
             self._send_held()
             if self._main.info.transaction_status != pq.TransactionStatus.IDLE:
                 raise StoreError("cannot write to the store: the commit did not complete")
-            begun_at, changed = self._begun_at, bool(self._changed)
+            begun_at = self._begun_at
             self._forget(keep_rows=True)
-            self._cache_stamp = (begun_at[0] + 1,) if changed and begun_at else begun_at
+            self._cache_stamp = (generation,) if generation is not None else begun_at
+            if generation is not None:
+                self.view.heard(generation)         # this node's next read sees its own change
         except psycopg.Error as exc:
             self._rollback()
             raise self._fault("cannot write to the store", exc) from None

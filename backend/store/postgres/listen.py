@@ -3,22 +3,28 @@ channel each change transaction notifies in (base.py), on the server's event loo
 for a notification blocks nothing.
 
 A notification arrives only after its transaction committed, so a snapshot taken once it is
-heard sees the change. A connection that drops hears nothing: the feed says so at once (the
-server then re-reads instead of trusting what it heard) and connects again by itself.
+heard sees the change. Every PROOF_SECS the connection makes a round trip: the server sends the
+notifications of every commit made before the round trip began ahead of its answer, so once
+the answer is in, the node has heard all of them, and its view (view.py) may be trusted for a
+while. A connection that drops or stalls proves nothing: the trust runs out within a second,
+the node re-reads the store for every command, and the feed connects again by itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import psycopg
 
-from .base import NOTIFY_CHANNEL
+from .base import NOTIFY_CHANNEL, heard_generation
 from .url import connect_kwargs, redact_text
+from .view import TRUST_SECS, NodeView
 
 APPLICATION_NAME = "inputlayer-listen"      # how an operator (or a test) finds these connections
-HEARTBEAT_SECS = 5.0          # a quiet connection is probed this often: a dead network says nothing
+PROOF_SECS = TRUST_SECS / 4   # how often the connection proves it hears: trust never lapses while it does
+ANSWER_SECS = 5.0             # a proof unanswered this long: the connection is taken for dead
 # The OS gives up on a silent peer after about idle + interval * count seconds.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2}
 
@@ -26,8 +32,9 @@ KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "
 class ChangeFeed:
     """LISTEN on the store's change channel; `run` reports what it hears until cancelled."""
 
-    def __init__(self, url: str, node: str):
+    def __init__(self, url: str, node: str, view: NodeView):
         self._url = url
+        self._view = view
         self._kwargs = {**connect_kwargs(url), **KEEPALIVES,
                         "application_name": f"{APPLICATION_NAME} {node}"[:63]}
 
@@ -35,24 +42,34 @@ class ChangeFeed:
                   retry_secs: float) -> None:
         """Forever: connect, LISTEN, call `state(True, "")`, then `changed(tables)` for every
         notification; when the connection fails, `state(False, reason)` and try again after
-        `retry_secs`."""
+        `retry_secs`. The view hears every notification and every proof."""
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(self._url, autocommit=True, **self._kwargs) as conn:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self._view.reset()          # what it cached before was not heard of
                     await state(True, "")
                     await self._follow(conn, changed)
             except Exception as exc:  # noqa: BLE001 -- whatever broke, the node is deaf until it listens again
+                self._view.reset()
                 await state(False, self._reason(exc))
             await asyncio.sleep(retry_secs)
 
-    @staticmethod
-    async def _follow(conn: psycopg.AsyncConnection, changed: Callable[[list[str]], None]) -> None:
+    async def _follow(self, conn: psycopg.AsyncConnection, changed: Callable[[list[str]], None]) -> None:
         while True:
-            async for note in conn.notifies(timeout=HEARTBEAT_SECS):
-                changed(note.payload.split(","))
-            # Quiet for a while: make sure the connection is still there to hear anything.
-            await asyncio.wait_for(conn.execute("SELECT 1"), HEARTBEAT_SECS)
+            since = time.monotonic()
+            await asyncio.wait_for(conn.execute("SELECT 1"), ANSWER_SECS)
+            # The notifications that came ahead of the answer wait in psycopg's backlog: hear
+            # them (timeout 0 reads no further) before vouching for what was heard.
+            await self._hear(conn, changed, 0)
+            self._view.vouch(since)
+            await self._hear(conn, changed, PROOF_SECS)
+
+    async def _hear(self, conn: psycopg.AsyncConnection, changed: Callable[[list[str]], None],
+                    timeout: float) -> None:
+        async for note in conn.notifies(timeout=timeout):
+            self._view.heard(heard_generation(note.payload))
+            changed(note.payload.partition(" ")[2].split(","))
 
     def _reason(self, exc: BaseException) -> str:
         if isinstance(exc, TimeoutError):

@@ -1,39 +1,59 @@
-"""The read side of the PostgreSQL store: snapshots on pooled connections.
+"""The read side of the PostgreSQL store: snapshots on pooled connections, and the node's cache.
 
-A read-only command runs in one REPEATABLE READ READ ONLY transaction on a pooled connection. A
-reader caches rows for as long as the `generation` counter, read in its own snapshot, stands
-still: every commit that changes a row bumps it, so a cached row is never one a commit changed (the caches: ../tables.py).
+A read-only command runs in one REPEATABLE READ READ ONLY transaction on a pooled connection, and
+the rows it reads are cached for the `generation` counter its snapshot reads: every commit that
+changes a row bumps it, so a row cached for the generation a snapshot sees is the row itself.
+
+On a server node that hears every change (view.py), `consistent(fn)` serves fn's reads from that
+cache without a snapshot, opening one only when a row is missing. If the snapshot then shows a
+commit the node has not heard of yet, and fn already read a cached row, fn runs again on the
+snapshot alone: one command never mixes rows of two generations.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import TypeVar
 
 import psycopg
 from psycopg import pq
 from psycopg_pool import ConnectionPool
 
 from ...errors import StoreError
+from .view import NodeView, RowCache
+
+T = TypeVar("T")
 
 # How long a read waits for a pooled connection: reads take milliseconds, so a longer wait means
 # the database is unreachable, and the command must fail well within scaleout.md's 10 s.
 POOL_WAIT_SECS = 4.0
+CACHED = "cached"               # this thread's reader while it reads the node's cache, no snapshot yet
+
+
+class StaleView(Exception):
+    """The node's cache turned out to be behind a commit after it served part of a read."""
 
 
 class _Snapshot:
-    __slots__ = ("_entered", "_store")
+    __slots__ = ("_cached", "_entered", "_store")
 
-    def __init__(self, store: Snapshots):
+    def __init__(self, store: Snapshots, cached: bool = False):
         self._store = store
+        self._cached = cached
 
     def __enter__(self) -> None:
-        self._entered = self._store._enter_read()
+        self._entered = self._store._enter_read(self._cached)
+
+    @property
+    def nested(self) -> bool:
+        """Inside another read (or the writer's transaction), whose view this one shares."""
+        return self._entered is None
 
     def __exit__(self, exc_type, exc, _tb) -> None:
         if self._entered is not None:
             try:
-                self._store._exit_read(self._entered)
+                self._store._exit_read()
             except psycopg.Error as failed:
                 exc = exc or failed
         if isinstance(exc, psycopg.Error):
@@ -49,12 +69,27 @@ class Snapshots:
     _reading: int
     _read_done: threading.Condition
     _fault: Callable[[str, BaseException], StoreError]
+    view: NodeView
 
     def read(self) -> _Snapshot:
         """A consistent snapshot for a read-only command, on a pooled connection."""
         return _Snapshot(self)
 
-    def _enter_read(self) -> psycopg.Connection | None:
+    def consistent(self, fn: Callable[[], T]) -> T:
+        """fn(), reading one generation of the store: the node's cache while it may be trusted,
+        else a snapshot; fn runs again on a snapshot of its own when the cache fell behind
+        half-way (so fn must change nothing but what it returns)."""
+        attempt = _Snapshot(self, cached=True)
+        try:
+            with attempt:
+                return fn()
+        except StaleView:
+            if attempt.nested:
+                raise               # the outermost read started the view: it runs again
+        with self.read():
+            return fn()
+
+    def _enter_read(self, cached: bool) -> psycopg.Connection | str | None:
         tls = self._tls
         if self._owner == threading.get_ident() or getattr(tls, "conn", None) is not None:
             return None
@@ -62,35 +97,52 @@ class Snapshots:
             if self._closed:
                 raise StoreError("the store is closed")
             self._reading += 1
+        cache = self.view.trusted() if cached else None
+        if cache is not None:
+            tls.cache, tls.cached_generation, tls.served, tls.conn = cache.rows, cache.generation, False, CACHED
+            return CACHED
         try:
-            reader = self._snapshot_connection()
+            reader, rows = self._snapshot()
         except BaseException as exc:
             self._read_finished()
             if isinstance(exc, psycopg.Error):   # psycopg_pool.PoolTimeout is one too
                 raise self._fault("cannot read the store", exc) from None
             raise
-        try:
-            stamp = reader.execute("SELECT n FROM generation").fetchone()
-            if stamp != getattr(tls, "seen_stamp", None):
-                tls.cache, tls.seen_stamp = {}, stamp
-        except BaseException as exc:
-            self._pool.putconn(reader)
-            self._read_finished()
-            if isinstance(exc, psycopg.Error):
-                raise self._fault("cannot read the store", exc) from None
-            raise
-        tls.conn = reader
+        tls.cache, tls.cached_generation, tls.conn = rows.rows, None, reader
         return reader
 
-    def _snapshot_connection(self) -> psycopg.Connection:
-        """A pooled connection in a snapshot. A pooled connection the server has dropped (a
-        restart) is only found dead when used: then the pool replaces its dead ones and one more
-        is tried."""
+    def _leave_cache(self) -> psycopg.Connection:
+        """A row the cache lacks: this read takes its snapshot now (errors as in read())."""
+        tls = self._tls
+        reader, cache = self._snapshot()
+        tls.conn = reader
+        if tls.cached_generation != cache.generation:
+            if tls.served:
+                raise StaleView()
+            tls.cache = cache.rows
+        return reader
+
+    def _snapshot(self) -> tuple[psycopg.Connection, RowCache]:
+        """A pooled connection in a snapshot, and the cache for the generation it sees."""
+        epoch = self.view.epoch             # before the snapshot: see NodeView.cache_for
+        reader, generation = self._snapshot_connection()
+        return reader, self.view.cache_for(generation, epoch)
+
+    def _snapshot_connection(self) -> tuple[psycopg.Connection, int]:
+        """A pooled connection in a snapshot, and the generation it sees, in one round trip. A
+        pooled connection the server has dropped (a restart) is only found dead when used: then
+        the pool replaces its dead ones and one more is tried."""
         for attempt in (1, 2):
             reader = self._pool.getconn(timeout=POOL_WAIT_SECS)
             try:
-                reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                return reader
+                with reader.pipeline():
+                    reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    cursor = reader.execute("SELECT n FROM generation")
+                row = cursor.fetchone()
+                if row is not None:
+                    return reader, row[0]
+                self._pool.putconn(reader)
+                raise StoreError("the store is damaged: no generation row")
             except psycopg.Error as exc:
                 lost = connection_lost(exc, reader)
                 if lost:
@@ -106,8 +158,11 @@ class Snapshots:
             self._reading -= 1
             self._read_done.notify_all()
 
-    def _exit_read(self, reader: psycopg.Connection) -> None:
-        self._tls.conn = None
+    def _exit_read(self) -> None:
+        reader, self._tls.conn = self._tls.conn, None        # a cached read may have taken a snapshot
+        if reader is CACHED:
+            self._read_finished()
+            return
         try:
             if reader.info.transaction_status != pq.TransactionStatus.IDLE:
                 reader.execute("COMMIT")

@@ -9,12 +9,15 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ...errors import StoreError
 from ..batches import Batches
 from ..interface import head_mac
 from .connection import Connection
+
+T = TypeVar("T")
 
 
 class _Snapshot:
@@ -82,6 +85,12 @@ class Transactions(Batches, Connection):
         connections of their own (WAL lets them run beside the writer), so reads never queue
         behind the write lock."""
         return _Snapshot(self)
+
+    def consistent(self, fn: Callable[[], T]) -> T:
+        """fn() in one snapshot (the Store interface's; a PostgreSQL node may serve it from its
+        cache)."""
+        with self.read():
+            return fn()
 
     def _enter_read(self) -> tuple[sqlite3.Connection, threading.Lock] | None:
         """Begin this thread's read; None when nested in its own write or read."""
