@@ -22,7 +22,7 @@ def validator(key: str) -> Callable[[Any], Any]:
     unknown keys and keys that hold secrets."""
     if holds_secret(key):
         raise ConfigError(f"secrets do not belong in the config file: '{key}' cannot be set here "
-                          "(use the environment variables of cli.md)")
+                          "(use an environment variable: see docs/configuration.md)")
     parts = key.split(".")
     if len(parts) == 3 and parts[0] == "profiles" and parts[2] in PROFILE_SCHEMA:
         return PROFILE_SCHEMA[parts[2]]

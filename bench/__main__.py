@@ -1,4 +1,4 @@
-"""`python -m bench [W1 ... W7, W5b] [--quick]`: the benchmark of ../shared/spec/bench.md.
+"""`python -m bench [W1 ... W7, W5b] [--quick]`: the benchmark described in bench/README.md.
 
 Runs the chosen workloads (all by default) on fresh temporary data directories, prints a table
 with a pass/miss mark for each of the issue's targets, and writes bench/results/latest.json and,
