@@ -213,7 +213,9 @@ async def storm_client(url: str, ip: str, stop: asyncio.Event, record: dict, dea
         try:
             async with connect(url, open_timeout=30, ping_interval=None, local_addr=(ip, 0)) as ws:
                 while not stop.is_set() and time.monotonic() < deadline:
-                    await ws.send(json.dumps({"type": "login", "username": "admin",
+                    # A name of its own: were all addresses guessing one name, that account's
+                    # lock (50 failures from anywhere) would refuse them before their address's.
+                    await ws.send(json.dumps({"type": "login", "username": f"storm-{ip}",
                                               "password": f"wrong-password-{attempts}"}))
                     reply = json.loads(await ws.recv())
                     attempts += 1
@@ -323,8 +325,9 @@ def run_w5(scratch: Scratch, peers: Peers, quick: bool) -> Outcome:
                f"({p99_calm:.1f} -> {p99_storm:.1f} ms)", ratio <= 2 and not errors)
     out.target("W5.lock21", "every storm address locked at attempt 21", f"{sum(exact)}/{len(records)}", all(exact))
     out.data["storm"] = records
-    out.notes.append("the storm clients each bind their own loopback address (127.0.0.2 ...) and send the next "
-                     "wrong password as soon as the previous answer arrives; the measured clients run at "
+    out.notes.append("the storm clients each bind their own loopback address (127.0.0.2 ...), guess the password "
+                     "of a user name of their own, and send the next guess as soon as the previous answer "
+                     "arrives; the measured clients run at "
                      "least %d sessions each and until every storm address is locked (at most %.0f s); "
                      "p99s are medians of %d alternating calm and storm phases, each storm from new addresses"
                      % (rounds, limit_s, repeats))

@@ -91,7 +91,7 @@ def trusting(engine: Engine) -> NodeView:
     view: NodeView = engine.store.view          # type: ignore[attr-defined]
     view.reset()
     engine.store.consistent(lambda: engine.store.user("bob"))     # a snapshot: the generation is known
-    view.vouch(view._clock())
+    view.vouch(view.clock())
     assert view.trusted() is not None
     return view
 
@@ -147,3 +147,21 @@ def test_a_nodes_own_change_is_seen_by_its_next_read(node_and_other):
     assert node.store.consistent(lambda: node.store.user("bob"))["role"] == "viewer"
     node.execute(admin, ".user role bob editor")
     assert node.store.consistent(lambda: node.store.user("bob"))["role"] == "editor"
+
+
+def test_a_nested_read_that_finds_the_cache_behind_has_the_outermost_run_again(node_and_other):
+    node, other, admin = node_and_other
+    trusting(node)
+    store = node.store
+    assert store.consistent(lambda: store.user("bob"))["role"] == "viewer"
+    other.execute(admin, ".user role bob editor")
+    other.execute(admin, ".kg acl grant graph bob editor")
+    runs = []
+
+    def outer():
+        runs.append(1)
+        role = store.user("bob")["role"]                                       # a hit
+        return role, store.consistent(lambda: store.acl_entry("graph", "bob")["role"])   # a miss
+
+    assert store.consistent(outer) == ("editor", "editor")
+    assert len(runs) == 2

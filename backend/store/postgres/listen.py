@@ -13,7 +13,6 @@ the node re-reads the store for every command, and the feed connects again by it
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 
 import psycopg
@@ -57,7 +56,7 @@ class ChangeFeed:
 
     async def _follow(self, conn: psycopg.AsyncConnection, changed: Callable[[list[str]], None]) -> None:
         while True:
-            since = time.monotonic()
+            since = self._view.clock()
             await asyncio.wait_for(conn.execute("SELECT 1"), ANSWER_SECS)
             # The notifications that came ahead of the answer wait in psycopg's backlog: hear
             # them (timeout 0 reads no further) before vouching for what was heard.

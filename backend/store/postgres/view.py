@@ -36,7 +36,7 @@ class NodeView:
 
     def __init__(self, clock: Callable[[], float]):
         """`clock`: monotonic seconds (time.monotonic, or a test's fake)."""
-        self._clock = clock
+        self.clock = clock
         self._lock = threading.Lock()
         self.cache = RowCache(None)
         self.epoch = 0
@@ -45,7 +45,7 @@ class NodeView:
     def trusted(self) -> RowCache | None:
         """The cache, if a read may be served from it now without asking the store."""
         cache = self.cache
-        if cache.generation is None or self._clock() >= self._trusted_until:
+        if cache.generation is None or self.clock() >= self._trusted_until:
             return None
         return cache
 
