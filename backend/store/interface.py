@@ -67,8 +67,9 @@ class Store(Protocol):
     """
 
     # --- transactions and whole-store facts
-    def read(self) -> AbstractContextManager[None]:
-        """A consistent snapshot for a read-only command."""
+    def read(self, cached: bool = False) -> AbstractContextManager[None]:
+        """A consistent snapshot for a read-only command (`cached`: see consistent(), which is
+        the only caller that may pass it)."""
         ...
 
     def consistent(self, fn: Callable[[], T]) -> T:

@@ -30,11 +30,12 @@ from psycopg_pool import ConnectionPool
 
 from ...errors import StoreError, StoreUnavailable
 from ..batches import Batches
+from ..cached import CACHED
 from ..codec import Codec
 from ..interface import audit_mac, head_mac
 from ..secrets import ServerSecrets
 from . import schema, serversecrets
-from .reads import CACHED, Snapshots, connection_lost, unreachable
+from .reads import Snapshots, connection_lost, unreachable
 from .url import CONNECT_TIMEOUT_SECS, connect_kwargs, redact_text, redact_url
 from .view import NodeView
 

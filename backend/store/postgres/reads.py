@@ -14,25 +14,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TypeVar
 
 import psycopg
 from psycopg import pq
 from psycopg_pool import ConnectionPool
 
 from ...errors import StoreError
+from ..cached import CACHED, CachedReads, StaleView
 from .view import NodeView, RowCache
-
-T = TypeVar("T")
 
 # How long a read waits for a pooled connection: reads take milliseconds, so a longer wait means
 # the database is unreachable, and the command must fail well within scaleout.md's 10 s.
 POOL_WAIT_SECS = 4.0
-CACHED = "cached"               # this thread's reader while it reads the node's cache, no snapshot yet
-
-
-class StaleView(Exception):
-    """The node's cache turned out to be behind a commit after it served part of a read."""
 
 
 class _Snapshot:
@@ -60,7 +53,7 @@ class _Snapshot:
             raise self._store._fault("cannot read the store", exc) from None
 
 
-class Snapshots:
+class Snapshots(CachedReads):
     """read() and the caches; PgBase sets these attributes up."""
     _pool: ConnectionPool
     _tls: threading.local
@@ -71,23 +64,10 @@ class Snapshots:
     _fault: Callable[[str, BaseException], StoreError]
     view: NodeView
 
-    def read(self) -> _Snapshot:
-        """A consistent snapshot for a read-only command, on a pooled connection."""
-        return _Snapshot(self)
-
-    def consistent(self, fn: Callable[[], T]) -> T:
-        """fn(), reading one generation of the store: the node's cache while it may be trusted,
-        else a snapshot; fn runs again on a snapshot of its own when the cache fell behind
-        half-way (so fn must change nothing but what it returns)."""
-        attempt = _Snapshot(self, cached=True)
-        try:
-            with attempt:
-                return fn()
-        except StaleView:
-            if attempt.nested:
-                raise               # the outermost read started the view: it runs again
-        with self.read():
-            return fn()
+    def read(self, cached: bool = False) -> _Snapshot:
+        """A consistent snapshot for a read-only command, on a pooled connection; `cached`:
+        from the node's cache while it is trusted (only through consistent())."""
+        return _Snapshot(self, cached)
 
     def _enter_read(self, cached: bool) -> psycopg.Connection | str | None:
         tls = self._tls

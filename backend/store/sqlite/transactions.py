@@ -9,15 +9,13 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from ...errors import StoreError
 from ..batches import Batches
+from ..cached import CachedReads
 from ..interface import head_mac
 from .connection import Connection
-
-T = TypeVar("T")
 
 
 class _Snapshot:
@@ -34,8 +32,13 @@ class _Snapshot:
         if self._entered is not None:
             self._store._exit_read(self._entered)
 
+    @property
+    def nested(self) -> bool:
+        """Inside another read (or this thread's write), whose snapshot this one shares."""
+        return self._entered is None
 
-class Transactions(Batches, Connection):
+
+class Transactions(CachedReads, Batches, Connection):
     def _enter_write(self) -> tuple[Any, ...] | None:
         """Take the write lock and open this change's transaction or savepoint. Returns what
         _exit_write needs to undo it: None for a top-level transaction or an atomic batch's
@@ -80,17 +83,12 @@ class Transactions(Batches, Connection):
         finally:
             self._lock.release()
 
-    def read(self) -> _Snapshot:
+    def read(self, cached: bool = False) -> _Snapshot:
         """A consistent snapshot for a read-only command (a context manager). Readers use
         connections of their own (WAL lets them run beside the writer), so reads never queue
-        behind the write lock."""
+        behind the write lock. `cached` changes nothing here: asking SQLite whether anything was
+        committed since (PRAGMA data_version) measured as dear as taking the snapshot."""
         return _Snapshot(self)
-
-    def consistent(self, fn: Callable[[], T]) -> T:
-        """fn() in one snapshot (the Store interface's; a PostgreSQL node may serve it from its
-        cache)."""
-        with self.read():
-            return fn()
 
     def _enter_read(self) -> tuple[sqlite3.Connection, threading.Lock] | None:
         """Begin this thread's read; None when nested in its own write or read."""
