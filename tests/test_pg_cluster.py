@@ -21,6 +21,7 @@ import pytest
 from conftest import ADMIN_PASSWORD, CHEAP_ARGON2, StoreTarget, cli_env
 from serverkit import Client, ServerProcess, ServerThread, logged_in
 from test_protocol import assert_ended
+from test_server import http_get
 from websockets.exceptions import ConnectionClosed
 
 from backend.config import Config, with_values
@@ -100,6 +101,7 @@ def test_a_node_that_stops_hearing_reads_afresh_until_it_listens_again(target):
             for line in (".user create bob pw-123456 viewer", ".user create carol pw-123456 viewer",
                          ".kg create graph", ".kg acl grant graph bob viewer"):
                 assert admin.execute(line)["type"] == "result", line
+            monitor = admin.execute(".apikey create monitor")["rows"][0][0]
         bob = logged_in(node.url, "bob", "pw-123456")
         carol = logged_in(node.url, "carol", "pw-123456")
         assert bob.execute(".kg acl list graph")["type"] == "result"     # the right, now cached
@@ -108,11 +110,15 @@ def test_a_node_that_stops_hearing_reads_afresh_until_it_listens_again(target):
         engine = Engine(target.open(), with_values(Config(), CHEAP_ARGON2))
         admin_session = engine.login("admin", ADMIN_PASSWORD, source="local")
 
+        assert _health(node.port)["changes"] == "listening" and _listening_metric(node.port, monitor) == 1
         pids = listeners(target.url, node.port)
         assert len(pids) == 1
         with psycopg.connect(target.url, autocommit=True) as killer:
             killer.execute("SELECT pg_terminate_backend(%s)", (pids[0],))
         wait_for(lambda: not node.server.changes.listening, 10, "the node notices it is deaf")
+        deaf = _health(node.port)               # an operator sees it: serving, but degraded
+        assert deaf["status"] == "degraded" and deaf["changes"].startswith("not listening: "), deaf
+        assert _listening_metric(node.port, monitor) == 0
         engine.execute(admin_session, ".kg acl revoke graph bob")
         assert bob.execute(".kg acl list graph")["type"] == "error"      # never the cached right
         engine.execute(admin_session, ".user drop carol")
@@ -120,6 +126,7 @@ def test_a_node_that_stops_hearing_reads_afresh_until_it_listens_again(target):
         assert not node.server.changes.listening, "the test must run while the node is deaf"
 
         wait_for(lambda: node.server.changes.listening and listeners(target.url, node.port), 15, "listening again")
+        assert _health(node.port)["changes"] == "listening"
         engine.execute(admin_session, ".user drop bob")
         assert_ended(bob, "user dropped", within=1.0)
     finally:
@@ -160,6 +167,16 @@ def test_a_node_whose_listener_stalls_stops_answering_from_its_cache_within_a_se
         bob.close()
     finally:
         node.stop()
+
+
+def _health(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _listening_metric(port: int, key: str) -> float:
+    text = http_get(port, "/metrics", {"Authorization": f"Bearer {key}"})[2]
+    return float(next(line.split()[1] for line in text.splitlines() if line.startswith("inputlayer_store_listening ")))
 
 
 def _http(url: str) -> int:

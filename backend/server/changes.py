@@ -52,6 +52,15 @@ class Changes:
             self._task = None
         self.listening = False
 
+    @property
+    def state(self) -> str | None:
+        """What /health says: `listening`, or why not; None when there is nothing to listen to."""
+        if self._task is None:
+            return None
+        if self.listening:
+            return "listening"
+        return f"not listening: {self._lost_reason}" if self._lost_reason else "not listening yet"
+
     def _changed(self, tables: list[str]) -> None:
         self.heard += 1
         self._poke()

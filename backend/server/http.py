@@ -49,11 +49,14 @@ class HttpEndpoints:
             return _json_response(connection, HTTPStatus.OK, {"status": "alive"})
         if path == "/health":
             ok = await self._store_readable()
-            cluster = app.cluster_state()
-            healthy = ok and cluster in ("redis", "local-counters")
+            cluster, changes = app.cluster_state(), app.changes.state
+            healthy = ok and cluster in ("redis", "local-counters") and changes in (None, "listening")
             body = {"status": "healthy" if healthy else "degraded", "version": __version__,
                     "uptime_secs": int(time.monotonic() - app.started), "cluster": cluster}
-            # Redis unreachable: the node still counts, in its memory: degraded, yet serving (200).
+            if changes is not None:
+                body["changes"] = changes
+            # Redis unreachable (the node counts in its memory) or a deaf node (it reads the store
+            # for every command): degraded, yet serving (200).
             return _json_response(connection, HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, body)
         if path == "/ready":
             ok = not app.stopping and await self._store_readable(need_users=True)
@@ -102,7 +105,8 @@ class HttpEndpoints:
         entries = await app.run(address_entries, app.lockout)
         text = app.metrics.render(connections=len(app.connections), sessions=len(app.sessions),
                                   locked=sum(1 for _, _, until in entries if until),
-                                  uptime=time.monotonic() - app.started, degraded=bool(app.link and app.link.degraded))
+                                  uptime=time.monotonic() - app.started, degraded=bool(app.link and app.link.degraded),
+                                  listening=app.changes.listening)
         response = connection.respond(HTTPStatus.OK, text)
         del response.headers["Content-Type"]
         response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"

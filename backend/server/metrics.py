@@ -31,7 +31,10 @@ class _Now(Collector):
                                 ("inputlayer_sessions", "Authenticated sessions."),
                                 ("inputlayer_locked_addresses", "Addresses locked out now."),
                                 ("inputlayer_cluster_degraded",
-                                 "1 while Redis is configured but unreachable and this node counts in its memory.")):
+                                 "1 while Redis is configured but unreachable and this node counts in its memory."),
+                                ("inputlayer_store_listening",
+                                 "1 while this node hears every change to its PostgreSQL store (and may answer "
+                                 "reads from its cache); 0 while it does not, or on SQLite.")):
             yield GaugeMetricFamily(name, help_text, value=self.values.get(name, 0))
 
 
@@ -72,8 +75,10 @@ class Metrics:
         self._commands.labels(command=name, outcome=outcome).inc()
         self._latency.observe(seconds)
 
-    def render(self, *, connections: int, sessions: int, locked: int, uptime: float, degraded: bool = False) -> str:
+    def render(self, *, connections: int, sessions: int, locked: int, uptime: float, degraded: bool = False,
+               listening: bool = False) -> str:
         self._now.values = {"inputlayer_up": 1, "inputlayer_uptime_seconds": uptime,
                             "inputlayer_connections": connections, "inputlayer_sessions": sessions,
-                            "inputlayer_locked_addresses": locked, "inputlayer_cluster_degraded": int(degraded)}
+                            "inputlayer_locked_addresses": locked, "inputlayer_cluster_degraded": int(degraded),
+                            "inputlayer_store_listening": int(listening)}
         return generate_latest(self.registry).decode()
