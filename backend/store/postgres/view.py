@@ -9,7 +9,7 @@ most one second ago — usually what it grants now, since a change is heard with
 While that holds, a read command may be served from the cache with no round trip at all
 (scaleout.md: changes reach every node; each node drops what it cached). Without a fresh proof
 (not listening, a stalled connection, or not a server at all) every read command takes a
-snapshot and checks the generation in it, as before.
+snapshot and checks the generation in it.
 """
 
 from __future__ import annotations
