@@ -62,7 +62,7 @@ class Tables:
         cache = tls.cache
         value = cache.get(key, _UNKNOWN)
         if value is not _UNKNOWN:
-            tls.served = True               # see the PostgreSQL store's consistent()
+            tls.served = True               # see cached.py: a read that used the cache
             return value
         if len(cache) >= READER_CACHE_ROWS:
             cache.clear()

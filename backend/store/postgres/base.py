@@ -12,7 +12,8 @@ are held back and sent together, in one pipeline, when something must read the w
 connection or at commit, whose statements join the same pipeline. A command of a batch that
 fails before its writes were sent just drops them; once sent, its savepoint undoes them.
 
-Reads run on pooled connections, one snapshot a command (reads.py).
+Reads run on pooled connections, one snapshot a command, or from the node's cache while it
+hears every change (reads.py, view.py).
 """
 
 from __future__ import annotations
