@@ -35,7 +35,32 @@ class Batches:
     _commit: Callable[[], None]
     _rollback: Callable[[], None]
     _enter_write: Callable[[], Any]
-    _exit_write: Callable[[Any, BaseException | None], None]
+    _end_savepoint: Callable[[Any, bool], None]   # release it, or roll back to it when the change failed
+
+    def _exit_write(self, savepoint: Any, exc: BaseException | None) -> None:
+        """End the change write() began: its savepoint, or its transaction (committed unless
+        `exc`); inside an atomic batch, nothing until end_batch()."""
+        failed = exc is not None
+        try:
+            if self._atomic:
+                if failed:
+                    self._atomic_change_failed()
+                return
+            if savepoint is not None:
+                self._depth -= 1
+                self._end_savepoint(savepoint, failed)
+                return
+            self._depth, self._owner = 0, None
+            if failed:
+                self._rollback()
+            else:
+                self._commit()
+        finally:
+            self._lock.release()
+
+    def _atomic_change_failed(self) -> None:
+        """A change inside an atomic batch failed (the batch must then not commit): a store
+        that cannot tell otherwise notes it here."""
 
     def write(self) -> _Change:
         """One change, atomically: a transaction, or a savepoint inside an open batch (a context

@@ -39,14 +39,8 @@ def rekey(data_dir: str | os.PathLike, old_key: bytes | None, new_key: bytes | N
     process that has the store open makes rekey refuse, one that tries to open it meanwhile is
     refused, so no acknowledged change can be written to the file being replaced."""
     data_dir = Path(data_dir)
-    db = data_dir / DB_FILE
-    if not db.exists():
-        raise StoreError(f"no store to rekey in {data_dir}")
-    held = lockfile.acquire(db, exclusive=True)
-    try:
+    with lockfile.exclusively(data_dir, f"no store to rekey in {data_dir}") as db:
         return _rekey(data_dir, db, old_key, new_key)
-    finally:
-        lockfile.release(held)
 
 
 def _rekey(data_dir: Path, db: Path, old_key: bytes | None, new_key: bytes | None) -> int:

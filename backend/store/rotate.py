@@ -19,7 +19,7 @@ from ..errors import StoreError
 from .interface import Store
 from .postgres.url import is_postgres_url
 from .secrets import ServerSecrets, pending_path, promote_pending
-from .sqlite import DB_FILE, SQLiteStore, lockfile
+from .sqlite import SQLiteStore, lockfile
 
 
 def rotate_store(location: str, env: Mapping[str, str], key: bytes | None) -> int:
@@ -49,14 +49,8 @@ def rotate_store(location: str, env: Mapping[str, str], key: bytes | None) -> in
 def rotate_secrets(data_dir: str | os.PathLike, key: bytes | None) -> int:
     """Returns the number of audit records re-keyed (the rotation's own record included)."""
     data_dir = Path(data_dir)
-    db = data_dir / DB_FILE
-    if not db.exists():
-        raise StoreError(f"no store in {data_dir}")
-    held = lockfile.acquire(db, exclusive=True)
-    try:
+    with lockfile.exclusively(data_dir, f"no store in {data_dir}"):
         return _rotate(data_dir, key)
-    finally:
-        lockfile.release(held)
 
 
 def _rotate(data_dir: Path, key: bytes | None) -> int:

@@ -257,24 +257,12 @@ class PgBase(Batches, Snapshots):
             raise
 
     def _exit_write(self, savepoint: str | None, exc: BaseException | None) -> None:
-        failed = exc is not None
-        try:
-            if self._atomic:
-                self._failed = self._failed or failed
-                return
-            if savepoint is not None:
-                self._depth -= 1
-                self._end_savepoint(savepoint, failed)
-                return
-            self._depth, self._owner = 0, None
-            if failed:
-                self._rollback()
-            else:
-                self._commit()
-        finally:
-            self._lock.release()
+        super()._exit_write(savepoint, exc)
         if isinstance(exc, psycopg.Error):
             raise self._fault("cannot write to the store", exc) from None
+
+    def _atomic_change_failed(self) -> None:
+        self._failed = True
 
     def _end_savepoint(self, name: str, failed: bool) -> None:
         head, head_unsaved, mark = self._savepoints.pop(name)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ...errors import StoreError
+from .schema import DB_FILE
 
 IN_USE = "the store is in use by another process: stop the server and shells first"
 REKEYING = "the store is being rekeyed (inputlayer-server rekey): try again when it has finished"
@@ -38,3 +41,18 @@ def acquire(db: Path, *, exclusive: bool) -> int:
 
 def release(fd: int) -> None:
     os.close(fd)        # closing the descriptor drops its lock
+
+
+@contextmanager
+def exclusively(data_dir: Path, missing: str) -> Iterator[Path]:
+    """The database in `data_dir`, held exclusively for the `with` (rekey, rotate-secrets): a
+    process with the store open makes this refuse, and one trying to open it meanwhile is
+    refused. StoreError(`missing`) when there is no store."""
+    db = data_dir / DB_FILE
+    if not db.exists():
+        raise StoreError(missing)
+    held = acquire(db, exclusive=True)
+    try:
+        yield db
+    finally:
+        release(held)

@@ -61,27 +61,13 @@ class Transactions(CachedReads, Batches, Connection):
             self._lock.release()
             raise
 
-    def _exit_write(self, savepoint: tuple[Any, ...] | None, exc: BaseException | None) -> None:
-        failed = exc is not None
-        try:
-            if self._atomic:
-                return
-            if savepoint is not None:
-                name, *head = savepoint
-                self._depth -= 1
-                if failed:
-                    self._main.execute(f"ROLLBACK TO {name}")
-                    self._cache.clear()
-                    self._audit_head, self._head_unsaved = head    # its appends are undone too
-                self._main.execute(f"RELEASE {name}")
-                return
-            self._depth, self._owner = 0, None
-            if failed:
-                self._rollback()
-            else:
-                self._commit()
-        finally:
-            self._lock.release()
+    def _end_savepoint(self, savepoint: tuple[Any, ...], failed: bool) -> None:
+        name, *head = savepoint
+        if failed:
+            self._main.execute(f"ROLLBACK TO {name}")
+            self._cache.clear()
+            self._audit_head, self._head_unsaved = head    # its appends are undone too
+        self._main.execute(f"RELEASE {name}")
 
     def read(self, cached: bool = False) -> _Snapshot:
         """A consistent snapshot for a read-only command (a context manager). Readers use
