@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 
@@ -118,6 +119,8 @@ def test_a_node_that_stops_hearing_reads_afresh_until_it_listens_again(target):
         wait_for(lambda: not node.server.changes.listening, 10, "the node notices it is deaf")
         deaf = _health(node.port)               # an operator sees it: serving, but degraded
         assert deaf["status"] == "degraded" and deaf["changes"].startswith("not listening: "), deaf
+        password = urllib.parse.urlsplit(target.url).password
+        assert password and password not in json.dumps(deaf)      # /health answers anyone
         assert _listening_metric(node.port, monitor) == 0
         engine.execute(admin_session, ".kg acl revoke graph bob")
         assert bob.execute(".kg acl list graph")["type"] == "error"      # never the cached right

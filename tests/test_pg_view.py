@@ -165,3 +165,15 @@ def test_a_nested_read_that_finds_the_cache_behind_has_the_outermost_run_again(n
 
     assert store.consistent(outer) == ("editor", "editor")
     assert len(runs) == 2
+
+
+def test_why_a_node_is_deaf_never_shows_the_store_password():
+    # /health shows the reason to anyone who asks: the driver's text may quote the URL.
+    import psycopg
+
+    from backend.store.postgres.listen import ChangeFeed
+
+    url = "postgresql://il:s3cret-db-pass@db.example:5432/inputlayer"
+    feed = ChangeFeed(url, "node-a", NodeView(FakeClock()))
+    reason = feed._reason(psycopg.OperationalError(f"connection to {url} failed: timeout"))
+    assert "s3cret-db-pass" not in reason and reason.startswith("connection to")
