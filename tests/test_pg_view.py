@@ -9,6 +9,7 @@ from conftest import ADMIN_PASSWORD, CHEAP_ARGON2, StoreTarget
 from fakes import FakeClock
 
 from backend.config import Config, with_values
+from backend.errors import CommandError
 from backend.engine import Engine
 from backend.store.postgres.view import TRUST_SECS, NodeView
 
@@ -177,3 +178,23 @@ def test_why_a_node_is_deaf_never_shows_the_store_password():
     feed = ChangeFeed(url, "node-a", NodeView(FakeClock()))
     reason = feed._reason(psycopg.OperationalError(f"connection to {url} failed: timeout"))
     assert "s3cret-db-pass" not in reason and reason.startswith("connection to")
+
+
+def test_a_command_run_again_counts_once_against_its_keys_rate(node_and_other, monkeypatch):
+    node, other, admin = node_and_other
+    key = other.execute(admin, ".apikey create limited rate=2/m").rows[0][0]
+    other.execute(admin, ".user create carol carol-passphrase viewer")
+    session = node.authenticate(key, source="local")
+    trusting(node)
+    store = node.store
+    assert node.execute(session, ".kg acl check graph bob").rows            # 1 of 2, and cached
+    other.execute(admin, ".kg acl grant graph carol viewer")                 # unheard by the node
+    reads = []
+    plain = store.read
+    monkeypatch.setattr(store, "read", lambda cached=False: reads.append(cached) or plain(cached))
+    # The key's row is cached, carol's grant is not: the command runs again on a snapshot...
+    assert node.execute(session, ".kg acl check graph carol").rows           # 2 of 2
+    assert reads == [True, False]
+    # ...and was counted once: the third request is the one refused.
+    with pytest.raises(CommandError, match="Rate limit exceeded"):
+        node.execute(session, ".kg acl check graph bob")
